@@ -1,0 +1,1 @@
+"""Conv-TasNet (Luo & Mesgarani 2019). Placeholder: being written."""

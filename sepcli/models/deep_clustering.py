@@ -1,0 +1,1 @@
+"""Deep Clustering (Hershey et al. 2016). Placeholder: being written."""
