@@ -16,7 +16,12 @@ string metadata:
   shape and bytes. Verified on every load, so a tampered or corrupt file is
   refused. A shipped model's card also carries the SHA-256 of the whole file.
 
-Loading never executes code: safetensors holds only tensors and strings.
+Loading never executes code: safetensors holds only tensors and strings; a
+pickled PyTorch file is refused with a clear message. ``save_model`` refuses to
+replace an existing file unless ``force=True``.
+
+``list_models()`` gives the rows ``sep models`` prints (shipped weights, presets,
+families); ``load_model(name_or_path)`` is what ``--model`` resolves through.
 
 Model contract (every registered class):
 
@@ -31,8 +36,11 @@ Model contract (every registered class):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -43,6 +51,8 @@ import torch
 
 from sepcli import __version__
 from sepcli.errors import SepError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "sep-model-1"
 WEIGHTS_SUFFIX = ".safetensors"
@@ -151,7 +161,8 @@ def _digest(meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1): a 0-dim tensor cannot be viewed as bytes directly
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -173,15 +184,19 @@ def save_model(
     *,
     dtype: torch.dtype | None = None,
     extra: dict[str, str] | None = None,
+    force: bool = False,
 ) -> str:
     """Write ``model`` to ``path`` atomically in the sep checkpoint format.
 
     ``dtype=torch.float16`` stores floating tensors at half size (they are cast
-    back to float32 on load). Returns the file's SHA-256.
+    back to float32 on load). An existing file is replaced only with
+    ``force=True``. Returns the file's SHA-256.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
+    if path.exists() and not force:
+        raise SepError(f"{path} exists; pass force=True (--force) to overwrite it")
     family = getattr(model, "family", None)
     if family is None or not dataclasses.is_dataclass(getattr(model, "config", None)):
         raise SepError("save_model needs a registered model with a dataclass .config")
@@ -198,6 +213,9 @@ def save_model(
         "sep_version": __version__,
     }
     if extra:
+        clash = sorted(set(map(str, extra)) & {*meta, "digest"})
+        if clash:
+            raise SepError(f"save_model: extra metadata may not replace {', '.join(clash)}")
         meta.update({str(k): str(v) for k, v in extra.items()})
     meta["digest"] = _digest(meta, tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,6 +228,43 @@ def save_model(
         Path(tmp).unlink(missing_ok=True)
         raise
     return file_sha256(path)
+
+
+def _unreadable(path: Path, exc: Exception) -> SepError:
+    """The error for a file safetensors refused. Pickled PyTorch files get a
+    clear message; only the first bytes are looked at, nothing is unpickled.
+    (Checked after parsing fails: a valid header length can start with 0x80.)"""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    # torch.save writes a zip archive (PK..) or, in the legacy format, a raw pickle (0x80 proto)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return SepError(
+            f"{path}: this is a pickled PyTorch file; sep loads only .safetensors model files "
+            "(a pickle can run arbitrary code when loaded)"
+        )
+    return SepError(f"{path}: not a readable sep model (truncated, corrupt or not safetensors: {exc})")
+
+
+def read_header(path: str | Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """Read only the metadata and tensor shapes of a checkpoint (no weights, no
+    checksum verification; for listings). Returns (metadata, name -> shape)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise SepError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for bad files
+        raise _unreadable(path, exc) from None
+    if meta.get("format") != FORMAT:
+        raise SepError(f"{path}: not a sep model file (format {meta.get('format')!r})")
+    return meta, shapes
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -226,9 +281,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, str], dict[str, torch.T
             for k in f.keys():
                 tensors[k] = f.get_tensor(k)
     except Exception as exc:  # safetensors raises several types for bad files
-        raise SepError(
-            f"{path}: not a readable sep model (truncated, corrupt or not safetensors: {exc})"
-        ) from None
+        raise _unreadable(path, exc) from None
     if meta.get("format") != FORMAT:
         raise SepError(f"{path}: not a sep model file (format {meta.get('format')!r})")
     if meta.get("digest") != _digest(meta, tensors):
@@ -241,9 +294,15 @@ def load_file(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.
     meta, tensors = read_checkpoint(path)
     try:
         config = json.loads(meta["config"])
+        family = meta["family"]
     except (KeyError, json.JSONDecodeError):
-        raise SepError(f"{path}: checkpoint has no valid config") from None
-    model = build(meta["family"], config)
+        raise SepError(f"{path}: checkpoint has no valid family/config") from None
+    if not isinstance(config, dict):
+        raise SepError(f"{path}: checkpoint config is not a JSON object")
+    try:
+        model = build(family, config)
+    except SepError as exc:
+        raise SepError(f"{path}: {exc} (written by sep {meta.get('sep_version', '?')})") from None
     state = {}
     own = model.state_dict()
     for k, v in tensors.items():
@@ -284,7 +343,11 @@ def shipped_models() -> dict[str, dict]:
             continue
         try:
             card = json.loads(card_path.read_text())
-        except json.JSONDecodeError:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            log.warning("ignoring model card %s: %s", card_path, exc)
+            continue
+        if not isinstance(card, dict):
+            log.warning("ignoring model card %s: not a JSON object", card_path)
             continue
         card["path"] = str(weights)
         out[card_path.stem] = card
@@ -293,12 +356,15 @@ def shipped_models() -> dict[str, dict]:
 
 def default_model_name() -> str | None:
     """Best shipped non-causal model, by measured SI-SNRi on the card."""
-    ship = shipped_models()
     best = None
-    for name, card in ship.items():
-        if card.get("causal"):
+    for name, card in shipped_models().items():
+        info = _shipped_info(card)
+        if info.get("error") or info["causal"] is not False:
             continue
-        score = float(card.get("quality", {}).get("si_snri", float("-inf")))
+        try:
+            score = float((info["quality"] or {}).get("si_snri", float("-inf")))
+        except (TypeError, ValueError, AttributeError):
+            score = float("-inf")
         if best is None or score > best[0]:
             best = (score, name)
     return best[1] if best else None
@@ -315,10 +381,15 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     if name in ship:
         card = ship[name]
         want = card.get("sha256")
-        if want and file_sha256(card["path"]) != want:
-            raise SepError(f"shipped model {name!r} fails its checksum; reinstall it")
+        if not want:
+            log.warning("shipped model %r has no sha256 on its card; only its internal digest is checked", name)
+        elif file_sha256(card["path"]) != want:
+            raise SepError(
+                f"shipped model {name!r} fails its checksum ({card['path']}); the file is "
+                "corrupt or was modified: reinstall it"
+            )
         return load_file(card["path"], device)
-    if p.suffix == WEIGHTS_SUFFIX or p.exists():
+    if p.suffix == WEIGHTS_SUFFIX or p.exists() or os.sep in name or "/" in name:
         return load_file(p, device)
     valid = sorted(ship)
     fams = sorted(families())
@@ -327,8 +398,101 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
         raise SepError(
             f"{name!r} is a model family without shipped weights; {hint}; or pass a checkpoint path"
         )
-    raise SepError(f"unknown model {name!r}; {hint}; families: {', '.join(fams)}")
+    close = difflib.get_close_matches(name, valid, n=1)
+    did_you_mean = f" (did you mean {close[0]!r}?)" if close else ""
+    raise SepError(
+        f"unknown model {name!r}{did_you_mean}; {hint}; families: {', '.join(fams)}; "
+        "or pass a .safetensors path"
+    )
 
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _shipped_info(card: dict) -> dict:
+    """A shipped model's listing fields: the card's values, with any missing
+    family, sample_rate, n_src, causal or params read from the file's header."""
+    info = {
+        "family": card.get("family"),
+        "sample_rate": card.get("sample_rate"),
+        "n_src": card.get("n_src"),
+        "causal": card.get("causal"),
+        "params": card.get("params"),
+        "quality": card.get("quality") or None,
+        "description": card.get("description", ""),
+        "path": card["path"],
+        "sha256": card.get("sha256"),
+    }
+    if all(info[k] is not None for k in ("family", "sample_rate", "n_src", "causal", "params")):
+        return info
+    try:
+        meta, shapes = read_header(card["path"])
+        config = json.loads(meta.get("config", "{}"))
+        if not isinstance(config, dict):
+            raise SepError(f"{card['path']}: checkpoint config is not a JSON object")
+    except (SepError, json.JSONDecodeError) as exc:
+        info["error"] = str(exc)
+        return info
+    info["family"] = info["family"] or meta.get("family")
+    for key in ("sample_rate", "n_src"):
+        if info[key] is None:
+            info[key] = config.get(key)
+    if info["causal"] is None:
+        info["causal"] = bool(config.get("causal", False))
+    if info["params"] is None:
+        info["params"] = sum(math.prod(shape) for shape in shapes.values())
+    return info
+
+
+def _param_count(name: str) -> int | None:
+    """Parameter count of an untrained family/preset without allocating weights."""
+    try:
+        with torch.device("meta"):
+            return count_parameters(build(name))
+    except Exception:  # a model whose __init__ cannot run on the meta device
+        try:
+            return count_parameters(build(name))
+        except Exception as exc:
+            log.warning("cannot build %s to count its parameters: %s", name, exc)
+            return None
+
+
+def _config_row(name: str, kind: str, family: str, config: Any, description: str) -> dict:
+    return {
+        "name": name,
+        "kind": kind,
+        "family": family,
+        "sample_rate": getattr(config, "sample_rate", None),
+        "n_src": getattr(config, "n_src", None),
+        "causal": bool(getattr(config, "causal", False)),
+        "params": _param_count(name),
+        "quality": None,
+        "default": False,
+        "description": description,
+        "path": None,
+    }
+
+
+def list_models() -> list[dict]:
+    """Everything ``sep models`` shows: shipped weights first, then presets and families.
+
+    Each row: ``name``, ``kind`` (``"shipped"``, ``"preset"`` or ``"family"``),
+    ``family``, ``sample_rate``, ``n_src``, ``causal``, ``params``, ``quality``
+    (the card's measured scores, e.g. ``{"si_snri": 15.2, "sdri": 15.5}``, or
+    None), ``default`` (the model ``sep separate`` uses), ``description``,
+    ``path``; shipped rows also carry ``sha256`` and, if the file cannot be
+    read, ``error``. Values missing from a card are taken from the file's header.
+    """
+    rows: list[dict] = []
+    default = default_model_name()
+    for name, card in shipped_models().items():
+        rows.append({"name": name, "kind": "shipped", **_shipped_info(card), "default": name == default})
+    _ensure_loaded()
+    for name, preset in sorted(_PRESETS.items()):
+        config = make_config(preset.family, preset.overrides)
+        rows.append(_config_row(name, "preset", preset.family, config, preset.description))
+    for name, fam in sorted(_FAMILIES.items()):
+        doc = (fam.model_cls.__doc__ or "").strip().splitlines()
+        rows.append(_config_row(name, "family", name, make_config(name), doc[0] if doc else ""))
+    return rows

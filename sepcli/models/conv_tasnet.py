@@ -1,1 +1,349 @@
-"""Conv-TasNet (Luo & Mesgarani 2019). Placeholder: being written."""
+"""Conv-TasNet (Luo & Mesgarani, IEEE/ACM TASLP 2019).
+
+Registered as family ``convtasnet``; presets ``convtasnet-paper`` (non-causal,
+gLN) and ``convtasnet-paper-causal`` (causal, cLN).
+
+Module names (stable: :mod:`sepcli.streaming` reuses these weights chunk by chunk)::
+
+    model.encoder                 Conv1d(1, N, L, stride=L//2, bias=False), then ReLU
+    model.separator.norm          GlobalLayerNorm(N) | CumulativeLayerNorm(N)
+    model.separator.bottleneck    Conv1d(N, B, 1)
+    model.separator.blocks        flat ModuleList of R*X ``ConvBlock`` (block i has dilation 2**(i % X))
+        .conv_in                  Conv1d(B, H, 1)
+        .prelu1, .norm1           PReLU(), norm over H channels
+        .dconv                    Conv1d(H, H, P, dilation=d, groups=H, padding=0)
+        .pad_left, .pad_right     zero frames padded around the block input to .dconv:
+                                  causal (P-1)*d and 0; non-causal split evenly
+        .prelu2, .norm2           PReLU(), norm over H channels
+        .res_out                  Conv1d(H, B, 1), added to the block input
+        .skip_out                 Conv1d(H, Sc, 1), summed over all blocks
+    model.separator.prelu         PReLU() on the sum of skips
+    model.separator.mask_conv     Conv1d(Sc, S*N, 1), then the mask activation
+    model.decoder                 ConvTranspose1d(N, 1, L, stride=L//2, bias=False) (overlap-add)
+
+Framing: the input is padded with ``L - L//2`` zeros on the left and enough
+zeros on the right that every sample lies under as many frames as an interior
+one; the output is cropped back to exactly T samples (:meth:`ConvTasNet.frame_padding`).
+With causal=True every output sample t depends only on input samples <= t + L - 1.
+
+Shape legend: B batch, S sources, T samples, K frames, and the paper's N, L, B, H, Sc, P, X, R.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sepcli.errors import SepError
+from sepcli.registry import register, register_preset
+
+_NORMS = ("auto", "gLN", "cLN")
+_MASKS = ("sigmoid", "relu", "softmax")
+
+
+@dataclass
+class ConvTasNetConfig:
+    """Hyper-parameters; the defaults are the paper's best non-causal system (~5.05M params)."""
+
+    n_src: int = 2
+    sample_rate: int = 8000
+    N: int = 512  # encoder filters
+    L: int = 16  # filter length in samples (stride L//2)
+    B: int = 128  # bottleneck channels
+    H: int = 512  # channels inside a block
+    Sc: int = 128  # skip-connection channels
+    P: int = 3  # depthwise kernel size
+    X: int = 8  # blocks per repeat (dilations 1..2**(X-1))
+    R: int = 3  # repeats
+    causal: bool = False
+    norm: str = "auto"  # "auto": gLN if non-causal, cLN if causal
+    mask_activation: str = "sigmoid"  # "sigmoid" | "relu" | "softmax" (over sources)
+
+    def __post_init__(self) -> None:
+        # ValueError is turned into SepError by registry.make_config.
+        for name in ("n_src", "sample_rate", "N", "B", "H", "Sc", "P", "X", "R"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.L, bool) or not isinstance(self.L, int) or self.L < 2:
+            raise ValueError(f"L must be an integer >= 2, got {self.L!r}")
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"causal must be true or false, got {self.causal!r}")
+        if self.norm not in _NORMS:
+            raise ValueError(f"norm must be one of {', '.join(_NORMS)}, got {self.norm!r}")
+        if self.causal and self.norm == "gLN":
+            raise ValueError("a causal model cannot use gLN (it looks at future frames); use cLN")
+        if self.mask_activation not in _MASKS:
+            raise ValueError(
+                f"mask_activation must be one of {', '.join(_MASKS)}, got {self.mask_activation!r}"
+            )
+
+    @property
+    def norm_type(self) -> str:
+        """The norm actually used: ``"gLN"`` or ``"cLN"``."""
+        if self.norm == "auto":
+            return "cLN" if self.causal else "gLN"
+        return self.norm
+
+    @property
+    def stride(self) -> int:
+        return self.L // 2
+
+
+class GlobalLayerNorm(nn.Module):
+    """gLN: mean and variance over all channels and all frames, per-channel gain/bias.
+
+    ``y = weight * (x - mean) / sqrt(var + eps) + bias``. Shape: [B, C, K] -> [B, C, K].
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2), keepdim=True)  # [B, 1, 1]
+        var = (x - mean).pow(2).mean(dim=(1, 2), keepdim=True)  # [B, 1, 1]
+        y = (x - mean) / torch.sqrt(var + self.eps)
+        return y * self.weight[:, None] + self.bias[:, None]
+
+
+class CumulativeLayerNorm(nn.Module):
+    """cLN (the paper's causal norm): at frame k, mean and variance over all C
+    channels and all frames 0..k (count C*(k+1)), per-channel gain/bias.
+
+    Not a per-frame channel norm: the statistics accumulate over time. Computed
+    with cumulative sums, so a streaming implementation keeps three running
+    values per item: sum of x, sum of x**2 and the count.
+    Shape: [B, C, K] -> [B, C, K].
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels, frames = x.shape[1], x.shape[2]
+        # Per-frame sums in at least float32 (half precision would overflow), then
+        # running sums in float64 where the device has it: E[x^2] - E[x]^2 over
+        # thousands of frames loses too many digits in float32.
+        acc = torch.float64 if x.device.type in ("cpu", "cuda") else torch.float32
+        xs = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        cum_sum = xs.sum(dim=1).to(acc).cumsum(dim=1)  # [B, K]
+        cum_pow = xs.pow(2).sum(dim=1).to(acc).cumsum(dim=1)  # [B, K]
+        count = torch.arange(1, frames + 1, device=x.device, dtype=acc) * channels  # [K]
+        mean = cum_sum / count
+        var = (cum_pow / count - mean.pow(2)).clamp_min(0.0)
+        mean = mean.to(x.dtype)[:, None, :]  # [B, 1, K]
+        std = torch.sqrt(var.to(x.dtype) + self.eps)[:, None, :]  # [B, 1, K]
+        return (x - mean) / std * self.weight[:, None] + self.bias[:, None]
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    return CumulativeLayerNorm(channels) if kind == "cLN" else GlobalLayerNorm(channels)
+
+
+class ConvBlock(nn.Module):
+    """One 1-D conv block. Shape: [B, B_ch, K] -> (residual [B, B_ch, K], skip [B, Sc, K])."""
+
+    def __init__(
+        self, B: int, H: int, Sc: int, P: int, dilation: int, causal: bool, norm: str
+    ) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv1d(B, H, 1)
+        self.prelu1 = nn.PReLU()
+        self.norm1 = make_norm(norm, H)
+        # Padding is applied explicitly (not via Conv1d) so a streaming version can
+        # replace it with a ring buffer of the last pad_left frames.
+        self.dconv = nn.Conv1d(H, H, P, dilation=dilation, groups=H)
+        total = (P - 1) * dilation
+        self.pad_left = total if causal else total // 2
+        self.pad_right = total - self.pad_left
+        self.prelu2 = nn.PReLU()
+        self.norm2 = make_norm(norm, H)
+        self.res_out = nn.Conv1d(H, B, 1)
+        self.skip_out = nn.Conv1d(H, Sc, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.norm1(self.prelu1(self.conv_in(x)))  # [B, H, K]
+        y = F.pad(y, (self.pad_left, self.pad_right))  # [B, H, K + (P-1)*d]
+        y = self.norm2(self.prelu2(self.dconv(y)))  # [B, H, K]
+        return x + self.res_out(y), self.skip_out(y)
+
+
+class Separator(nn.Module):
+    """The temporal convolutional network that estimates masks.
+
+    Shape: encoded mixture [B, N, K] -> masks [B, S, N, K].
+    """
+
+    def __init__(self, config: ConvTasNetConfig) -> None:
+        super().__init__()
+        c = config
+        self.n_src = c.n_src
+        self.N = c.N
+        self.mask_activation = c.mask_activation
+        self.norm = make_norm(c.norm_type, c.N)
+        self.bottleneck = nn.Conv1d(c.N, c.B, 1)
+        self.blocks = nn.ModuleList(
+            ConvBlock(c.B, c.H, c.Sc, c.P, 2**x, c.causal, c.norm_type)
+            for _ in range(c.R)
+            for x in range(c.X)
+        )
+        self.prelu = nn.PReLU()
+        self.mask_conv = nn.Conv1d(c.Sc, c.n_src * c.N, 1)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        x = self.bottleneck(self.norm(w))  # [B, B_ch, K]
+        skip_sum = None
+        for block in self.blocks:
+            x, skip = block(x)
+            skip_sum = skip if skip_sum is None else skip_sum + skip
+        scores = self.mask_conv(self.prelu(skip_sum))  # [B, S*N, K]
+        scores = scores.view(w.shape[0], self.n_src, self.N, w.shape[-1])  # [B, S, N, K]
+        return apply_mask_activation(scores, self.mask_activation)
+
+
+def apply_mask_activation(scores: torch.Tensor, kind: str) -> torch.Tensor:
+    """Shape: [B, S, N, K] -> [B, S, N, K]; softmax normalises over sources."""
+    if kind == "relu":
+        return torch.relu(scores)
+    if kind == "softmax":
+        return torch.softmax(scores, dim=1)
+    return torch.sigmoid(scores)
+
+
+@register("convtasnet", ConvTasNetConfig)
+class ConvTasNet(nn.Module):
+    """Conv-TasNet: learned encoder, TCN mask estimator, learned decoder.
+
+    ``forward(mix)``: Shape: [B, T] or [B, 1, T] -> [B, S, T], any T >= 1.
+    """
+
+    def __init__(self, config: ConvTasNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else ConvTasNetConfig()
+        c = self.config
+        self.encoder = nn.Conv1d(1, c.N, c.L, stride=c.stride, bias=False)
+        self.separator = Separator(c)
+        self.decoder = nn.ConvTranspose1d(c.N, 1, c.L, stride=c.stride, bias=False)
+
+    # ------------------------------------------------------------------ geometry
+
+    @property
+    def n_src(self) -> int:
+        return self.config.n_src
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def causal(self) -> bool:
+        return self.config.causal
+
+    @property
+    def receptive_field_frames(self) -> int:
+        """Frames of the TCN's receptive field: 1 + R * (P-1) * (2**X - 1)."""
+        c = self.config
+        return 1 + c.R * (c.P - 1) * (2**c.X - 1)
+
+    @property
+    def receptive_field(self) -> int:
+        """Receptive field of the separator in input samples: (frames - 1) * L//2 + L.
+        12256 samples (1.53 s at 8 kHz) for the paper configuration."""
+        c = self.config
+        return (self.receptive_field_frames - 1) * c.stride + c.L
+
+    @property
+    def receptive_field_seconds(self) -> float:
+        return self.receptive_field / self.config.sample_rate
+
+    def frame_padding(self, n_samples: int) -> tuple[int, int]:
+        """Zeros padded (left, right) around T samples before the encoder, so that
+        the frames tile the whole signal and the decoder's overlap-add covers it."""
+        c = self.config
+        left = c.L - c.stride
+        span = left + n_samples + (c.L - c.stride)  # the last sample also gets a full overlap
+        n_frames = max(1, math.ceil((span - c.L) / c.stride)) + 1
+        right = (n_frames - 1) * c.stride + c.L - left - n_samples
+        return left, right
+
+    # ------------------------------------------------------------------ forward
+
+    def _check_mix(self, mix: torch.Tensor) -> torch.Tensor:
+        if not isinstance(mix, torch.Tensor):
+            raise SepError(f"mix must be a torch.Tensor, got {type(mix).__name__}")
+        if mix.dim() == 3 and mix.shape[1] == 1:
+            mix = mix[:, 0]  # [B, T]
+        if mix.dim() != 2:
+            raise SepError(f"mix must have shape [B, T] or [B, 1, T], got {list(mix.shape)}")
+        if mix.shape[-1] < 1:
+            raise SepError("mix is empty (0 samples)")
+        return mix
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        """Separate. Shape: [B, T] or [B, 1, T] -> [B, S, T]."""
+        mix = self._check_mix(mix)
+        batch, n_samples = mix.shape
+        left, right = self.frame_padding(n_samples)
+        x = F.pad(mix, (left, right))[:, None, :]  # [B, 1, T_pad]
+        w = torch.relu(self.encoder(x))  # [B, N, K]
+        masks = self.separator(w)  # [B, S, N, K]
+        masked = (masks * w[:, None]).reshape(batch * self.n_src, self.config.N, -1)  # [B*S, N, K]
+        out = self.decoder(masked)  # [B*S, 1, T_pad]
+        out = out.view(batch, self.n_src, -1)  # [B, S, T_pad]
+        return out[..., left : left + n_samples]
+
+    @torch.no_grad()
+    def separate(self, mix: torch.Tensor, n_src: int | None = None) -> torch.Tensor:
+        """Inference entry point (no gradients). Shape: [B, T] or [B, 1, T] -> [B, S, T].
+
+        ``n_src`` must be None or this model's number of speakers: Conv-TasNet
+        has one output per trained source.
+        """
+        if n_src is not None and n_src != self.n_src:
+            raise SepError(
+                f"this Conv-TasNet separates exactly {self.n_src} speakers, not {n_src}; "
+                f"choose a model trained for {n_src} speakers"
+            )
+        mix = self._check_mix(mix)
+        param = self.encoder.weight
+        return self(mix.to(device=param.device, dtype=param.dtype))
+
+    def compute_loss(self, mix: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """Scalar negative PIT SI-SNR (dB). mix Shape: [B, T]; ref Shape: [B, S, T]."""
+        from sepcli.losses import pit_si_snr_loss  # lazy: losses is written in parallel
+
+        mix = self._check_mix(mix)
+        if ref.dim() != 3 or ref.shape[0] != mix.shape[0] or ref.shape[1] != self.n_src or (
+            ref.shape[-1] != mix.shape[-1]
+        ):
+            raise SepError(
+                f"ref must have shape [B, S, T] = {[mix.shape[0], self.n_src, mix.shape[-1]]}, "
+                f"got {list(ref.shape)}"
+            )
+        loss, _ = pit_si_snr_loss(self(mix), ref)
+        return loss
+
+
+register_preset(
+    "convtasnet-paper",
+    "convtasnet",
+    "paper's best non-causal system: gLN, N=512 L=16 B=128 H=512 Sc=128 P=3 X=8 R=3",
+    causal=False,
+    norm="gLN",
+)
+register_preset(
+    "convtasnet-paper-causal",
+    "convtasnet",
+    "paper's causal system: cLN, causal depthwise convs, same sizes",
+    causal=True,
+    norm="cLN",
+)

@@ -1,0 +1,463 @@
+"""Audio file I/O: read anything libsndfile reads, write WAV atomically, resample with soxr.
+
+Every reader returns float32 mono ``[T]``: multichannel files are averaged to
+mono (logged once per file). Every writer takes ``[T]`` or ``[C, T]`` and
+writes WAV through a temp file in the destination folder followed by
+``os.replace``, so an interrupted write never leaves a partial output.
+
+Resampling uses soxr at ``"HQ"`` quality. The one-shot :func:`resample` and the
+streaming :class:`BlockReader` give bit-identical output for the same input
+(soxr's one-shot call is its streaming resampler run over the whole signal),
+so whole-file and streamed processing agree. The output length of a
+conversion is ``floor(T * sr_out / sr_in + 1/2)`` (:func:`resampled_length`).
+
+Shape legend: T samples, C channels.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from sepcli.errors import SepError
+
+log = logging.getLogger(__name__)
+
+SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
+"""WAV sample formats :func:`write_audio` and :class:`AudioWriter` accept."""
+
+RESAMPLE_QUALITY = "HQ"
+DEFAULT_BLOCK_FRAMES = 65536
+
+# Files written via a private temp file (mode 0600) get the mode an ordinary
+# open() would have given them; the umask is read once, at import.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the file header says. ``frames`` counts samples per channel."""
+
+    sample_rate: int
+    frames: int
+    channels: int
+    duration: float
+    format: str
+    subtype: str
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise SepError(f"file not found: {path}")
+    if not path.is_file():
+        raise SepError(f"not a file: {path}")
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Header information of an audio file. SepError if missing or not audio."""
+    path = Path(path)
+    _check_file(path)
+    if path.stat().st_size == 0:
+        raise SepError(f"{path}: empty file (0 bytes)")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise SepError(f"{path}: not a readable audio file ({_short(exc)})") from None
+    if info.samplerate <= 0:
+        raise SepError(f"{path}: invalid sample rate {info.samplerate}")
+    return AudioInfo(
+        sample_rate=int(info.samplerate),
+        frames=int(info.frames),
+        channels=int(info.channels),
+        duration=float(info.frames) / info.samplerate,
+        format=str(info.format),
+        subtype=str(info.subtype),
+    )
+
+
+def _short(exc: BaseException) -> str:
+    # libsndfile messages can span lines; the CLI prints errors on one line.
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _check_rate(sample_rate: int, what: str = "sample_rate") -> int:
+    try:
+        ok = not isinstance(sample_rate, bool) and int(sample_rate) == sample_rate and sample_rate > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise SepError(f"{what} must be a positive integer, got {sample_rate!r}")
+    return int(sample_rate)
+
+
+def _check_finite(x: np.ndarray, path: Path, offset: int = 0, sample_rate: int = 0) -> None:
+    if not np.isfinite(x).all():
+        where = ""
+        if sample_rate:
+            first = offset + int(np.argwhere(~np.isfinite(x))[0][0])
+            where = f" (first at {first / sample_rate:.3f} s)"
+        raise SepError(f"{path}: contains NaN or infinite samples{where}")
+
+
+def _downmix(x: np.ndarray) -> np.ndarray:
+    """``[T, C]`` -> ``[T]`` float32 by averaging channels."""
+    if x.shape[1] == 1:
+        return x[:, 0]
+    return x.mean(axis=1, dtype=np.float32)
+
+
+def _log_downmix(path: Path, channels: int) -> None:
+    log.warning("%s: %d channels downmixed to mono (average)", path, channels)
+
+
+def resampled_length(frames: int, sr_in: int, sr_out: int) -> int:
+    """Number of samples soxr produces for ``frames`` input samples:
+    ``floor(frames * sr_out / sr_in + 1/2)`` (exact rational arithmetic)."""
+    if sr_in == sr_out:
+        return int(frames)
+    return math.floor(Fraction(int(frames) * int(sr_out), int(sr_in)) + Fraction(1, 2))
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Read a whole file as float32 mono, resampled to ``sample_rate`` if given.
+
+    Returns ``(audio, rate)``; ``rate`` is ``sample_rate`` if given, else the
+    file's rate. Shape: audio ``[T]``.
+    SepError for a missing file, a file that is not audio, an empty file, or
+    NaN/inf samples.
+    """
+    path = Path(path)
+    if sample_rate is not None:
+        sample_rate = _check_rate(sample_rate)
+    info = audio_info(path)
+    if info.frames == 0:
+        raise SepError(f"{path}: empty audio file (0 samples)")
+    try:
+        data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)  # [T, C]
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise SepError(f"{path}: cannot decode audio ({_short(exc)})") from None
+    if data.shape[0] == 0:
+        raise SepError(f"{path}: empty audio file (0 samples)")
+    _check_finite(data, path, 0, file_rate)
+    if data.shape[1] > 1:
+        _log_downmix(path, data.shape[1])
+    x = _downmix(data)  # [T]
+    if sample_rate is None or sample_rate == file_rate:
+        return np.ascontiguousarray(x), int(file_rate)
+    return resample(x, int(file_rate), sample_rate), sample_rate
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Resample ``x`` from ``sr_in`` to ``sr_out`` Hz with soxr (HQ).
+
+    Shape: ``[T]`` -> ``[T']`` or ``[C, T]`` -> ``[C, T']`` with
+    ``T' = resampled_length(T, sr_in, sr_out)``. Returns ``x`` itself when the
+    rates are equal. float32 input stays float32.
+    """
+    sr_in = _check_rate(sr_in, "sr_in")
+    sr_out = _check_rate(sr_out, "sr_out")
+    if sr_in == sr_out:
+        return x
+    if x.ndim not in (1, 2):
+        raise SepError(f"resample expects [T] or [C, T] audio, got shape {tuple(x.shape)}")
+    if x.shape[-1] == 0:
+        return x.copy()
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32)
+    if x.ndim == 1:
+        return soxr.resample(x, sr_in, sr_out, quality=RESAMPLE_QUALITY)
+    # soxr wants frames first: [C, T] -> [T, C] -> resample -> [C, T']
+    y = soxr.resample(np.ascontiguousarray(x.T), sr_in, sr_out, quality=RESAMPLE_QUALITY)
+    return np.ascontiguousarray(y.T)
+
+
+class BlockReader:
+    """Stream a file as float32 mono blocks, resampled on the fly, in constant memory.
+
+    ``block_frames`` file frames are read per step; each yielded block holds
+    about ``block_frames * sample_rate / file_rate`` samples (exactly
+    ``block_frames`` without resampling, except the last). Blocks are never
+    empty. Their concatenation has exactly :attr:`out_frames` samples and equals
+    ``read_audio(path, sample_rate)[0]``.
+
+    Use as a context manager (closes the file) and iterate; iterating again
+    restarts from the beginning::
+
+        with BlockReader("long.flac", sample_rate=8000) as reader:
+            for block in reader:  # [n]
+                ...
+
+    Shape: each block ``[n]``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sample_rate: int | None = None,
+        block_frames: int = DEFAULT_BLOCK_FRAMES,
+    ) -> None:
+        self.path = Path(path)
+        if int(block_frames) != block_frames or block_frames <= 0:
+            raise SepError(f"block_frames must be a positive integer, got {block_frames!r}")
+        self.block_frames = int(block_frames)
+        self.info = audio_info(self.path)
+        if self.info.frames == 0:
+            raise SepError(f"{self.path}: empty audio file (0 samples)")
+        self.sample_rate = (
+            self.info.sample_rate if sample_rate is None else _check_rate(sample_rate)
+        )
+        self.out_frames = resampled_length(self.info.frames, self.info.sample_rate, self.sample_rate)
+        try:
+            self._file: sf.SoundFile | None = sf.SoundFile(str(self.path))
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise SepError(f"{self.path}: cannot open audio ({_short(exc)})") from None
+        if self.info.channels > 1:
+            _log_downmix(self.path, self.info.channels)
+
+    def __enter__(self) -> BlockReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _file_blocks(self) -> Iterator[np.ndarray]:
+        """Mono blocks at the file's rate. Shape: each ``[n]``."""
+        f = self._file
+        if f is None:
+            raise SepError(f"{self.path}: reader is closed")
+        f.seek(0)
+        offset = 0
+        while True:
+            try:
+                data = f.read(self.block_frames, dtype="float32", always_2d=True)  # [n, C]
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise SepError(f"{self.path}: cannot decode audio ({_short(exc)})") from None
+            if data.shape[0] == 0:
+                return
+            _check_finite(data, self.path, offset, self.info.sample_rate)
+            offset += data.shape[0]
+            yield _downmix(data)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        stream = None
+        if self.sample_rate != self.info.sample_rate:
+            stream = soxr.ResampleStream(
+                self.info.sample_rate, self.sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY
+            )
+        remaining = self.out_frames
+
+        def emit(y: np.ndarray) -> Iterator[np.ndarray]:
+            nonlocal remaining
+            # Header frame counts of compressed formats can disagree with what
+            # the decoder delivers; the output length is pinned to out_frames.
+            y = y[:remaining]
+            remaining -= y.shape[0]
+            if y.shape[0]:
+                yield np.ascontiguousarray(y, dtype=np.float32)
+
+        for block in self._file_blocks():
+            y = block if stream is None else stream.resample_chunk(block)
+            yield from emit(y)
+        if stream is not None:
+            yield from emit(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+        if remaining > 0:
+            yield np.zeros(remaining, np.float32)
+            remaining = 0
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _check_subtype(subtype: str) -> str:
+    st = str(subtype).upper()
+    if st not in SUBTYPES:
+        raise SepError(f"unknown WAV subtype {subtype!r}; valid: {', '.join(SUBTYPES)}")
+    return st
+
+
+def _frames_first(audio: np.ndarray, channels: int | None = None) -> np.ndarray:
+    """``[T]`` or ``[C, T]`` -> ``[T, C]`` float (what soundfile writes)."""
+    a = np.asarray(audio)
+    if a.ndim == 1:
+        a = a[None, :]  # [1, T]
+    if a.ndim != 2:
+        raise SepError(f"audio must be [T] or [C, T], got shape {tuple(a.shape)}")
+    if channels is not None and a.shape[0] != channels:
+        raise SepError(f"expected {channels} channel(s), got a block of shape {tuple(a.shape)}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise SepError(f"audio must be floating point, got {a.dtype}")
+    return np.ascontiguousarray(a.T)  # [T, C]
+
+
+def _count_clipped(a: np.ndarray, subtype: str) -> int:
+    if subtype == "FLOAT":
+        return 0
+    return int(np.count_nonzero(np.abs(a) > 1.0))
+
+
+def temp_path_for(path: str | os.PathLike) -> Path:
+    """A new empty temp file beside ``path`` (same folder, so ``os.replace`` onto
+    ``path`` is atomic), with the permissions an ordinary new file would get."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    return Path(tmp)
+
+
+def _prepare_dest(path: str | os.PathLike, force: bool) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise SepError(f"{path} is a folder, not a file name")
+    if path.exists() and not force:
+        raise SepError(f"{path} exists; use --force (force=True) to overwrite")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SepError(f"cannot create folder {path.parent}: {exc.strerror}") from None
+    return path
+
+
+def write_audio(
+    path: str | os.PathLike,
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    subtype: str = "PCM_16",
+    force: bool = False,
+) -> Path:
+    """Write ``audio`` to a WAV file atomically. Returns the path.
+
+    ``subtype``: ``"PCM_16"`` (default), ``"PCM_24"`` or ``"FLOAT"``. PCM
+    samples beyond ±1.0 are clipped (with a warning). Parent folders are
+    created. SepError if the file exists and ``force`` is false.
+    Shape: audio ``[T]`` or ``[C, T]``.
+    """
+    subtype = _check_subtype(subtype)
+    sample_rate = _check_rate(sample_rate)
+    data = _frames_first(audio)  # [T, C]
+    if data.shape[0] == 0:
+        raise SepError(f"{path}: refusing to write empty audio (0 samples)")
+    if not np.isfinite(data).all():
+        raise SepError(f"{path}: audio to write contains NaN or infinite samples")
+    path = _prepare_dest(path, force)
+    clipped = _count_clipped(data, subtype)
+    tmp = temp_path_for(path)
+    try:
+        sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV")
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, (sf.LibsndfileError, OSError)):
+            raise SepError(f"{path}: cannot write ({_short(exc)})") from None
+        raise
+    if clipped:
+        log.warning("%s: %d samples beyond ±1.0 clipped (subtype FLOAT keeps them)", path, clipped)
+    return path
+
+
+class AudioWriter:
+    """Write a WAV file block by block; it appears only when the ``with`` block ends cleanly.
+
+    Blocks go to a temp file in the destination folder that is renamed over
+    ``path`` on a clean exit and deleted on an exception, so no partial output
+    is ever left. Shape: each block ``[n]`` (mono) or ``[C, n]``.
+
+    ::
+
+        with AudioWriter("out.wav", 8000) as w:
+            for block in blocks:
+                w.write(block)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sample_rate: int,
+        channels: int = 1,
+        *,
+        subtype: str = "PCM_16",
+        force: bool = False,
+    ) -> None:
+        self.subtype = _check_subtype(subtype)
+        self.sample_rate = _check_rate(sample_rate)
+        if int(channels) != channels or channels <= 0:
+            raise SepError(f"channels must be a positive integer, got {channels!r}")
+        self.channels = int(channels)
+        self.path = _prepare_dest(path, force)
+        self.frames = 0
+        self._clipped = 0
+        self._tmp: Path | None = None
+        self._file: sf.SoundFile | None = None
+
+    def __enter__(self) -> AudioWriter:
+        self._tmp = temp_path_for(self.path)
+        try:
+            self._file = sf.SoundFile(
+                str(self._tmp), "w", self.sample_rate, self.channels, self.subtype, format="WAV"
+            )
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        return self
+
+    def write(self, block: np.ndarray) -> None:
+        """Append a block. Shape: ``[n]`` (mono writer) or ``[C, n]``."""
+        if self._file is None:
+            raise SepError(f"{self.path}: writer is not open (use it in a with block)")
+        data = _frames_first(block, self.channels)  # [n, C]
+        if not np.isfinite(data).all():
+            raise SepError(f"{self.path}: audio to write contains NaN or infinite samples")
+        self._clipped += _count_clipped(data, self.subtype)
+        self._file.write(data)
+        self.frames += data.shape[0]
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        f, tmp = self._file, self._tmp
+        self._file = self._tmp = None
+        if f is None or tmp is None:
+            return
+        try:
+            f.close()
+            if exc_type is not None:
+                return
+            if self.frames == 0:
+                raise SepError(f"{self.path}: nothing was written (0 samples)")
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if self._clipped:
+            log.warning(
+                "%s: %d samples beyond ±1.0 clipped (subtype FLOAT keeps them)",
+                self.path,
+                self._clipped,
+            )

@@ -1,0 +1,278 @@
+"""Conv-TasNet: shapes, paper size, receptive field, causality, norms, framing."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from sepcli import registry
+from sepcli.errors import SepError
+from sepcli.models.conv_tasnet import (
+    ConvTasNet,
+    ConvTasNetConfig,
+    CumulativeLayerNorm,
+    GlobalLayerNorm,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: extra threads only fight over the shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TINY = dict(N=8, L=4, B=6, H=10, Sc=5, P=3, X=3, R=2)
+
+
+def tiny(**kw) -> ConvTasNet:
+    torch.manual_seed(0)
+    return registry.build("convtasnet", {**TINY, **kw})
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n_src", [2, 3])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_output_shape_odd_lengths(causal, n_src, batch):
+    model = tiny(n_src=n_src, causal=causal)
+    for n_samples in (1, 3, 37, 101):
+        mix = torch.randn(batch, n_samples)
+        assert model(mix).shape == (batch, n_src, n_samples)
+        assert model(mix[:, None]).shape == (batch, n_src, n_samples)
+        assert model.separate(mix).shape == (batch, n_src, n_samples)
+
+
+@pytest.mark.parametrize("L", [2, 5, 16])
+def test_frame_padding_tiles_the_signal(L):
+    model = tiny(L=L)
+    stride = L // 2
+    for n_samples in range(1, 40):
+        left, right = model.frame_padding(n_samples)
+        total = left + n_samples + right
+        assert (total - L) % stride == 0  # the frames end exactly at the padded end
+        # every real sample lies under as many frames as an interior sample
+        assert left >= L - stride and right >= L - stride
+
+
+def test_identity_filters_reconstruct_the_mix_exactly():
+    """With identity encoder/decoder and all-one masks the model must give back the
+    input sample for sample: any misaligned padding or crop breaks this."""
+    model = tiny(L=4, N=4)
+    with torch.no_grad():
+        model.encoder.weight.copy_(torch.eye(4)[:, None, :])  # frame k, channel i = x[2k + i]
+        model.decoder.weight.copy_(torch.eye(4)[:, None, :] / 2)  # every sample lies under 2 frames
+        model.separator.mask_conv.weight.zero_()
+        model.separator.mask_conv.bias.fill_(60.0)  # sigmoid(60) == 1 in float32
+    mix = torch.rand(2, 23) + 0.1  # positive, so the encoder's ReLU keeps it
+    out = model(mix)
+    torch.testing.assert_close(out, mix[:, None].expand(-1, 2, -1), rtol=0, atol=1e-6)
+
+
+def test_bad_input_raises_seperror():
+    model = tiny()
+    with pytest.raises(SepError):
+        model(torch.randn(2, 2, 10))
+    with pytest.raises(SepError):
+        model(torch.randn(10))
+    with pytest.raises(SepError):
+        model(torch.randn(1, 0))
+    with pytest.raises(SepError, match="exactly 2"):
+        model.separate(torch.randn(1, 50), n_src=3)
+    assert model.separate(torch.randn(1, 50), n_src=2).shape == (1, 2, 50)
+
+
+def test_separate_has_no_grad_and_casts_dtype():
+    model = tiny()
+    out = model.separate(torch.randn(1, 50, dtype=torch.float64))
+    assert out.dtype == torch.float32 and not out.requires_grad
+
+
+# ----------------------------------------------------------------------------- paper config
+
+
+def test_paper_config_size_and_receptive_field():
+    for preset in ("convtasnet-paper", "convtasnet-paper-causal"):
+        with torch.device("meta"):
+            model = registry.build(preset)
+        c = model.config
+        assert (c.N, c.L, c.B, c.H, c.Sc, c.P, c.X, c.R) == (512, 16, 128, 512, 128, 3, 8, 3)
+        assert 5.0e6 <= registry.count_parameters(model) <= 5.2e6
+        # 1 + R*(P-1)*(2^X - 1) = 1531 frames of hop 8, plus the last frame's 16 samples
+        frames = 1 + 3 * 2 * sum(2**x for x in range(8))
+        assert model.receptive_field == (frames - 1) * 8 + 16 == 12256
+        assert round(model.receptive_field_seconds, 2) == 1.53
+
+
+def test_presets_use_the_right_norms_everywhere():
+    with torch.device("meta"):
+        plain = registry.build("convtasnet-paper")
+        causal = registry.build("convtasnet-paper-causal")
+    # the default config is the paper's
+    assert dataclasses.replace(plain.config, norm="auto") == ConvTasNetConfig()
+    assert plain.config.norm_type == "gLN" and causal.config.norm_type == "cLN"
+
+    def norms(m):
+        return [mod for mod in m.modules() if isinstance(mod, (GlobalLayerNorm, CumulativeLayerNorm))]
+
+    assert len(norms(plain)) == 1 + 2 * 24
+    assert all(isinstance(n, GlobalLayerNorm) for n in norms(plain))
+    assert all(isinstance(n, CumulativeLayerNorm) for n in norms(causal))
+    assert isinstance(causal.separator.norm, CumulativeLayerNorm)  # the first norm too
+    dil = [b.dconv.dilation[0] for b in causal.separator.blocks]
+    assert dil == [1, 2, 4, 8, 16, 32, 64, 128] * 3
+    assert all(b.dconv.groups == 512 for b in causal.separator.blocks)
+    assert all(b.pad_left == 2 * d and b.pad_right == 0 for b, d in zip(causal.separator.blocks, dil))
+    assert all(b.pad_left == b.pad_right == d for b, d in zip(plain.separator.blocks, dil))
+
+
+def test_config_validation():
+    with pytest.raises(SepError, match="gLN"):
+        registry.make_config("convtasnet", causal=True, norm="gLN")
+    with pytest.raises(SepError, match="mask_activation"):
+        registry.make_config("convtasnet", mask_activation="tanh")
+    with pytest.raises(SepError, match="N must"):
+        registry.make_config("convtasnet", N=0)
+    with pytest.raises(SepError, match="unknown convtasnet config key"):
+        registry.make_config("convtasnet", n_srcs=2)
+
+
+# ----------------------------------------------------------------------------- receptive field, causality
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_tcn_receptive_field_matches_formula(causal):
+    """With the (time-mixing) norms replaced by identities, the mask at frame k
+    depends on exactly the frames the dilation pattern predicts."""
+    model = tiny(causal=causal).double()
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, (GlobalLayerNorm, CumulativeLayerNorm)):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, nn.Identity())
+    frames = model.receptive_field_frames
+    assert frames == 1 + 2 * 2 * 7
+    n_frames, k = 80, 40
+    w = torch.randn(1, TINY["N"], n_frames, dtype=torch.float64, requires_grad=True)
+    model.separator(w)[..., k].sum().backward()
+    used = (w.grad.abs().sum(dim=(0, 1)) > 0).nonzero().flatten().tolist()
+    if causal:
+        assert used == list(range(k - frames + 1, k + 1))
+    else:
+        half = (frames - 1) // 2
+        assert used == list(range(k - half, k + half + 1))
+
+
+def test_causality():
+    L = TINY["L"]
+    causal, plain = tiny(causal=True), tiny(causal=False)
+    torch.manual_seed(1)
+    mix = torch.randn(2, 300)
+    t = 150
+    changed = mix.clone()
+    changed[:, t:] = torch.randn(2, 300 - t) * 3
+    for model in (causal, plain):
+        model.eval()
+    a, b = causal(mix), causal(changed)
+    torch.testing.assert_close(a[..., : t - L], b[..., : t - L], rtol=0, atol=1e-6)
+    assert (a[..., t:] - b[..., t:]).abs().max() > 1e-3  # the change does reach the output
+    pa, pb = plain(mix), plain(changed)
+    assert (pa[..., : t - L] - pb[..., : t - L]).abs().max() > 1e-4
+
+
+def test_causal_lookahead_is_under_one_frame():
+    """Output sample j depends on input up to j + L - 1, no further."""
+    L = TINY["L"]
+    model = tiny(causal=True).double()
+    mix = torch.randn(1, 120, dtype=torch.float64, requires_grad=True)
+    j = 60
+    model(mix)[..., j].sum().backward()
+    used = (mix.grad.abs()[0] > 0).nonzero().flatten()
+    assert used.max().item() <= j + L - 1
+
+
+# ----------------------------------------------------------------------------- norms
+
+
+def _random_affine(norm: nn.Module, channels: int) -> None:
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(channels))
+        norm.bias.copy_(torch.randn(channels))
+
+
+def test_global_layer_norm_matches_formula():
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 11, dtype=torch.float64) * 4 + 2
+    norm = GlobalLayerNorm(7).double()
+    _random_affine(norm, 7)
+    out = norm(x)
+    for b in range(3):
+        vals = x[b].flatten().tolist()
+        mean = sum(vals) / len(vals)
+        var = sum((v - mean) ** 2 for v in vals) / len(vals)
+        want = (x[b] - mean) / (var + norm.eps) ** 0.5 * norm.weight[:, None] + norm.bias[:, None]
+        torch.testing.assert_close(out[b], want)
+
+
+def test_cumulative_layer_norm_matches_formula():
+    """At frame k: mean/var over all channels and frames 0..k (not one frame)."""
+    torch.manual_seed(0)
+    # a drifting offset makes per-frame and cumulative statistics clearly differ
+    x = torch.randn(2, 5, 9, dtype=torch.float64) + torch.linspace(0, 6, 9, dtype=torch.float64)
+    norm = CumulativeLayerNorm(5).double()
+    _random_affine(norm, 5)
+    out = norm(x)
+    for b in range(2):
+        for k in range(9):
+            vals = x[b, :, : k + 1].flatten().tolist()
+            assert len(vals) == 5 * (k + 1)
+            mean = sum(vals) / len(vals)
+            var = sum((v - mean) ** 2 for v in vals) / len(vals)
+            want = (x[b, :, k] - mean) / (var + norm.eps) ** 0.5 * norm.weight + norm.bias
+            torch.testing.assert_close(out[b, :, k], want)
+    # and it is not the per-frame channel norm
+    per_frame = nn.functional.layer_norm(x.transpose(1, 2), (5,), eps=norm.eps).transpose(1, 2)
+    per_frame = per_frame * norm.weight[:, None] + norm.bias[:, None]
+    assert (out[..., 1:] - per_frame[..., 1:]).abs().max() > 0.1
+
+
+def test_cumulative_layer_norm_float32_long_input_is_accurate():
+    torch.manual_seed(0)
+    # an offset of 30 std over 20000 frames: plain float32 running sums of x and
+    # x**2 are off by ~4e-4 here (cancellation and rounding)
+    x = torch.randn(1, 64, 20000) + 30.0
+    out = CumulativeLayerNorm(64)(x)
+    ref = CumulativeLayerNorm(64).double()(x.double())
+    torch.testing.assert_close(out, ref.float(), rtol=0, atol=2e-4)
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def test_compute_loss_is_permutation_invariant_and_trains():
+    losses = pytest.importorskip("sepcli.losses")
+    if not hasattr(losses, "pit_si_snr_loss"):
+        pytest.skip("sepcli.losses.pit_si_snr_loss not written yet")
+    model = tiny()
+    torch.manual_seed(2)
+    ref = torch.randn(2, 2, 80)
+    mix = ref.sum(1)
+    loss = model.compute_loss(mix, ref)
+    assert loss.dim() == 0
+    torch.testing.assert_close(loss, model.compute_loss(mix, ref.flip(1)))
+    loss.backward()
+    assert model.encoder.weight.grad is not None and model.encoder.weight.grad.abs().sum() > 0
+    with pytest.raises(SepError):
+        model.compute_loss(mix, ref[:, :1])
+
+
+def test_mask_activations():
+    for kind in ("relu", "softmax"):
+        model = tiny(mask_activation=kind)
+        assert model(torch.randn(1, 33)).shape == (1, 2, 33)
+    assert dataclasses.asdict(tiny().config)["mask_activation"] == "sigmoid"

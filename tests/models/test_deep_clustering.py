@@ -1,0 +1,425 @@
+"""Deep clustering backend: STFT, features, loss targets, k-means separation,
+speaker counting and the checkpoint round trip. Tiny configs only."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as nnf
+
+from sepcli import registry
+from sepcli.errors import SepError
+from sepcli.losses import deep_clustering_loss
+from sepcli.models.deep_clustering import DeepClustering, DeepClusteringConfig
+
+N_FFT, HOP, N_FREQ = 256, 64, 129
+TINY = dict(layers=1, hidden=16, emb_dim=8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides) -> DeepClustering:
+    torch.manual_seed(0)
+    return registry.build("dpcl", {**TINY, **overrides}).eval()
+
+
+def ref_stft(x: torch.Tensor) -> torch.Tensor:
+    """Independent reference: sqrt-Hann, 32 ms / 8 ms at 8 kHz. [N, T] -> [N, F, K]."""
+    window = torch.hann_window(N_FFT, periodic=True, dtype=x.dtype).sqrt()
+    return torch.stft(x, N_FFT, HOP, window=window, center=True, pad_mode="constant",
+                      return_complex=True)
+
+
+def ref_istft(spec: torch.Tensor, length: int) -> torch.Tensor:
+    window = torch.hann_window(N_FFT, periodic=True, dtype=spec.real.dtype).sqrt()
+    return torch.istft(spec, N_FFT, HOP, window=window, center=True, length=length)
+
+
+def noise_sources(batch: int, n_src: int, length: int, seed: int = 0, gains_db=None) -> torch.Tensor:
+    """White-noise 'speakers' with random slow envelopes. Shape: [B, S, T]."""
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.randn(batch, n_src, length, generator=gen)
+    env = torch.rand(batch, n_src, length // 400 + 2, generator=gen) + 0.2
+    env = nnf.interpolate(env, size=length, mode="linear", align_corners=False)
+    src = 0.1 * src * env
+    if gains_db is not None:
+        src = src * (10.0 ** (torch.tensor(gains_db, dtype=src.dtype) / 20.0))[None, :, None]
+    return src
+
+
+def ibm_labels(ref: torch.Tensor) -> torch.Tensor:
+    """Index of the loudest source in every bin. Shape: [B, S, T] -> [B, K, F]."""
+    batch, n_src, length = ref.shape
+    mag = ref_stft(ref.reshape(batch * n_src, length)).abs()  # [B*S, F, K]
+    mag = mag.view(batch, n_src, *mag.shape[1:])  # [B, S, F, K]
+    return mag.argmax(dim=1).transpose(1, 2)
+
+
+def oracle_embed(ref: torch.Tensor, dim: int, noise: float = 0.0, seed: int = 0):
+    """An `embed` replacement whose embeddings encode the ideal binary mask:
+    speaker s -> a fixed unit direction (orthonormal across speakers), plus noise."""
+    labels = ibm_labels(ref)  # [B, K, F]
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(dim, dim, generator=gen))[0]  # orthonormal columns
+    emb = nnf.one_hot(labels, dim).float() @ basis.T  # [B, K, F, D]
+    emb = emb + noise * torch.randn(emb.shape, generator=gen)
+    emb = nnf.normalize(emb, dim=-1)
+
+    def embed(mix: torch.Tensor) -> torch.Tensor:
+        assert mix.shape[-1] == ref.shape[-1]
+        return emb
+
+    return embed
+
+
+def match_permutation(est: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """Reorder est [S, T] to best match want [S, T] (smallest squared error)."""
+    n_src = want.shape[0]
+    best = min(itertools.permutations(range(n_src)),
+               key=lambda p: (est[list(p)] - want).square().sum().item())
+    return est[list(best)]
+
+
+# ---------------------------------------------------------------------------- STFT and features
+
+
+@pytest.mark.parametrize("length", [1, 63, 64, 255, 1000, 4001])
+def test_stft_istft_reconstructs_input(length):
+    model = tiny()
+    x = torch.randn(3, length)
+    spec = model.stft(x)
+    assert spec.shape == (3, N_FREQ, 1 + length // HOP)
+    torch.testing.assert_close(spec, ref_stft(x))
+    torch.testing.assert_close(model.istft(spec, length), x, atol=1e-5, rtol=1e-5)
+
+
+def test_features_are_normalised_log_magnitude():
+    model = tiny()
+    gen = torch.Generator().manual_seed(1)
+    mean, std = torch.randn(N_FREQ, generator=gen), torch.rand(N_FREQ, generator=gen) + 0.5
+    model.set_normalization(mean, std)
+    x = torch.randn(2, 2000)
+    want = (torch.log(ref_stft(x).abs() + 1e-8).transpose(1, 2) - mean) / std
+    torch.testing.assert_close(model.features(x), want)
+
+
+def test_fit_normalization_matches_statistics_and_skips_digital_silence():
+    model = tiny()
+    gen = torch.Generator().manual_seed(2)
+    loud = torch.randn(2, 3000, generator=gen) * torch.linspace(0.01, 1.0, N_FREQ).repeat(24)[:3000]
+    quiet = 0.01 * torch.randn(1, 1, 1500, generator=gen)
+    batches = [loud, quiet, torch.zeros(1, 4000), torch.randn(700, generator=gen)]
+    frames = torch.cat([
+        torch.log(ref_stft(x.reshape(-1, x.shape[-1])).abs() + 1e-8).transpose(1, 2).reshape(-1, N_FREQ)
+        for x in (loud, quiet, batches[3][None])
+    ]).double()  # [N, F], the all-zero item excluded
+    n_frames = model.fit_normalization(batches)
+    assert n_frames == frames.shape[0]
+    torch.testing.assert_close(model.feat_mean.double(), frames.mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.feat_std.double(), frames.std(0, correction=0), rtol=1e-4, atol=1e-5)
+    with pytest.raises(SepError):
+        model.fit_normalization([torch.zeros(2, 1000)])
+
+
+def test_set_normalization_rejects_bad_values():
+    model = tiny()
+    with pytest.raises(SepError):
+        model.set_normalization(torch.zeros(N_FREQ - 1), torch.ones(N_FREQ - 1))
+    with pytest.raises(SepError):
+        model.set_normalization(torch.zeros(N_FREQ), torch.zeros(N_FREQ))
+
+
+def test_silence_weight_threshold_is_relative_to_mixture_peak():
+    t = torch.arange(8000) / 8000
+    # Tones centred on bins 32 and 96; the second is 50 dB down.
+    x = torch.sin(2 * torch.pi * 1000 * t) + 10 ** (-50 / 20) * torch.sin(2 * torch.pi * 3000 * t)
+    for silence_db, quiet_active in ((40.0, 0.0), (60.0, 1.0)):
+        model = tiny(silence_db=silence_db)
+        weight = model.silence_weight(model.stft(x[None]))  # [1, K, F]
+        middle = weight[0, 5:-5]  # away from the zero-padded edges
+        assert (middle[:, 32] == 1).all()
+        assert (middle[:, 96] == quiet_active).all()
+        assert (middle[:, 64] == 0).all()  # nothing there
+
+
+# ---------------------------------------------------------------------------- network and loss
+
+
+def test_embed_shape_and_unit_norm():
+    model = tiny()
+    emb = model.embed(torch.randn(2, 1, 1000))
+    assert emb.shape == (2, 1 + 1000 // HOP, N_FREQ, TINY["emb_dim"])
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(emb.shape[:-1]))
+
+
+def test_compute_loss_targets_and_weights(monkeypatch):
+    """With identical embeddings everywhere VVᵀ = 1, so the loss is 1 − Σ_s p_s²,
+    p_s the share of non-silent bins the IBM gives to source s."""
+    model = tiny()
+    ref = noise_sources(2, 3, 3000, seed=3, gains_db=[0.0, -4.0, -8.0])
+    ref[:, :, 1000:1600] = 0  # a silent stretch that must get zero weight
+    mix = ref.sum(1)
+    labels = ibm_labels(ref)  # [B, K, F]
+    mag = ref_stft(mix).abs().transpose(1, 2)  # [B, K, F]
+    active = mag > mag.amax(dim=(1, 2), keepdim=True) * 10 ** (-40 / 20)
+    assert (~active).any() and active.any()
+    want = []
+    for b in range(2):
+        shares = torch.bincount(labels[b][active[b]], minlength=3).double() / active[b].sum()
+        want.append(1 - shares.square().sum())
+    const = nnf.normalize(torch.ones(TINY["emb_dim"]), dim=0)
+    monkeypatch.setattr(model, "_embed_spec",
+                        lambda spec: const.expand(spec.shape[0], spec.shape[2], spec.shape[1], -1))
+    torch.testing.assert_close(model.compute_loss(mix, ref).double(), torch.stack(want).mean(),
+                               rtol=1e-5, atol=1e-6)
+    # Oracle embeddings (one-hot IBM) are a perfect fit: loss 0.
+    monkeypatch.setattr(model, "_embed_spec", lambda spec: nnf.one_hot(labels, TINY["emb_dim"]).float())
+    assert model.compute_loss(mix, ref).abs() < 1e-6
+
+
+def test_compute_loss_is_differentiable_and_checks_shapes():
+    model = tiny()
+    ref = noise_sources(2, 2, 2000)
+    loss = model.compute_loss(ref.sum(1), ref)
+    loss.backward()
+    assert loss.shape == () and torch.isfinite(loss)
+    assert model.proj.weight.grad is not None and model.proj.weight.grad.abs().sum() > 0
+    with pytest.raises(SepError):
+        model.compute_loss(ref.sum(1), ref[:, :, :-1])
+    with pytest.raises(SepError):
+        model.compute_loss(ref.sum(1), ref[0])
+
+
+def test_tiny_model_loss_falls():
+    """Two sources with disjoint spectra (IBM is a function of frequency): 30 Adam
+    steps on a fixed batch must at least halve the loss."""
+    torch.manual_seed(0)
+    model = registry.build("dpcl", layers=1, hidden=32, emb_dim=4).train()
+    spec = torch.fft.rfft(noise_sources(2, 2, 4000, seed=4), dim=-1)  # [B, S, T/2+1]
+    cut = spec.shape[-1] // 2
+    spec[:, 0, cut:] = 0
+    spec[:, 1, :cut] = 0
+    ref = torch.fft.irfft(spec, n=4000, dim=-1)
+    mix = ref.sum(1)
+    model.fit_normalization([mix])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = model.compute_loss(mix, ref)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ---------------------------------------------------------------------------- separation
+
+
+@pytest.mark.parametrize("n_src", [1, 2, 3])
+def test_separate_shapes_sum_and_determinism(n_src):
+    model = tiny()
+    mix = noise_sources(2, 2, 2345, seed=5).sum(1)
+    est = model.separate(mix, n_src=n_src, seed=7)
+    assert est.shape == (2, n_src, 2345)
+    assert torch.isfinite(est).all()
+    # Masks partition the spectrogram, so the tracks add back up to the mixture.
+    torch.testing.assert_close(est.sum(1), mix, atol=1e-5, rtol=1e-5)
+    assert torch.equal(est, model.separate(mix, n_src=n_src, seed=7))
+    if n_src == 1:
+        torch.testing.assert_close(est[:, 0], mix, atol=1e-5, rtol=1e-5)
+    else:
+        assert (est.square().sum(-1) > 0).all()  # every cluster got something
+
+
+def test_forward_uses_config_n_src_and_accepts_channel_dim():
+    model = tiny(n_src=3)
+    mix = noise_sources(1, 2, 1500).sum(1)
+    est = model(mix[:, None])
+    assert est.shape == (1, 3, 1500)
+    assert torch.equal(est, model.separate(mix))
+    assert model.separate(mix, n_src="2").shape == (1, 2, 1500)
+
+
+@pytest.mark.parametrize("n_src", [2, 3])
+@pytest.mark.parametrize("max_bins", [20000, 300])
+def test_oracle_embeddings_give_ideal_binary_mask_separation(monkeypatch, n_src, max_bins):
+    model = tiny(kmeans_max_bins=max_bins)
+    ref = noise_sources(2, n_src, 4000, seed=6)
+    mix = ref.sum(1)
+    monkeypatch.setattr(model, "embed", oracle_embed(ref, TINY["emb_dim"]))
+    est = model.separate(mix, n_src=n_src)
+    # IBM separation computed directly.
+    spec = ref_stft(mix)  # [B, F, K]
+    ibm = nnf.one_hot(ibm_labels(ref), n_src).permute(0, 3, 2, 1).float()  # [B, S, F, K]
+    want = ref_istft((spec[:, None] * ibm).reshape(-1, *spec.shape[1:]), 4000).view(2, n_src, 4000)
+    for b in range(2):
+        torch.testing.assert_close(match_permutation(est[b], want[b]), want[b], atol=1e-5, rtol=1e-5)
+    # ... and that is far better than the mixture as an estimate of each source.
+    err = (match_permutation(est[0], ref[0]) - ref[0]).square().sum()
+    assert err < 0.5 * (mix[0] - ref[0]).square().sum()
+
+
+def test_kmeans_fit_is_bounded_on_long_inputs(monkeypatch):
+    from sklearn.cluster import KMeans
+
+    sizes = []
+    fit = KMeans.fit
+
+    def spy(self, X, *args, **kwargs):
+        sizes.append(len(X))
+        return fit(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(KMeans, "fit", spy)
+    model = tiny(kmeans_max_bins=500)
+    mix = noise_sources(1, 2, 16000, seed=8).sum(1)  # 251 frames x 129 bins
+    est = model.separate(mix, n_src=2)
+    assert sizes == [500]
+    assert est.shape == (1, 2, 16000)
+    torch.testing.assert_close(est.sum(1), mix, atol=1e-5, rtol=1e-5)
+
+
+def test_tracks_are_ordered_loudest_first():
+    model = tiny()
+    emb = np.zeros((6, 2), dtype=np.float32)
+    emb[[0, 1, 2], 0] = 1
+    emb[[3, 4, 5], 1] = 1
+    energy = np.array([1, 1, 1, 5, 5, 5], dtype=np.float64)
+    labels = model._cluster(emb, np.ones(6, bool), energy, n_src=2, seed=0)
+    assert labels.tolist() == [1, 1, 1, 0, 0, 0]
+
+
+def test_digital_silence_gives_silent_outputs():
+    model = tiny()
+    mix = torch.zeros(2, 3000)
+    for n_src in (1, 2, 3, "auto"):
+        est = model.separate(mix, n_src=n_src)
+        assert torch.isfinite(est).all() and est.abs().max() == 0
+    assert model.count_speakers(mix) == [1, 1]
+    ref = torch.zeros(2, 2, 3000)
+    loss = model.compute_loss(mix, ref)
+    assert torch.isfinite(loss)
+
+
+def test_silence_in_one_item_does_not_affect_another():
+    model = tiny()
+    mix = noise_sources(1, 2, 2000, seed=9).sum(1)
+    both = torch.cat([mix, torch.zeros_like(mix)])
+    est = model.separate(both, n_src=2)
+    torch.testing.assert_close(est[0], model.separate(mix, n_src=2)[0], atol=1e-6, rtol=1e-5)
+    assert est[1].abs().max() == 0
+
+
+@pytest.mark.parametrize("bad", [0, -1, "two", 2.5, True, "0"])
+def test_bad_n_src_raises(bad):
+    model = tiny()
+    with pytest.raises(SepError):
+        model.separate(torch.randn(1, 500), n_src=bad)
+
+
+@pytest.mark.parametrize("mix", [
+    torch.randn(2, 2, 500), torch.randn(500), torch.zeros(1, 0),
+    torch.full((1, 500), float("nan")), torch.ones(1, 500, dtype=torch.int64),
+])
+def test_bad_mix_raises(mix):
+    with pytest.raises(SepError):
+        tiny().separate(mix)
+
+
+@pytest.mark.parametrize("overrides", [dict(hop=200), dict(dropout=1.0), dict(n_src=0),
+                                       dict(silence_db=-3), dict(auto_threshold=1.5), dict(layers=0)])
+def test_bad_config_raises(overrides):
+    with pytest.raises(SepError):
+        registry.build("dpcl", {**TINY, **overrides})
+
+
+# ---------------------------------------------------------------------------- speaker counting
+
+
+@pytest.mark.parametrize("n_src, gains_db", [
+    (1, [0.0]), (2, [0.0, 0.0]), (2, [0.0, -5.0]), (3, [0.0, 0.0, 0.0]), (3, [0.0, -3.0, -5.0]),
+])
+@pytest.mark.parametrize("noise", [0.0, 0.2])
+def test_auto_counts_speakers_from_oracle_like_embeddings(monkeypatch, n_src, gains_db, noise):
+    model = tiny()
+    ref = noise_sources(1, n_src, 4000, seed=10 + n_src, gains_db=gains_db)
+    mix = ref.sum(1)
+    monkeypatch.setattr(model, "embed", oracle_embed(ref, TINY["emb_dim"], noise=noise, seed=n_src))
+    assert model.count_speakers(mix) == [n_src]
+    est = model.separate(mix, n_src="auto")
+    assert est.shape == (1, n_src, 4000)
+    torch.testing.assert_close(est.sum(1), mix, atol=1e-5, rtol=1e-5)
+
+
+def test_eigen_shares_equal_speaker_bin_shares_for_exact_embeddings(monkeypatch):
+    model = tiny()
+    ref = noise_sources(1, 3, 4000, seed=15, gains_db=[0.0, -3.0, -6.0])
+    mix = ref.sum(1)
+    monkeypatch.setattr(model, "embed", oracle_embed(ref, TINY["emb_dim"]))
+    mag = ref_stft(mix).abs().transpose(1, 2)[0]  # [K, F]
+    active = mag > mag.max() * 10 ** (-40 / 20)
+    bin_shares = torch.bincount(ibm_labels(ref)[0][active], minlength=3).double() / active.sum()
+    shares = model.eigen_shares(mix)
+    assert shares.shape == (1, TINY["emb_dim"])
+    torch.testing.assert_close(shares[0, :3], bin_shares.sort(descending=True).values)
+    assert shares[0, 3:].abs().max() < 1e-9
+    assert model.eigen_shares(torch.zeros(1, 4000)).abs().max() == 0
+
+
+def test_auto_pads_batches_with_different_counts(monkeypatch):
+    model = tiny()
+    ref = noise_sources(2, 3, 3000, seed=11)
+    ref[0, 1:] = 0  # item 0 has one speaker, item 1 three
+    mix = ref.sum(1)
+    monkeypatch.setattr(model, "embed", oracle_embed(ref, TINY["emb_dim"], noise=0.1))
+    assert model.count_speakers(mix) == [1, 3]
+    est = model.separate(mix, n_src="auto")
+    assert est.shape == (2, 3, 3000)
+    assert est[0, 1:].abs().max() == 0
+    torch.testing.assert_close(est[0, 0], mix[0], atol=1e-5, rtol=1e-5)
+
+
+def test_count_is_clipped_to_auto_max_src(monkeypatch):
+    model = tiny(auto_max_src=2)
+    ref = noise_sources(1, 3, 3000, seed=12)
+    monkeypatch.setattr(model, "embed", oracle_embed(ref, TINY["emb_dim"]))
+    assert model.count_speakers(ref.sum(1)) == [2]
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def test_presets_are_registered():
+    presets = registry.presets()
+    paper = presets["dpcl-paper"]
+    assert paper.family == "dpcl"
+    assert paper.overrides["layers"] == 4 and paper.overrides["hidden"] == 300
+    assert presets["dpcl-hershey2016"].overrides["layers"] == 2
+    assert isinstance(registry.build("dpcl-small"), DeepClustering)
+    defaults = DeepClusteringConfig()
+    assert (defaults.n_fft, defaults.hop, defaults.n_freq, defaults.emb_dim) == (256, 64, 129, 20)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny(dropout=0.2, silence_db=35.0, kmeans_seed=3)
+    gen = torch.Generator().manual_seed(13)
+    model.set_normalization(torch.randn(N_FREQ, generator=gen), torch.rand(N_FREQ, generator=gen) + 0.5)
+    path = tmp_path / "dpcl.safetensors"
+    registry.save_model(model, path)
+    meta, tensors = registry.read_checkpoint(path)
+    assert meta["family"] == "dpcl"
+    assert {"feat_mean", "feat_std"} <= set(tensors) and "window" not in tensors
+    loaded = registry.load_file(path)
+    assert isinstance(loaded, DeepClustering) and loaded.config == model.config
+    assert not loaded.training
+    assert torch.equal(loaded.feat_mean, model.feat_mean) and torch.equal(loaded.feat_std, model.feat_std)
+    mix = noise_sources(2, 3, 2500, seed=14).sum(1)
+    assert torch.equal(loaded.embed(mix), model.embed(mix))
+    assert torch.equal(loaded.separate(mix, n_src=3), model.separate(mix, n_src=3))
+    assert loaded.count_speakers(mix) == model.count_speakers(mix)
