@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sepcli.audio import read_audio, write_audio
+from sepcli.errors import SepError
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "librispeech-8k" / "dev-clean"
@@ -71,4 +72,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SepError as exc:
+        raise SystemExit(f"Error: {exc}") from None

@@ -31,12 +31,26 @@ class _SepGroup(click.Group):
             sys.exit(130)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr``, not the one at creation: the
+    handler outlives a command (tests run many through CliRunner, which swaps
+    sys.stderr each time)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(quiet: bool = False) -> None:
     """Library modules log through ``logging.getLogger(__name__)``; the CLI shows
     their warnings as one line each on stderr."""
     logger = logging.getLogger("sepcli")
     if not any(getattr(h, "_sep", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         handler._sep = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
@@ -182,7 +196,10 @@ class _ManyValuesCommand(click.Command):
 
 
 def _db(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
+    if v is None:
+        return "-"
+    text = f"{v:.2f}"
+    return "0.00" if text == "-0.00" else text
 
 
 def _print_mixture_score(score) -> None:
@@ -510,3 +527,264 @@ def train_cmd(
                    f"{result.best_path}")
     if result.reason in ("max_steps", "max_minutes", "interrupted"):
         click.echo(f"Continue with: sep train --resume {result.run_dir}")
+
+
+# ----------------------------------------------------------------------------- sep separate
+# Defaults mirror sepcli.api (not imported here: it loads torch, which would
+# slow down every `sep --help`); tests/test_cli_separate.py checks they agree.
+
+
+@main.command("separate")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--model", "-m", metavar="NAME|PATH",
+              help="Shipped model name or .safetensors checkpoint. Default: the best shipped "
+                   "non-causal model (see `sep models`).")
+@click.option("--out", "-o", default="separated", show_default=True, metavar="DIR",
+              help="Output folder.")
+@click.option("--num-speakers", "-n", metavar="K|auto",
+              help="Number of speakers. Default: the model's. Only clustering models (dpcl) "
+                   "accept another count or 'auto'.")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+              help="Where the model runs; auto uses CUDA when present.")
+@click.option("--segment", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              metavar="SEC", help="Chunk length in seconds; longer inputs are processed chunk by chunk.")
+@click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.25, show_default=True,
+              metavar="F", help="Fraction of each chunk shared with the next (cross-fade and "
+                                "speaker-order alignment; 0 disables alignment).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Files separated at once, each with (CPU cores / N) threads.")
+@click.option("--filename", default="{stem}/s{i}.wav", show_default=True, metavar="TEMPLATE",
+              help="Output path under --out. Fields: {stem} input name, {i} speaker number, "
+                   "{n} number of speakers, {parent} input's folder relative to a folder argument.")
+@click.option("--float", "as_float", is_flag=True, help="Write 32-bit float WAV instead of 16-bit PCM.")
+@click.option("--plot", is_flag=True,
+              help="Also write STEM.spectrogram.png (mixture and each speaker) next to the outputs; "
+                   "needs matplotlib (pip install 'sepcli[plot]').")
+@click.option("--force", "-f", is_flag=True, help="Redo inputs whose outputs exist, overwriting them.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (messages go to stderr).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-file lines; only errors.")
+def separate_cmd(
+    inputs: tuple[str, ...], model: str | None, out: str, num_speakers: str | None, device: str,
+    segment: float, overlap: float, jobs: int, filename: str, as_float: bool, plot: bool,
+    force: bool, as_json: bool, quiet: bool,
+) -> None:
+    """Separate recordings into one track per speaker: OUT/<stem>/s1.wav, s2.wav, ...
+
+    INPUT is any number of audio files, folders (searched recursively) or
+    glob patterns. Each output has the input's sample rate and exactly its
+    length; the tracks add up to the mixture and are scaled down (with a
+    warning) only if they would clip. Inputs whose outputs all exist are
+    skipped, so an interrupted batch picks up where it stopped. A file that
+    fails does not stop the batch; the exit status is 1 if any failed.
+
+    \b
+    Example:
+      sep separate meeting.flac --model convtasnet
+      sep separate recordings/ "more/*.wav" --out separated/ --jobs 2
+      sep separate interview.wav --model runs/x/best.safetensors --plot --float
+      sep separate talk.wav --model dpcl --num-speakers auto --json
+    """
+    import json
+
+    from sepcli import api, engine
+
+    _setup_logging(quiet)
+    if jobs == 1:
+        engine.set_threads(1)
+    with api.ConsoleReport(quiet=quiet, lines_to_stderr=as_json) as report:
+        batch = api.separate_files(
+            inputs, out, model=model, device=device, segment=segment, overlap=overlap,
+            n_src=num_speakers, jobs=jobs, force=force, filename=filename,
+            subtype="FLOAT" if as_float else "PCM_16", plot=plot, events=report,
+        )
+    report.summary(batch)
+    if as_json:
+        click.echo(json.dumps(batch.to_dict(), indent=2))
+    if batch.failed:
+        sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- sep stream / sep bench
+
+
+def _chunk_ms_list(value: str) -> list[float]:
+    try:
+        out = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated milliseconds like 2,4,8, got {value!r}") from None
+    if not out or any(not (v > 0) for v in out):
+        raise click.BadParameter(f"expected positive milliseconds like 2,4,8, got {value!r}")
+    return out
+
+
+@main.command("stream")
+@click.argument("input_path", metavar="INPUT|-")
+@click.option("--model", "-m", metavar="NAME|PATH",
+              help="A causal Conv-TasNet: shipped name or .safetensors checkpoint. "
+                   "Default: the shipped convtasnet-causal.")
+@click.option("--out", "-o", default="separated", show_default=True, metavar="DIR", help="Output folder.")
+@click.option("--chunk-ms", type=click.FloatRange(min=0, min_open=True), default=8.0, show_default=True,
+              metavar="MS", help="Chunk length in milliseconds: how much input arrives at a time.")
+@click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda[:N]",
+              help="Where the model runs (small chunks are usually fastest on the CPU).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads (one is fastest for chunks of a few ms).")
+@click.option("--filename", default="{stem}/s{i}.wav", show_default=True, metavar="TEMPLATE",
+              help="Output path under --out; fields {stem} (input name, or --name for stdin), {i}, {n}.")
+@click.option("--stdin-rate", type=click.IntRange(min=1), metavar="HZ",
+              help="With INPUT '-': sample rate of the raw mono PCM read from stdin (required).")
+@click.option("--stdin-format", type=click.Choice(["s16le", "f32le"]), default="s16le", show_default=True,
+              help="With INPUT '-': raw sample format, 16-bit integer or 32-bit float, little-endian.")
+@click.option("--name", default="stdin", show_default=True,
+              help="With INPUT '-': the {stem} of the output files.")
+@click.option("--float", "as_float", is_flag=True,
+              help="Write 32-bit float WAV (always the case for stdin, whose peak is unknown in advance).")
+@click.option("--force", "-f", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def stream_cmd(
+    input_path: str, model: str | None, out: str, chunk_ms: float, device: str, threads: int,
+    filename: str, stdin_rate: int | None, stdin_format: str, name: str, as_float: bool,
+    force: bool, as_json: bool,
+) -> None:
+    """Separate with a causal model chunk by chunk, as live audio would arrive.
+
+    Writes the same files as sep separate (OUT/<stem>/s1.wav, s2.wav, ...,
+    the input's rate and length). Each chunk's output is final as soon as
+    the chunk is processed: the model keeps its state between chunks, so the
+    result is identical to running the causal model over the whole file.
+    INPUT '-' reads raw mono PCM from stdin until it closes (--stdin-rate).
+
+    \b
+    Example:
+      sep stream meeting.wav --model convtasnet-causal --chunk-ms 8
+      arecord -f S16_LE -r 16000 -c 1 -t raw | sep stream - --stdin-rate 16000 --out live/
+      sox talk.flac -t raw -e float -b 32 -c 1 -r 8000 - | sep stream - --stdin-rate 8000 --stdin-format f32le
+    """
+    import json
+
+    import torch
+
+    from sepcli import streaming
+
+    torch.set_num_threads(threads)
+    if input_path == "-":
+        if stdin_rate is None:
+            raise click.UsageError("reading stdin ('-') needs --stdin-rate HZ")
+        result = streaming.stream_pcm(
+            sys.stdin.buffer, stdin_rate, out, model, name=name, sample_format=stdin_format,
+            chunk_ms=chunk_ms, device=device, force=force, filename=filename, subtype="FLOAT",
+        )
+    else:
+        if stdin_rate is not None:
+            raise click.UsageError("--stdin-rate is only for INPUT '-' (stdin)")
+        result = streaming.stream_file(
+            input_path, out, model, chunk_ms=chunk_ms, device=device, force=force, filename=filename,
+            subtype="FLOAT" if as_float else "PCM_16",
+        )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif result.status == "skipped":
+        click.echo(f"Skipped {result.input}: {result.message}", err=True)
+    else:
+        click.echo(
+            f"Wrote {result.n_src} tracks ({result.duration:.1f} s at {result.sample_rate} Hz) to "
+            f"{', '.join(result.outputs)}\n{result.chunks} chunks of {result.chunk_ms:g} ms: compute "
+            f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, max {result.max_ms:.2f} ms; "
+            f"real-time factor {result.compute_rtf:.3f}"
+        )
+
+
+def _print_bench(result) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    weights = " (random weights)" if result.random_weights else ""
+    title = (
+        f"Streaming {result.model}{weights}, {result.params / 1e6:.2f}M params, "
+        f"{result.device} ({result.device_name}), {result.threads} thread(s), "
+        f"{result.duration_s:g} s at {result.sample_rate / 1000:g} kHz"
+    )
+    console = Console()
+    wide = console.width >= 100  # p90 and max only where they fit; --json has everything
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, caption="times in ms",
+                  caption_justify="left")
+    columns = ["Chunk", "RTF", "p50", *(["p90"] if wide else []), "p99", *(["max"] if wide else []),
+               "Alg.\nlat.", "Total\nlat.", "Max\n|diff|", "Naive\nRTF", "Speed\n-up"]
+    for col in columns:
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in result.results:
+        table.add_row(
+            f"{r.chunk_ms:g}", f"{r.rtf:.3f}", f"{r.p50_ms:.2f}", *([f"{r.p90_ms:.2f}"] if wide else []),
+            f"{r.p99_ms:.2f}", *([f"{r.max_ms:.2f}"] if wide else []), f"{r.algorithmic_latency_ms:.1f}",
+            f"{r.total_latency_ms:.1f}", f"{r.max_abs_diff:.1e}",
+            "-" if r.naive_rtf is None else f"{r.naive_rtf:.2f}",
+            "-" if r.speedup is None else f"{r.speedup:.0f}x",
+        )
+    console.print(table)
+    notes = [
+        "RTF: compute time / audio time. Alg. lat.: window L + chunk. Total: alg. + p99 compute.",
+        "Max |diff|: streamed vs offline causal output. Naive: network re-run over its receptive field "
+        f"({result.receptive_field_ms:.0f} ms) + chunk for every chunk.",
+    ]
+    if result.offline_rtf is not None:
+        off_weights = " (random weights)" if result.offline_random_weights else ""
+        notes.append(f"Offline non-causal {result.offline_model}{off_weights}: RTF {result.offline_rtf:.3f} "
+                     "(one forward over the whole signal).")
+    console.print("\n".join(notes), highlight=False)
+
+
+@main.command("bench")
+@click.option("--model", "-m", metavar="NAME|PATH",
+              help="Causal Conv-TasNet to stream: shipped name, checkpoint, or preset (random weights). "
+                   "Default: shipped convtasnet-causal, else convtasnet-paper-causal with random weights.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where to run; CUDA timings use synchronised events.")
+@click.option("--chunk-ms", "chunk_ms", default="2,4,8,16,32", show_default=True, metavar="MS,MS,...",
+              help="Chunk sizes to measure, in milliseconds (each at least one hop, L/2 samples).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads for torch.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              metavar="SEC", help="Seconds of audio streamed per chunk size.")
+@click.option("--naive-chunks", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Chunks timed for the naive re-run-everything baseline (0 skips it).")
+@click.option("--offline-model", metavar="NAME|PATH",
+              help="Non-causal model whose offline RTF is reported. Default: shipped convtasnet, "
+                   "else convtasnet-paper with random weights.")
+@click.option("--no-offline", is_flag=True, help="Skip the offline non-causal measurement.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
+def bench_cmd(
+    model: str | None, device: str, chunk_ms: str, threads: int, duration: float, naive_chunks: int,
+    offline_model: str | None, no_offline: bool, as_json: bool,
+) -> None:
+    """Measure streaming latency and real-time factor of a causal Conv-TasNet.
+
+    For each chunk size, after a warm-up: compute time per chunk (p50, p90,
+    p99, max), real-time factor, algorithmic latency (window + chunk), total
+    latency (algorithmic + p99), the largest deviation from the offline causal
+    output, and the naive baseline that re-runs the whole receptive field for
+    every chunk. Close other programs first: timings are wall-clock.
+
+    \b
+    Example:
+      sep bench
+      sep bench --threads 1 --chunk-ms 8 --duration 30
+      sep bench --device cuda --json > bench.json
+    """
+    import json
+
+    from rich.console import Console
+
+    from sepcli import bench
+
+    chunks = _chunk_ms_list(chunk_ms)
+    console = Console(stderr=True)
+    with console.status("benchmarking", spinner="dots") as status:
+        result = bench.run_bench(
+            model, device=device, chunk_ms=chunks, threads=threads, duration=duration,
+            naive_chunks=naive_chunks, offline_model=False if no_offline else offline_model,
+            progress=lambda msg: status.update(msg) if not as_json else None,
+        )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_bench(result)

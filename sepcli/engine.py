@@ -68,10 +68,24 @@ log = logging.getLogger(__name__)
 SeparateFn = Callable[[np.ndarray], Any]
 """``fn(mix) -> est``: mix float32 numpy ``[B, T]``; est numpy or torch ``[B, S, T]``."""
 
-GAIN_PRIOR = 1e-3
-"""Weight of the pull towards gain 1 in :func:`mixture_gains`, relative to each
-estimate's energy. Small enough that well-determined gains follow the data;
-large enough that near-collinear estimates cannot take huge opposite gains."""
+GAIN_COND = 1e-3
+"""Eigenvalue (of the estimates' correlation matrix) below which
+:func:`mixture_gains` leaves a direction at the model's own level: combinations
+of estimates that cancel to within -30 dB."""
+
+
+QUIET_OVERLAP = 1e-3
+"""An overlap region whose mixture power is below this fraction (-30 dB) of the
+stream's average chunk power carries no evidence for alignment: voice
+signatures alone decide (:func:`voice_signatures`). They also break ties
+between tracks that are silent in an otherwise informative overlap."""
+
+SIGNATURE_WEIGHT = 0.01
+SIGNATURE_FFT = 256
+SIGNATURE_BANDS = 32
+SIGNATURE_MEMORY = 4000
+"""Frames (about 64 s at 8 kHz) after which a track's signature becomes a
+running average that follows slow changes of the voice."""
 
 
 @dataclass
@@ -90,6 +104,8 @@ class EngineStats:
     """Number of output tracks so far."""
     max_buffered: int = 0
     """Largest number of samples held in the output accumulator (memory bound check)."""
+    by_signature: int = 0
+    """Chunks ordered by voice signature because the overlap region was quiet."""
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -152,40 +168,71 @@ def segment_window(length: int, fade: int) -> np.ndarray:
     return w
 
 
-def mixture_gains(est: np.ndarray, mix: np.ndarray, prior: float = GAIN_PRIOR) -> np.ndarray:
+def mixture_gains(est: np.ndarray, mix: np.ndarray, cond: float = GAIN_COND) -> np.ndarray:
     """Per-source gains ``g`` with ``sum_i g_i * est_i ≈ mix`` (least squares).
 
-    Minimizes ``||mix - sum_i g_i est_i||^2 + prior * sum_i ||est_i||^2 (g_i - 1)^2``.
-    The second term only matters where the fit is ill-determined (estimates
-    that are nearly scaled copies of each other, or silent): there it keeps the
-    model's own level instead of letting gains blow up in opposite directions.
-    An estimate that already is the mixture gets gain exactly 1.
+    Solved on unit-norm estimates (their correlation matrix) through its
+    eigen-decomposition. Directions with eigenvalue below ``cond`` are
+    combinations of estimates that nearly cancel (near-copies of each other):
+    the data cannot pin them down, and fitting them would give huge opposite
+    gains, so there the gains keep the model's own level (``g = 1``). Elsewhere
+    the fit is the plain, unbiased least-squares one. A final common factor puts
+    ``sum_i g_i est_i`` at the mixture's least-squares scale. Silent estimates
+    get gain 0; an estimate that already is the mixture gets gain 1.
 
     Shape: est ``[S, T]``, mix ``[T]`` -> ``[S]`` float64.
     """
     e = np.asarray(est, dtype=np.float64)
     m = np.asarray(mix, dtype=np.float64)
-    gram = e @ e.T  # [S, S]
-    diag = np.diag(gram).copy()  # [S]
-    total = float(diag.sum())
-    if total <= 0.0 or not np.isfinite(total):
-        return np.zeros(e.shape[0])
-    a = gram + np.diag(prior * diag)
-    # A silent estimate has an all-zero row; the tiny ridge gives it gain 0
-    # instead of a singular system.
-    a[np.diag_indices_from(a)] += 1e-12 * total / e.shape[0]
-    b = e @ m + prior * diag  # [S]
-    return np.linalg.solve(a, b)
+    norms = np.sqrt(np.einsum("st,st->s", e, e))  # [S]
+    g = np.zeros(e.shape[0])
+    live = norms > 0
+    if not live.any():
+        return g
+    u = e[live] / norms[live, None]  # [S', T] unit-norm estimates
+    corr = u @ u.T  # [S', S']
+    w, v = np.linalg.eigh(corr)
+    keep = w > cond
+    b = u @ m  # [S']
+    h = v[:, keep] @ ((v[:, keep].T @ b) / w[keep])  # least squares in the determined directions
+    prior = norms[live]  # h for g = 1
+    h += v[:, ~keep] @ (v[:, ~keep].T @ prior)
+    g[live] = h / norms[live]
+    total_est = g @ e  # [T]
+    energy = float(total_est @ total_est)
+    if energy > 0.0:
+        g *= float(total_est @ m) / energy
+    return g
 
 
-def best_order(est: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Order of ``est`` rows that best matches ``ref`` rows (largest summed
-    inner product, i.e. least squared error between ``est[order]`` and ``ref``).
+def voice_signatures(est: np.ndarray, mix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A coarse voice fingerprint of each track: its mean log-power spectrum
+    (``SIGNATURE_BANDS`` bands, level removed) over the frames where it
+    dominates (at least -10 dB of the mixture, and the mixture itself within
+    30 dB of its loudest frame). Used to keep speakers apart across pauses
+    that leave nothing to match in an overlap region: it tells apart voices
+    with different spectral envelopes, not every pair of similar voices.
 
-    Shape: est, ref ``[S, n]`` -> order ``[S]`` (``est[order]`` aligns with ``ref``).
+    Shape: est ``[S, T]``, mix ``[T]`` -> (signatures ``[S, SIGNATURE_BANDS]``,
+    weights ``[S]`` = frames used; 0 means no evidence for that track).
     """
-    score = np.asarray(ref, dtype=np.float64) @ np.asarray(est, dtype=np.float64).T  # [S_ref, S_est]
-    return pit_permutation(score)
+    n_fft, hop = SIGNATURE_FFT, SIGNATURE_FFT // 2
+    x = np.concatenate([np.asarray(est, np.float64), np.asarray(mix, np.float64)[None]])  # [S+1, T]
+    if x.shape[1] < n_fft:
+        x = np.pad(x, ((0, 0), (0, n_fft - x.shape[1])))
+    n_frames = (x.shape[1] - n_fft) // hop + 1
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(n_frames)[:, None]  # [K, n_fft]
+    spec = np.abs(np.fft.rfft(x[:, idx] * np.hanning(n_fft), axis=-1)) ** 2  # [S+1, K, F]
+    spec = spec[:, :, 1 : 1 + (spec.shape[-1] - 1) // SIGNATURE_BANDS * SIGNATURE_BANDS]  # drop DC
+    bands = spec.reshape(spec.shape[0], n_frames, SIGNATURE_BANDS, -1).mean(axis=-1)  # [S+1, K, Bd]
+    power = bands.sum(axis=-1)  # [S+1, K]
+    track, mix_power = power[:-1], power[-1]
+    active = (track > 0.1 * mix_power) & (mix_power > 1e-3 * mix_power.max()) & (mix_power > 0)  # [S, K]
+    logb = np.log(bands[:-1] + 1e-12 * max(float(mix_power.max()), 1e-30))  # [S, K, Bd]
+    logb -= logb.mean(axis=-1, keepdims=True)  # level-independent shape
+    weight = active.sum(axis=1).astype(np.float64)  # [S]
+    sig = (logb * active[..., None]).sum(axis=1) / np.maximum(weight, 1.0)[:, None]  # [S, Bd]
+    return sig, weight
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -324,6 +371,10 @@ class ChunkedSeparator:
         self._out_start = 0  # samples emitted so far
         self._covered = 0  # end of the region that has contributions
         self._finished = False
+        self._power_sum = 0.0  # mixture power summed over non-silent chunks
+        self._power_n = 0
+        self._sig = np.zeros((self._min_src, SIGNATURE_BANDS))  # [S, Bd] voice signatures
+        self._sig_w = np.zeros(self._min_src)  # [S] frames behind each signature
 
     @property
     def n_src(self) -> int:
@@ -420,15 +471,43 @@ class ChunkedSeparator:
             )  # [S', L]
         if est.shape[0] < n_out:
             est = np.concatenate([est, np.zeros((n_out - est.shape[0], n))])  # [S', n]
+        if self._sig.shape[0] < n_out:
+            grow_s = n_out - self._sig.shape[0]
+            self._sig = np.concatenate([self._sig, np.zeros((grow_s, SIGNATURE_BANDS))])
+            self._sig_w = np.concatenate([self._sig_w, np.zeros(grow_s)])
         self.stats.n_src = n_out
         a = start - self._out_start
         shared = self._covered - start  # samples this chunk shares with earlier output
-        if self.align and n_out > 1 and shared > 0:
-            ref = self._acc[:, a : a + shared] / self._wsum[a : a + shared]  # [S, shared]
-            order = best_order(est[:, :shared], ref)
+        if self.align and n_out > 1:
+            sig, sig_w = voice_signatures(est, mix)
+            order = np.arange(n_out)
+            if shared > 0:
+                # Voice similarity in (0, 1], 0 where a track has no evidence. Weighted
+                # so that it only decides between tracks the overlap cannot tell apart
+                # (silent there: their overlap scores are below ~1e-3).
+                dist = ((self._sig[:, None, :] - sig[None, :, :]) ** 2).mean(axis=-1)  # [S_ref, S_est]
+                known = (self._sig_w[:, None] > 0) & (sig_w[None, :] > 0)
+                score = SIGNATURE_WEIGHT * np.where(known, np.exp(-dist), 0.0)
+                overlap_energy = float(np.sum(np.square(mix[:shared], dtype=np.float64)))
+                average = self._power_sum / max(1, self._power_n)
+                if overlap_energy > QUIET_OVERLAP * average * shared:
+                    ref = self._acc[:, a : a + shared] / self._wsum[a : a + shared]  # [S, shared]
+                    # Fraction of the overlap's energy each pairing explains (least squared error).
+                    score += (ref @ est[:, :shared].T) / overlap_energy  # [S_ref, S_est]
+                elif known.any():
+                    self.stats.by_signature += 1
+                order = pit_permutation(score)
             if np.any(order != np.arange(n_out)):
                 est = est[order]
+                sig, sig_w = sig[order], sig_w[order]
                 self.stats.reordered += 1
+            total = self._sig_w + sig_w
+            upd = sig_w > 0
+            self._sig[upd] = (self._sig[upd] * self._sig_w[upd, None] + sig[upd] * sig_w[upd, None]) / total[upd, None]
+            self._sig_w = np.minimum(total, SIGNATURE_MEMORY)
+        if np.any(mix):
+            self._power_sum += float(np.mean(np.square(mix, dtype=np.float64)))
+            self._power_n += 1
         w = self._window if n == self.segment else segment_window(n, self.fade)
         grow = a + n - self._wsum.shape[0]
         if grow > 0:
@@ -525,7 +604,6 @@ __all__ = [
     "EngineStats",
     "SeparateFn",
     "available_cpus",
-    "best_order",
     "chunk_plan",
     "chunk_starts",
     "mixture_gains",
@@ -535,5 +613,6 @@ __all__ = [
     "separate_array",
     "separate_stream",
     "set_threads",
+    "voice_signatures",
 ]
 

@@ -586,7 +586,8 @@ class _Progress:
 
     def epoch(self, epoch: int, done: int) -> None:
         if self.rich is not None:
-            self.rich.reset(self.task, total=self.steps_per_epoch, completed=done, epoch=epoch)
+            fields = dict(self.rich.tasks[0].fields, epoch=epoch)  # reset() replaces all fields
+            self.rich.reset(self.task, total=self.steps_per_epoch, completed=done, **fields)
 
     def step(self, done: int, loss: float | None = None, speed: float | None = None,
              line: str | None = None) -> None:
@@ -662,7 +663,10 @@ class _StopSignal:
 def _prepare_run_dir(out: Path, resume: bool, force: bool) -> dict | None:
     """Rank 0: check or clean RUN_DIR; returns the checkpoint when resuming."""
     if resume:
-        return load_checkpoint(out)
+        ckpt = load_checkpoint(out)
+        for stale in out.glob(f".{LAST}.*.tmp"):
+            stale.unlink(missing_ok=True)  # a save cut short by kill -9
+        return ckpt
     if out.exists() and not out.is_dir():
         raise SepError(f"{out} exists and is not a folder")
     if (out / LAST).exists() or (out / LOG).exists():
@@ -715,11 +719,16 @@ def train(
     t_call = time.monotonic()
     out = Path(out)
     d = _init_distributed(device)
+    pkg_log = logging.getLogger("sepcli")
+    level = pkg_log.level
+    if not d.main:
+        pkg_log.setLevel(max(level, logging.WARNING))  # one copy of the progress lines, from rank 0
     try:
         return _train(config, out, d, t_call, resume=resume, overrides=overrides or {},
                       recipe_text=recipe_text, init=init, device=device, threads=threads,
                       max_steps=max_steps, max_minutes=max_minutes, force=force, progress=progress)
     finally:
+        pkg_log.setLevel(level)
         if d.owned and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -844,8 +853,10 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
 
     wrapped: nn.Module = _LossModule(model)
     if d.world > 1:
+        # static_graph: some weights never get gradients (Conv-TasNet's last
+        # residual output feeds nothing); the graph is the same every step.
         wrapped = nn.parallel.DistributedDataParallel(
-            wrapped, device_ids=[dev.index] if dev.type == "cuda" else None
+            wrapped, device_ids=[dev.index] if dev.type == "cuda" else None, static_graph=True
         )
     model.train()
 

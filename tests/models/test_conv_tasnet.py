@@ -276,3 +276,21 @@ def test_mask_activations():
         model = tiny(mask_activation=kind)
         assert model(torch.randn(1, 33)).shape == (1, 2, 33)
     assert dataclasses.asdict(tiny().config)["mask_activation"] == "sigmoid"
+
+
+@pytest.mark.parametrize("dilation,taps", [(1, 3), (4, 3), (2, 5)])
+def test_depthwise_conv_fast_form_matches_conv1d(dilation, taps):
+    """The shifted multiply-add form equals PyTorch's grouped Conv1d, values and gradients."""
+    from sepcli.models.conv_tasnet import depthwise_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 6, taps, dilation=dilation, groups=6)
+    x = torch.randn(2, 6, 40 + (taps - 1) * dilation, requires_grad=True)
+    y_ref = conv(x)
+    g = torch.randn_like(y_ref)
+    grads_ref = torch.autograd.grad((y_ref * g).sum(), (x, conv.weight, conv.bias))
+    y = depthwise_conv(conv, x)
+    grads = torch.autograd.grad((y * g).sum(), (x, conv.weight, conv.bias))
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

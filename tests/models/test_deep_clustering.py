@@ -9,7 +9,6 @@ import torch.nn.functional as nnf
 
 from sepcli import registry
 from sepcli.errors import SepError
-from sepcli.losses import deep_clustering_loss
 from sepcli.models.deep_clustering import DeepClustering, DeepClusteringConfig
 
 N_FFT, HOP, N_FREQ = 256, 64, 129

@@ -1,0 +1,269 @@
+"""Long inputs through `sep separate` (issue 5): speed, memory and stitching.
+
+Speed and memory (random weights are fine: cost does not depend on them)::
+
+    python bench/separate_long.py                      # 10- and 60-minute inputs, 2 threads
+    python bench/separate_long.py --minutes 1 --segment 2 --overlap 0.25
+
+Each input is separated in a fresh child process running the whole file
+pipeline (``Separator.separate_file``: block reading, chunked paper-size
+Conv-TasNet, two-pass writing). Reported per input: real-time factor
+(wall seconds / audio seconds), CPU RTF (user+sys CPU seconds / threads /
+audio seconds: what the wall RTF would be on otherwise idle cores), and
+peak RSS of the child (``ru_maxrss``) next to its RSS before separating.
+The input is 8 kHz noise written block by block.
+
+Stitching check (needs trained weights)::
+
+    python bench/separate_long.py --stitch-check --model runs/x/best.safetensors
+
+builds 10-minute two-talker recordings from held-out 'test' speakers of
+../shared/data/librispeech-8k (recipes/splits/librispeech-8k.json): each
+voice talks in 2-8 s pieces separated by 0.3-3 s pauses, throughout, so the
+two overlap, alternate and sometimes both pause. It compares the SI-SNRi
+scored with one permutation over the whole recording with the mean over its
+10-s pieces, each scored with its own best permutation; a speaker swap
+anywhere makes the first fall behind. Pass: within 1 dB. One mixed-gender
+and one same-gender pair by default.
+
+Targets (issue 5, 2 cores): RTF <= 0.08, peak RSS <= 1.5 GB; a 60-minute input
+within the same memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "librispeech-8k"
+SPLIT = ROOT / "recipes" / "splits" / "librispeech-8k.json"
+RATE = 8000
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ----------------------------------------------------------------------------- speed / memory
+
+
+def write_noise(path: Path, minutes: float, seed: int = 0) -> None:
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    total = int(minutes * 60 * RATE)
+    with sf.SoundFile(str(path), "w", RATE, 1, "PCM_16") as f:
+        for start in range(0, total, 60 * RATE):
+            n = min(60 * RATE, total - start)
+            f.write((0.1 * rng.standard_normal(n)).astype(np.float32))
+
+
+def child(args: argparse.Namespace) -> None:
+    """Runs in a fresh process so that ru_maxrss is this input's peak alone."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from sepcli import registry
+    from sepcli.api import Separator
+
+    torch.manual_seed(0)
+    model = registry.build("convtasnet-paper").eval()
+    sep = Separator(model, device="cpu", segment=args.segment, overlap=args.overlap,
+                    batch_size=args.batch_size)
+    base = rss_mb()
+    with tempfile.TemporaryDirectory(dir=args.workdir) as out:
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        result = sep.separate_file(args.input, out)
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({
+        "minutes": result.duration / 60, "wall_s": wall, "rtf": wall / result.duration,
+        "cpu_rtf": cpu / args.threads / result.duration, "rss_before_mb": base, "peak_rss_mb": peak,
+        "chunks": result.chunks, "threads": args.threads, "segment": args.segment,
+        "overlap": args.overlap, "batch_size": sep.batch_size,
+    }))
+
+
+def speed(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        for minutes in args.minutes:
+            path = Path(tmp) / f"noise_{minutes:g}min.wav"
+            write_noise(path, minutes)
+            cmd = [sys.executable, __file__, "--_child", "--input", str(path),
+                   "--threads", str(args.threads), "--segment", str(args.segment),
+                   "--overlap", str(args.overlap), "--workdir", tmp]
+            if args.batch_size:
+                cmd += ["--batch-size", str(args.batch_size)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"{row['minutes']:5.1f} min  RTF {row['rtf']:.3f}  CPU RTF {row['cpu_rtf']:.3f}  "
+                  f"peak RSS {row['peak_rss_mb']:.0f} MB (before separating {row['rss_before_mb']:.0f} MB)  "
+                  f"[{row['threads']} threads, segment {row['segment']:g} s, overlap {row['overlap']:g}, "
+                  f"batch {row['batch_size']}]", flush=True)
+            path.unlink()
+    return rows
+
+
+# ----------------------------------------------------------------------------- stitching
+
+
+def speakers_by_gender() -> dict[str, str]:
+    genders = {}
+    for line in (DATA / "SPEAKERS.TXT").read_text().splitlines():
+        if line.startswith(";") or "|" not in line:
+            continue
+        parts = [p.strip() for p in line.split("|")]
+        genders[parts[0]] = parts[1]
+    return genders
+
+
+def talker_track(speaker: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """One voice talking on and off: 2-8 s pieces of its utterances, 0.3-3 s pauses.
+    Shape: [T]."""
+    import soundfile as sf
+
+    files = sorted((DATA).glob(f"*/{speaker}/*.flac"))
+    if not files:
+        raise SystemExit(f"no audio for speaker {speaker} under {DATA}")
+    total = int(seconds * RATE)
+    track = np.zeros(total, dtype=np.float32)
+    pos = int(rng.uniform(0, 2) * RATE)
+    order = rng.permutation(len(files))
+    k = 0
+    while pos < total:
+        x, rate = sf.read(str(files[order[k % len(files)]]), dtype="float32")
+        k += 1
+        assert rate == RATE
+        start = 0
+        while start < x.shape[0] and pos < total:
+            n = int(rng.uniform(2, 8) * RATE)
+            piece = x[start : start + n]
+            piece = piece / (np.sqrt(np.mean(piece**2)) + 1e-9) * 10 ** (rng.uniform(-2.5, 2.5) / 20)
+            m = min(piece.shape[0], total - pos)
+            track[pos : pos + m] = 0.05 * piece[:m]
+            pos += m + int(rng.uniform(0.3, 3.0) * RATE)
+            start += n
+    return track
+
+
+def stitch_check(args: argparse.Namespace) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from sepcli.api import Separator
+    from sepcli.engine import EngineStats
+    from sepcli.metrics import pit_si_snr, si_snr
+
+    test = json.loads(SPLIT.read_text())["test"]
+    genders = speakers_by_gender()
+    if args.speakers:
+        pairs = [tuple(args.speakers)]
+    else:
+        men = [s for s in test if genders.get(s) == "M"]
+        women = [s for s in test if genders.get(s) == "F"]
+        pairs = [(men[0], women[0]), (women[1], women[2])]
+    sep = Separator(args.model, device=args.device, segment=args.segment, overlap=args.overlap)
+    rows = []
+    for a, b in pairs:
+        rng = np.random.default_rng(args.seed)
+        seconds = args.minutes[0] * 60
+        ref = np.stack([talker_track(a, seconds, rng), talker_track(b, seconds, rng)])  # [2, T]
+        mix = ref.sum(axis=0)
+        peak = np.abs(mix).max()
+        if peak > 0.9:
+            ref *= 0.9 / peak
+            mix *= 0.9 / peak
+        stats = EngineStats()
+        t0 = time.perf_counter()
+        est = sep.separate(mix, RATE, stats=stats)  # [2, T]
+        wall = time.perf_counter() - t0
+
+        def si_snri(e: np.ndarray, r: np.ndarray, m: np.ndarray) -> tuple[float, np.ndarray]:
+            vals, perm = pit_si_snr(e, r)
+            return float(np.mean(vals - si_snr(np.stack([m, m]), r))), perm
+
+        whole, whole_perm = si_snri(est, ref, mix)
+        pieces, swapped, skipped = [], 0, 0
+        step = 10 * RATE
+        for start in range(0, mix.shape[0] - step + 1, step):
+            sl = slice(start, start + step)
+            if (np.sqrt(np.mean(ref[:, sl] ** 2, axis=1)) < 1e-4).any():
+                skipped += 1  # a voice absent from the piece: SI-SNRi is undefined there
+                continue
+            value, perm = si_snri(est[:, sl], ref[:, sl], mix[sl])
+            pieces.append(value)
+            swapped += int(np.any(perm != whole_perm))
+        row = {
+            "speakers": [a, b], "genders": [genders.get(a), genders.get(b)],
+            "minutes": seconds / 60, "whole_si_snri": whole, "pieces_si_snri": float(np.mean(pieces)),
+            "difference_db": float(np.mean(pieces)) - whole, "pieces": len(pieces),
+            "pieces_skipped": skipped, "pieces_other_permutation": swapped,
+            "chunks": stats.chunks, "reordered_chunks": stats.reordered,
+            "ordered_by_signature": stats.by_signature, "rtf": wall / seconds,
+        }
+        row["pass"] = abs(row["difference_db"]) <= 1.0
+        rows.append(row)
+        print(f"{a}({row['genders'][0]}) + {b}({row['genders'][1]}), {seconds / 60:g} min: "
+              f"whole-file SI-SNRi {whole:.2f} dB, mean of {len(pieces)} 10-s pieces {np.mean(pieces):.2f} dB "
+              f"(difference {row['difference_db']:.2f} dB, {'PASS' if row['pass'] else 'FAIL'}); "
+              f"{swapped} pieces prefer another permutation; {stats.reordered}/{stats.chunks} chunks "
+              f"reordered, {stats.by_signature} by voice signature; RTF {row['rtf']:.3f}", flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, nargs="+", default=None,
+                   help="input lengths (default: 10 60; stitch check: 10)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--segment", type=float, default=None, help="chunk seconds (default: the library's)")
+    p.add_argument("--overlap", type=float, default=None, help="overlap fraction (default: the library's)")
+    p.add_argument("--batch-size", type=int, default=None, help="chunks per forward call")
+    p.add_argument("--stitch-check", action="store_true", help="run the stitching check (needs --model)")
+    p.add_argument("--model", help="trained model (name or .safetensors) for --stitch-check")
+    p.add_argument("--speakers", nargs=2, metavar="ID", help="speaker pair for --stitch-check")
+    p.add_argument("--device", default="auto", help="device for --stitch-check")
+    p.add_argument("--seed", type=int, default=0, help="recording construction seed")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--workdir", default=None, help="folder for temporary files (default: system temp)")
+    p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--input", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from sepcli import api
+
+    args.segment = api.DEFAULT_SEGMENT if args.segment is None else args.segment
+    args.overlap = api.DEFAULT_OVERLAP if args.overlap is None else args.overlap
+    if args._child:
+        child(args)
+        return
+    if args.stitch_check:
+        if not args.model:
+            p.error("--stitch-check needs --model (trained weights)")
+        args.minutes = args.minutes or [10.0]
+        rows = stitch_check(args)
+    else:
+        args.minutes = args.minutes or [10.0, 60.0]
+        rows = speed(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

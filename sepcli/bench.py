@@ -1,0 +1,360 @@
+"""``sep bench``: measured latency of streaming causal Conv-TasNet.
+
+For each chunk size the signal is fed to a :class:`~sepcli.streaming.Streamer`
+chunk by chunk, after a warm-up on the same chunk size, and every ``process``
+call is timed (on CUDA with events, synchronised). Reported per chunk size:
+
+* ``p50_ms`` ... ``max_ms``: compute time per chunk;
+* ``rtf``: total compute time / duration of the audio (below 1: faster than real time);
+* ``algorithmic_latency_ms``: the encoder window L plus the chunk, the delay the
+  method itself imposes before a sample's output can exist;
+* ``total_latency_ms``: algorithmic latency plus the p99 compute time;
+* ``max_abs_diff``: the largest difference between the streamed output and
+  the offline causal forward on the same signal (``max_rel_diff``: divided
+  by the offline output's peak);
+* ``naive_rtf``: the baseline that re-runs the network over its receptive
+  field plus the chunk for every chunk (what toolkits without state do),
+  timed on ``naive_chunks`` chunks with a full context; ``speedup`` =
+  ``naive_rtf / rtf``.
+
+Also measured once: ``offline_rtf``, the throughput of the non-causal model
+(one forward over the whole signal).
+
+The signal is synthetic (seeded amplitude-modulated noise): compute does
+not depend on the content. Timings depend on everything else the machine is
+doing; measure on an idle machine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from sepcli import registry
+from sepcli.errors import SepError
+from sepcli.streaming import Streamer
+
+DEFAULT_CHUNKS_MS = (2.0, 4.0, 8.0, 16.0, 32.0)
+DEFAULT_CAUSAL = "convtasnet-causal"  # shipped name
+PAPER_CAUSAL = "convtasnet-paper-causal"  # preset used (random weights) until it ships
+DEFAULT_OFFLINE = "convtasnet"
+PAPER_OFFLINE = "convtasnet-paper"
+WARMUP_SECONDS = 0.25
+
+
+@dataclass
+class ChunkResult:
+    """Measurements for one chunk size (times in milliseconds)."""
+
+    chunk_ms: float
+    chunk_samples: int
+    chunks: int  # chunks timed
+    rtf: float
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    algorithmic_latency_ms: float
+    total_latency_ms: float
+    max_abs_diff: float
+    max_rel_diff: float
+    naive_rtf: float | None = None
+    naive_ms: float | None = None  # mean per chunk
+    naive_chunks: int = 0
+    speedup: float | None = None  # naive_rtf / rtf
+
+
+@dataclass
+class BenchResult:
+    """Everything ``sep bench --json`` prints."""
+
+    device: str
+    device_name: str
+    threads: int
+    model: str
+    params: int
+    random_weights: bool
+    sample_rate: int
+    duration_s: float
+    L: int
+    hop: int
+    receptive_field_ms: float
+    offline_model: str | None
+    offline_random_weights: bool
+    offline_rtf: float | None
+    torch_version: str
+    results: list[ChunkResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def cpu_name() -> str:
+    """The CPU's model name (for labelling figures)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu`` or ``cuda[:N]``. SepError (one line) when CUDA is not available."""
+    name = str(device).strip().lower()
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SepError(f"unknown device {device!r}; use cpu or cuda") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU found"
+            raise SepError(f"--device cuda: CUDA is not available here ({why}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SepError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif dev.type != "cpu":
+        raise SepError(f"unsupported device {device!r}; use cpu or cuda")
+    return dev
+
+
+def load_bench_model(
+    model: str | torch.nn.Module | None, device: torch.device, *, causal: bool = True, seed: int = 0
+) -> tuple[torch.nn.Module, str, bool]:
+    """Resolve a model for benchmarking. Returns (model, label, random_weights).
+
+    ``None``: the shipped ``convtasnet-causal`` (``convtasnet`` with
+    ``causal=False``) if installed, else the paper configuration with random
+    weights. A preset or family name builds untrained weights (seeded); a
+    shipped name or a checkpoint path loads trained ones.
+    """
+    if isinstance(model, torch.nn.Module):
+        return model.to(device).eval(), type(model).__name__, False
+    shipped = registry.shipped_models()
+    if model is None:
+        name = DEFAULT_CAUSAL if causal else DEFAULT_OFFLINE
+        if name in shipped:
+            return registry.load_model(name, device).eval(), name, False
+        model = PAPER_CAUSAL if causal else PAPER_OFFLINE
+    name = str(model)
+    if name not in shipped and (name in registry.presets() or name in registry.families()):
+        torch.manual_seed(seed)
+        return registry.build(name).to(device).eval(), name, True
+    return registry.load_model(name, device).eval(), name, False
+
+
+def bench_signal(n_samples: int, sample_rate: int, seed: int = 0) -> np.ndarray:
+    """Seeded noise with a syllable-rate envelope at about -20 dBFS. Shape: [T] float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_samples) / sample_rate
+    env = 0.55 + 0.45 * np.sin(2 * np.pi * 4.0 * t + rng.uniform(0, 6))
+    return (0.1 * env * rng.standard_normal(n_samples)).astype(np.float32)
+
+
+def _chunk_samples(chunk_ms: float, sample_rate: int, hop: int) -> int:
+    n = int(round(chunk_ms * sample_rate / 1000))
+    if n < hop:
+        raise SepError(
+            f"chunk of {chunk_ms:g} ms is {n} samples, less than one hop ({hop} samples = "
+            f"{1000 * hop / sample_rate:g} ms at {sample_rate} Hz); use a larger --chunk-ms"
+        )
+    return n
+
+
+class _Timer:
+    """Wall-clock timing of one call; on CUDA with events (synchronised)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.end = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn: Callable[[], object]) -> tuple[object, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.start.record()
+            out = fn()
+            self.end.record()
+            self.end.synchronize()
+            return out, self.start.elapsed_time(self.end) / 1000.0
+        t0 = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def naive_chunk_seconds(
+    model: torch.nn.Module, mix: torch.Tensor, chunk: int, n_chunks: int, timer: _Timer
+) -> list[float]:
+    """Time the stateless baseline: for each chunk, the network runs over its
+    receptive field plus the chunk and the last ``chunk`` samples are kept.
+    ``mix`` is on the model's device and at least one window long."""
+    window = model.receptive_field + chunk
+    if mix.shape[0] < window + n_chunks * chunk:
+        reps = -(-(window + n_chunks * chunk) // mix.shape[0])
+        mix = mix.repeat(reps)
+    times = []
+    with torch.inference_mode():
+        model(mix[None, :window])  # warm-up at full size
+        for i in range(n_chunks):
+            end = window + i * chunk
+            seg = mix[None, end - window : end]
+            _, dt = timer(lambda: model(seg)[..., -chunk:].cpu())
+            times.append(dt)
+    return times
+
+
+def offline_rtf(model: torch.nn.Module, mix: torch.Tensor, sample_rate: int, timer: _Timer) -> float:
+    """Seconds of compute per second of audio for one forward over ``mix``."""
+    with torch.inference_mode():
+        model(mix[None, : min(mix.shape[0], sample_rate)])  # warm-up
+        _, dt = timer(lambda: model(mix[None]).cpu())
+    return dt / (mix.shape[0] / sample_rate)
+
+
+def bench_chunk(
+    streamer_model: torch.nn.Module,
+    mix: torch.Tensor,
+    ref: torch.Tensor,
+    chunk: int,
+    timer: _Timer,
+    *,
+    naive_chunks: int = 5,
+) -> ChunkResult:
+    """Stream ``mix`` (CPU, [T]) in chunks of ``chunk`` samples and compare with
+    ``ref`` ([S, T], the offline causal output, on the CPU)."""
+    sr = streamer_model.config.sample_rate
+    streamer = Streamer(streamer_model, chunk_size=chunk)
+    n_warm = max(3, int(WARMUP_SECONDS * sr) // chunk)
+    for i in range(n_warm):
+        streamer.process(mix[(i * chunk) % max(1, mix.shape[0] - chunk) :][:chunk])
+    streamer.reset()
+    n_full = mix.shape[0] // chunk
+    if n_full < 1:
+        raise SepError(f"--duration is shorter than one chunk ({chunk} samples)")
+    outs, times = [], []
+    for i in range(n_full):
+        piece = mix[i * chunk : (i + 1) * chunk]
+        y, dt = timer(lambda: streamer.process(piece))
+        outs.append(y)
+        times.append(dt)
+    if n_full * chunk < mix.shape[0]:
+        outs.append(streamer.process(mix[n_full * chunk :]))
+    outs.append(streamer.flush())
+    est = torch.cat([o.cpu() for o in outs], 1)  # [S, T]
+    diff = float((est - ref).abs().max())
+    peak = float(ref.abs().max())
+    ms = np.asarray(times) * 1000.0
+    chunk_ms = 1000.0 * chunk / sr
+    p99 = float(np.percentile(ms, 99))
+    alg = 1000.0 * (streamer_model.config.L + chunk) / sr
+    rtf = float(ms.sum() / (n_full * chunk_ms))
+    result = ChunkResult(
+        chunk_ms=chunk_ms, chunk_samples=chunk, chunks=n_full, rtf=rtf, mean_ms=float(ms.mean()),
+        p50_ms=float(np.percentile(ms, 50)), p90_ms=float(np.percentile(ms, 90)), p99_ms=p99,
+        max_ms=float(ms.max()), algorithmic_latency_ms=alg, total_latency_ms=alg + p99,
+        max_abs_diff=diff, max_rel_diff=diff / peak if peak > 0 else diff,
+    )
+    if naive_chunks > 0:
+        device_mix = mix.to(streamer_model.encoder.weight.device)
+        naive = np.asarray(naive_chunk_seconds(streamer_model, device_mix, chunk, naive_chunks, timer))
+        result.naive_chunks = naive_chunks
+        result.naive_ms = float(naive.mean() * 1000.0)
+        result.naive_rtf = float(result.naive_ms / chunk_ms)
+        result.speedup = result.naive_rtf / rtf if rtf > 0 else None
+    return result
+
+
+def run_bench(
+    model: str | torch.nn.Module | None = None,
+    *,
+    device: str = "cpu",
+    chunk_ms: Sequence[float] = DEFAULT_CHUNKS_MS,
+    threads: int | None = 1,
+    duration: float = 10.0,
+    naive_chunks: int = 5,
+    offline_model: str | torch.nn.Module | None | bool = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Measure streaming latency (see the module docstring).
+
+    Args:
+        model: causal Conv-TasNet to stream: shipped name, checkpoint path,
+            preset/family name (random weights) or module. None: shipped
+            ``convtasnet-causal``, else ``convtasnet-paper-causal`` with random weights.
+        device: ``cpu`` or ``cuda`` (SepError when CUDA is not available).
+        chunk_ms: chunk sizes in milliseconds, each at least one hop.
+        threads: torch CPU threads during the benchmark (None: leave as is).
+        duration: seconds of audio streamed per chunk size.
+        naive_chunks: chunks timed for the naive baseline (0: skip it).
+        offline_model: non-causal model whose offline RTF is measured; None:
+            shipped ``convtasnet``, else ``convtasnet-paper`` (random weights);
+            False: skip.
+        progress: called with a short message before each measurement.
+    """
+    say = progress or (lambda msg: None)
+    dev = resolve_device(device)
+    if not chunk_ms:
+        raise SepError("give at least one chunk size")
+    try:
+        duration = float(duration)
+    except (TypeError, ValueError):
+        raise SepError(f"duration must be a number of seconds, got {duration!r}") from None
+    if not (duration > 0 and np.isfinite(duration)):
+        raise SepError(f"duration must be positive, got {duration}")
+    if threads is not None and (isinstance(threads, bool) or int(threads) != threads or threads < 1):
+        raise SepError(f"threads must be a positive integer, got {threads!r}")
+    if isinstance(naive_chunks, bool) or int(naive_chunks) != naive_chunks or naive_chunks < 0:
+        raise SepError(f"naive_chunks must be a non-negative integer, got {naive_chunks!r}")
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        net, label, random_weights = load_bench_model(model, dev, seed=seed)
+        Streamer(net)  # SepError now if it cannot stream (non-causal, other family)
+        c = net.config
+        sr = c.sample_rate
+        chunks = [_chunk_samples(float(ms), sr, c.stride) for ms in chunk_ms]
+        n = max(int(round(duration * sr)), max(chunks))
+        mix = torch.from_numpy(bench_signal(n, sr, seed))  # [T] on the CPU
+        timer = _Timer(dev)
+        say(f"offline causal forward on {n / sr:g} s (reference output)")
+        with torch.inference_mode():
+            ref = net(mix[None].to(dev))[0].cpu()  # [S, T]
+        result = BenchResult(
+            device=str(dev), device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+            threads=torch.get_num_threads(), model=label, params=registry.count_parameters(net),
+            random_weights=random_weights, sample_rate=sr, duration_s=n / sr, L=c.L, hop=c.stride,
+            receptive_field_ms=1000.0 * net.receptive_field / sr, offline_model=None,
+            offline_random_weights=False, offline_rtf=None, torch_version=torch.__version__,
+        )
+        for ms, chunk in zip(chunk_ms, chunks):
+            say(f"streaming in {1000 * chunk / sr:g} ms chunks")
+            result.results.append(bench_chunk(net, mix, ref, chunk, timer, naive_chunks=naive_chunks))
+        if offline_model is not False:
+            off, off_label, off_random = load_bench_model(offline_model, dev, causal=False, seed=seed)
+            if getattr(off.config, "sample_rate", sr) != sr:
+                raise SepError(
+                    f"offline model {off_label} runs at {off.config.sample_rate} Hz, the streamed one at {sr} Hz"
+                )
+            say(f"offline forward of {off_label} on {n / sr:g} s")
+            result.offline_model = off_label
+            result.offline_random_weights = off_random
+            result.offline_rtf = offline_rtf(off, mix.to(dev), sr, timer)
+        return result
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,941 @@
+"""Stateful streaming inference for causal Conv-TasNet.
+
+A :class:`Streamer` takes a live signal in chunks of any size and returns, after
+each chunk, every output sample that no later input can change. The
+concatenation of all outputs plus :meth:`Streamer.flush` equals the offline
+causal forward ``model(mix)`` on the whole signal (same length T; equal up to
+float rounding, tested at 1e-5 of the peak). Each chunk costs compute in
+proportion to the chunk: the network is never re-run over its receptive field.
+
+    >>> from sepcli.streaming import Streamer
+    >>> streamer = Streamer(model, chunk_size=64)   # a causal ConvTasNet
+    >>> for chunk in microphone:                    # [n] float32, any n >= 1
+    ...     play(streamer.process(chunk))           # [S, m], m about n
+    >>> play(streamer.flush())                      # the last [S, rest]
+
+State kept between chunks (see the module names in
+:mod:`sepcli.models.conv_tasnet`):
+
+* **encoder**: the last ``L - L//2`` input samples (frames overlap by half);
+  samples arrive in any count and are consumed one hop (``L//2``) at a time;
+* **every cLN** (the separator's input norm and both norms of every block): the
+  running sum and sum of squares over all channels and frames so far, and the
+  frame count, in float64 like the offline :class:`CumulativeLayerNorm`;
+* **every dilated depthwise conv**: its last ``(P-1)*d`` input frames, kept in
+  a pre-allocated buffer that new frames are written into (no concatenation);
+  once the buffer is full its tail is moved to the front, which costs about
+  one frame copy per new frame;
+* **decoder**: the overlap-add tail of the last frame (``L - L//2`` samples).
+
+Framing matches :meth:`ConvTasNet.frame_padding`: ``L - L//2`` zeros in front
+of the signal, and at :meth:`flush` the right padding for the total length T,
+with the output cropped to exactly T samples. Output sample t is final once
+input sample ``t + L - L//2 - 1`` has arrived and the hop that holds it is
+complete, so the algorithmic latency is at most one chunk plus the window L.
+
+Speed: frames of a chunk go through the network together, time-major
+(``[frames, channels]``), so every 1x1 conv is one matrix product per chunk.
+The norms' affine gains and biases are folded into the next layer's weights
+at construction (exact algebra; only rounding differs), the residual and skip
+paths share one accumulator updated with one in-place matrix product per
+block, and for the small frame counts of real-time chunks the cLN statistics
+are updated with Python floats instead of a dozen tiny tensor operations.
+Weights are read once, when the Streamer is built: rebuild it after changing
+the model's weights.
+
+Shape legend: S sources, T samples, K frames, and the paper's N, L, B, H, Sc, P.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sepcli.errors import SepError
+
+SCALAR_STATS_MAX_FRAMES = 32
+"""Up to this many frames per step (on the CPU), cLN statistics are updated
+with Python floats, which is cheaper than a dozen tiny tensor operations;
+above it, or on an accelerator, they are vectorised in torch."""
+
+GRAM_MAX_FRAMES = 16
+"""Up to this many frames per step, a cLN's per-frame sums and sums of squares
+come from one small matrix product (see :class:`_Work`) instead of two reductions."""
+
+MAX_STEP_FRAMES = 2048
+"""Frames processed together at most; bounds memory when a long array is
+passed in one call (2048 frames of the paper network hold ~4 MB per tensor)."""
+
+_MAX_CACHED_VIEWS = 512
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_model(model: torch.nn.Module) -> None:
+    from sepcli.models.conv_tasnet import ConvTasNet, CumulativeLayerNorm
+
+    if not isinstance(model, ConvTasNet):
+        raise SepError(
+            f"streaming needs a causal Conv-TasNet; got {type(model).__name__} "
+            "(use sep separate for other models)"
+        )
+    if not model.causal:
+        raise SepError(
+            "streaming needs a causal Conv-TasNet (causal=true, cLN); this one is non-causal: "
+            "it looks at future frames, so its output is not final until the input ends "
+            "(use sep separate, or a causal model such as convtasnet-causal)"
+        )
+    norms = [model.separator.norm] + [n for b in model.separator.blocks for n in (b.norm1, b.norm2)]
+    if not all(isinstance(n, CumulativeLayerNorm) for n in norms):
+        raise SepError("streaming needs cumulative layer norms (cLN) in every block")
+
+
+def _prelu_slope(prelu: torch.nn.PReLU) -> float | torch.Tensor:
+    """PReLU with one shared slope runs as an in-place leaky ReLU (one op);
+    a per-channel PReLU keeps its weight vector."""
+    w = prelu.weight.detach()
+    return float(w.reshape(-1)[0]) if w.numel() == 1 else w.clone()
+
+
+def _prelu_(x: torch.Tensor, slope: float | torch.Tensor) -> torch.Tensor:
+    """PReLU in place. Shape: [K, C] (a per-channel slope is [C])."""
+    if isinstance(slope, float):
+        return F.leaky_relu_(x, slope)
+    return x.copy_(torch.where(x >= 0, x, x * slope))
+
+
+class _Work:
+    """Pre-allocated tensors for steps of K frames, shared by all layers (they
+    run one after the other), so that the steady state allocates almost nothing.
+
+    ``*_b`` buffers carry an extra last row of ones: ``x_b @ x_b.T`` then holds
+    each frame's sum (last column) and sum of squares (diagonal), which is what
+    a cLN needs, in one matrix product.
+    """
+
+    def __init__(self, frames: int, dims: dict[str, int], device: torch.device, dtype: torch.dtype) -> None:
+        K, S, N, B, H, Sc = (frames, dims["S"], dims["N"], dims["B"], dims["H"], dims["Sc"])
+        opts = dict(device=device, dtype=dtype)
+        self.frames = K
+
+        def with_ones(channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            buf = torch.empty(K + 1, channels, **opts)
+            buf[K] = 1.0
+            return buf, buf[:K], buf.t()
+
+        self.w_b, self.w, self.w_bT = with_ones(N)  # encoder output [K, N]
+        self.h_b, self.h, self.h_bT = with_ones(H)  # block: after conv_in and PReLU [K, H]
+        self.z_b, self.z, self.z_bT = with_ones(H)  # block: after the depthwise conv and PReLU [K, H]
+        self.wn = torch.empty(K, N, **opts)  # normalised encoder output
+        self.u = torch.empty(K, H, **opts)  # block: normalised z
+        self.acc = torch.empty(K, B + Sc, **opts)  # [residual | skip sum]
+        self.acc_res = self.acc[:, :B]
+        self.acc_skip = self.acc[:, B:]
+        self.mask = torch.empty(K, S * N, **opts)
+        self.mask3 = self.mask.view(K, S, N)
+        self.gram = torch.empty(K + 1, K + 1, **opts)
+        self.use_gram = K <= GRAM_MAX_FRAMES
+        code = {torch.float32: "f", torch.float64: "d"}.get(dtype)
+        self.scalar = device.type == "cpu" and code is not None and K <= SCALAR_STATS_MAX_FRAMES
+        if self.scalar:
+            # cLN coefficients r and -mean*r, written item by item from Python floats
+            # (an array.array takes them faster than numpy) and read as tensors
+            self.coef = array(code, bytes(2 * K * torch.finfo(dtype).bits // 8))
+            coef = torch.frombuffer(self.coef, dtype=dtype).view(2, K)
+            self.r, self.mr = coef[0, :, None], coef[1, :, None]  # [K, 1] views
+
+
+class _RunningNorm:
+    """Running statistics of one cLN over ``channels`` channels.
+
+    :meth:`coefficients` returns per-frame ``r`` and ``mr`` such that
+    ``x * r + mr == (x - mean_k) / sqrt(var_k + eps)`` at each frame k, with
+    mean and variance over all channels of every frame from the stream's start
+    (the norm's gain and bias are folded into the next layer).
+    """
+
+    def __init__(self, channels: int, eps: float, device: torch.device) -> None:
+        self.channels = channels
+        self.eps = eps
+        # float64 running sums like the offline cLN (MPS has no float64)
+        self.acc = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
+        self.device = device
+        self.host = device.type == "cpu"  # running sums as Python floats; else a device tensor
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0  # frames seen * channels
+        self.sum = 0.0  # Python floats (float64) on the CPU
+        self.sumsq = 0.0
+        self.carry = torch.zeros(2, dtype=self.acc, device=self.device)  # on an accelerator
+
+    def coefficients(
+        self, x: torch.Tensor, ws: _Work, x_b: torch.Tensor, x_bT: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update with the frames of ``x`` (rows 0..K-1 of ``x_b``) and return their
+        coefficients. Shape: x [K, C] -> (r [K, 1], mr [K, 1])."""
+        if not (ws.scalar and self.host):
+            return self._vector(x)
+        K = ws.frames
+        if ws.use_gram:
+            g = torch.mm(x_b, x_bT, out=ws.gram).tolist()  # [K+1, K+1]
+            s1 = [row[K] for row in g]
+            s2 = [g[k][k] for k in range(K)]
+        else:
+            s1 = x.sum(1).tolist()
+            s2 = torch.linalg.vecdot(x, x).tolist()
+        total, total_sq, count = self.sum, self.sumsq, self.count
+        channels, eps, sqrt = self.channels, self.eps, math.sqrt
+        out = ws.coef  # [r_0 .. r_K-1, mr_0 .. mr_K-1]
+        for k in range(K):
+            total += s1[k]
+            total_sq += s2[k]
+            count += channels
+            mean = total / count
+            var = total_sq / count - mean * mean
+            r = 1.0 / sqrt(var + eps if var > 0.0 else eps)
+            out[k] = r
+            out[K + k] = -mean * r
+        self.sum, self.sumsq, self.count = total, total_sq, count
+        return ws.r, ws.mr
+
+    def _vector(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        K = x.shape[0]
+        xs = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        sums = torch.stack((xs.sum(1), torch.linalg.vecdot(xs, xs)), 1).to(self.acc)  # [K, 2]
+        cum = sums.cumsum(0)  # [K, 2]
+        if self.host:
+            cum += torch.tensor([self.sum, self.sumsq], dtype=self.acc)
+            self.sum, self.sumsq = cum[-1].tolist()
+        else:  # no host round trip on an accelerator
+            cum += self.carry
+            self.carry = cum[-1].clone()
+        steps = torch.arange(1, K + 1, dtype=self.acc, device=x.device)  # [K]
+        count = (steps * self.channels + self.count)[:, None]  # [K, 1]
+        self.count += K * self.channels
+        stats = cum / count  # [K, 2]: mean, mean of squares
+        mean = stats[:, :1]
+        var = (stats[:, 1:] - mean * mean).clamp_min_(0.0)
+        r = torch.rsqrt(var + self.eps)
+        return r.to(x.dtype), (-mean * r).to(x.dtype)
+
+
+class _DepthwiseCache:
+    """The last ``(P-1)*d`` input frames of a causal dilated depthwise conv, in a
+    buffer ``[pad + room, H]`` that new frames are written into. When it is
+    full, its last ``pad`` frames move to the front (a copy of ``pad`` frames
+    every ``room`` frames, ``room >= pad``: at most one frame copied per frame)."""
+
+    def __init__(self, offsets: list[int], channels: int, room: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.offsets = offsets  # tap p reads the frame offsets[p] before the current one; the last is 0
+        self.pad = max(offsets)
+        self.channels = channels
+        self.device = device
+        self.dtype = dtype
+        self.room = max(room, self.pad, 1)
+        self.buf = torch.zeros(self.pad + self.room, channels, device=device, dtype=dtype)
+        self.pos = self.pad
+        self._views: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+    def reset(self) -> None:
+        self.buf.zero_()  # the causal zero padding before the stream starts
+        self.pos = self.pad
+
+    def views(self, frames: int) -> list[torch.Tensor]:
+        """Per tap, a [K, H] view of the frames it reads for the next K frames;
+        the last view (offset 0) is where those K frames are to be written."""
+        if self.pos + frames > self.buf.shape[0]:
+            keep = self.buf[self.pos - self.pad : self.pos].clone()  # [pad, H]
+            if frames > self.room:
+                self.room = frames
+                self.buf = torch.zeros(self.pad + self.room, self.channels, device=self.device, dtype=self.dtype)
+                self._views.clear()
+            self.buf[: self.pad] = keep
+            self.pos = self.pad
+        key = (self.pos, frames)
+        views = self._views.get(key)
+        if views is None:
+            if len(self._views) >= _MAX_CACHED_VIEWS:
+                self._views.clear()
+            p = self.pos
+            views = self._views[key] = [self.buf[p - off : p - off + frames] for off in self.offsets]
+        return views
+
+    def advance(self, frames: int) -> None:
+        self.pos += frames
+
+
+class _Block:
+    """One ConvBlock with folded weights and its streaming state."""
+
+    def __init__(self, block: torch.nn.Module, res_bias: torch.Tensor, room: int) -> None:
+        d = block.dconv.dilation[0]
+        P = block.dconv.kernel_size[0]
+        dev, dtype = block.dconv.weight.device, block.dconv.weight.dtype
+        f64 = torch.float64
+
+        def weight(conv: torch.nn.Conv1d) -> torch.Tensor:
+            return conv.weight.detach()[:, :, 0].to(f64)  # [out, in]
+
+        w_in = weight(block.conv_in)  # [H, B]
+        # The residual stream is kept without the blocks' constant outputs
+        # (res_bias: their sum so far); they reach this block through its conv_in bias.
+        self.w_in_t = w_in.to(dtype).t()  # [B, H]
+        self.b_in = (block.conv_in.bias.detach().to(f64) + w_in @ res_bias).to(dtype)
+        self.slope1 = _prelu_slope(block.prelu1)
+        self.slope2 = _prelu_slope(block.prelu2)
+        g1, b1 = block.norm1.weight.detach().to(f64), block.norm1.bias.detach().to(f64)
+        wd = block.dconv.weight.detach()[:, 0, :].to(f64)  # [H, P]
+        # tap p reads the frame (P-1-p)*d before the current one (causal padding)
+        offsets = [(P - 1 - p) * d for p in range(P)]
+        self.taps = [(wd[:, p] * g1).to(dtype) for p in range(P)]  # norm1's gain folded in
+        self.b_d = (block.dconv.bias.detach().to(f64) + (wd * b1[:, None]).sum(1)).to(dtype)
+        # Before the stream starts the offline conv reads zeros, not norm1's bias:
+        # frame k (from the start) loses w_p * b1 for each tap whose offset is > k.
+        self.tap_bias = (wd * b1[:, None]).T.contiguous().to(dtype)  # [P, H]
+        self.offsets_t = torch.tensor(offsets, device=dev)[None, :]  # [1, P]
+        g2, b2 = block.norm2.weight.detach().to(f64), block.norm2.bias.detach().to(f64)
+        w_out = torch.cat((weight(block.res_out), weight(block.skip_out)))  # [B+Sc, H]
+        b_out = torch.cat((block.res_out.bias.detach(), block.skip_out.bias.detach())).to(f64)
+        self.w_out_t = (w_out * g2).to(dtype).t()  # [H, B+Sc]; norm2's gain folded in
+        const = b_out + w_out @ b2  # [B+Sc] this block's constant output (float64)
+        B = w_in.shape[1]
+        self.const_res, self.const_skip = const[:B], const[B:]
+        H = w_in.shape[0]
+        self.pad = max(offsets)
+        self.norm1 = _RunningNorm(H, block.norm1.eps, dev)
+        self.norm2 = _RunningNorm(H, block.norm2.eps, dev)
+        self.cache = _DepthwiseCache(offsets, H, room, dev, dtype)
+
+    def reset(self) -> None:
+        self.norm1.reset()
+        self.norm2.reset()
+        self.cache.reset()
+
+    def __call__(self, ws: _Work, start: int) -> None:
+        """Run ``ws.frames`` frames, updating ``ws.acc`` = [residual | skip sum] in
+        place. ``start``: frames before these since the stream start."""
+        K = ws.frames
+        h = ws.h
+        torch.addmm(self.b_in, ws.acc_res, self.w_in_t, out=h)  # [K, H]
+        _prelu_(h, self.slope1)
+        r, mr = self.norm1.coefficients(h, ws, ws.h_b, ws.h_bT)
+        views = self.cache.views(K)
+        torch.addcmul(mr, h, r, out=views[-1])  # normalised; gain and bias are in the taps
+        z = ws.z
+        torch.addcmul(self.b_d, views[0], self.taps[0], out=z)
+        for view, tap in zip(views[1:], self.taps[1:]):
+            z.addcmul_(view, tap)
+        self.cache.advance(K)
+        if start < self.pad:
+            self._stream_start(z, start)
+        _prelu_(z, self.slope2)
+        r, mr = self.norm2.coefficients(z, ws, ws.z_b, ws.z_bT)
+        torch.addcmul(mr, z, r, out=ws.u)  # normalised; gain and bias are in w_out and the biases
+        ws.acc.addmm_(ws.u, self.w_out_t)
+
+    def _stream_start(self, z: torch.Tensor, start: int) -> None:
+        n = min(z.shape[0], self.pad - start)
+        k = torch.arange(start, start + n, device=z.device)[:, None]  # [n, 1]
+        before = (self.offsets_t > k).to(z.dtype)  # [n, P]: the tap reads a frame before the start
+        z[:n] -= before @ self.tap_bias
+
+
+class Streamer:
+    """Chunk-by-chunk separation with a causal Conv-TasNet, equal to its offline forward.
+
+    Args:
+        model: a causal :class:`~sepcli.models.conv_tasnet.ConvTasNet` (cLN);
+            anything else raises SepError. Runs on the model's device and dtype.
+        chunk_size: the number of samples you expect to pass to each
+            :meth:`process` call. It only sizes the internal buffers so that
+            the steady state allocates nothing new; any size >= 1 still works.
+
+    :meth:`process` takes ``[n]`` or ``[1, n]`` (torch tensor or numpy array)
+    and returns ``[S, m]`` samples that are final (numpy in, numpy out; a
+    tensor comes back on the input's device). :meth:`flush` ends the stream
+    and returns the rest, so that exactly T samples come out for T in;
+    :meth:`reset` starts a new stream. Samples are at the model's rate
+    (:attr:`sample_rate`). Not thread-safe: one stream per Streamer.
+    """
+
+    def __init__(self, model: torch.nn.Module, chunk_size: int | None = None) -> None:
+        _check_model(model)
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1
+        ):
+            raise SepError(f"chunk_size must be a positive number of samples, got {chunk_size!r}")
+        self.model = model
+        c = model.config
+        self.n_src: int = c.n_src
+        self.sample_rate: int = c.sample_rate
+        self.L: int = c.L
+        self.hop: int = c.stride
+        self.left: int = c.L - c.stride  # zeros in front, as in ConvTasNet.frame_padding
+        self.chunk_size = int(chunk_size) if chunk_size is not None else None
+        p = model.encoder.weight
+        self.device, self.dtype = p.device, p.dtype
+        self._q = -(-c.L // c.stride)  # frames that overlap one output hop
+        self._dims = dict(S=c.n_src, N=c.N, B=c.B, H=c.H, Sc=c.Sc)
+        frames = 1 + -(-(self.chunk_size or self.hop) // self.hop)  # most frames one chunk completes
+        self._fold(model, room=min(MAX_STEP_FRAMES, max(4 * frames, 32)))
+        self._work: dict[int, _Work] = {}
+        self.reset()
+
+    # ------------------------------------------------------------------ setup
+
+    @torch.inference_mode()
+    def _fold(self, model: torch.nn.Module, room: int) -> None:
+        """Copy the weights into matrix form, folding every norm's gain and bias
+        into the next layer (in float64, then cast to the model's dtype)."""
+        sep = model.separator
+        f64, dtype = torch.float64, self.dtype
+        self.w_enc_t = model.encoder.weight.detach()[:, 0, :].t()  # [L, N]
+        self.norm0 = _RunningNorm(sep.N, sep.norm.eps, self.device)
+        g0, b0 = sep.norm.weight.detach().to(f64), sep.norm.bias.detach().to(f64)
+        w_b = sep.bottleneck.weight.detach()[:, :, 0].to(f64)  # [B, N]
+        b_b = sep.bottleneck.bias.detach().to(f64)
+        self.blocks: list[_Block] = []
+        res_bias = torch.zeros(w_b.shape[0], dtype=f64, device=self.device)  # [B]
+        skip_bias = torch.zeros(sep.mask_conv.weight.shape[1], dtype=f64, device=self.device)  # [Sc]
+        for block in sep.blocks:
+            fb = _Block(block, res_bias, room)
+            res_bias = res_bias + fb.const_res
+            skip_bias = skip_bias + fb.const_skip
+            self.blocks.append(fb)
+        self.B = w_b.shape[0]
+        # The bottleneck fills the whole accumulator [residual | skip sum]; the
+        # skip part starts at the sum of all blocks' constant skip outputs.
+        w_acc = torch.cat((w_b * g0, w_b.new_zeros(skip_bias.shape[0], w_b.shape[1])))  # [B+Sc, N]
+        self.w_acc_t = w_acc.to(dtype).t()  # [N, B+Sc]
+        self.b_acc = torch.cat((b_b + w_b @ b0, skip_bias)).to(dtype)  # [B+Sc]
+        self.slope_out = _prelu_slope(sep.prelu)
+        self.w_mask_t = sep.mask_conv.weight.detach()[:, :, 0].t()  # [Sc, S*N]
+        self.b_mask = sep.mask_conv.bias.detach().clone()  # [S*N]
+        self.mask_activation = sep.mask_activation
+        self.w_dec = model.decoder.weight.detach()[:, 0, :].clone()  # [N, L]
+
+    def _workspace(self, frames: int) -> _Work:
+        ws = self._work.get(frames)
+        if ws is None:
+            if len(self._work) >= 4:  # chunk sizes changed; keep memory bounded
+                self._work.clear()
+            ws = self._work[frames] = _Work(frames, self._dims, self.device, self.dtype)
+        return ws
+
+    @torch.inference_mode()
+    def reset(self) -> None:
+        """Forget the stream: the next :meth:`process` starts a new one."""
+        self._in = torch.zeros(self.left, device=self.device, dtype=self.dtype)  # input not yet framed
+        self._tail = torch.zeros(self._q - 1, self.n_src, self.hop, device=self.device, dtype=self.dtype)
+        self._frames = 0  # frames computed so far
+        self._to_drop = self.left  # output samples that belong to the left padding
+        self.samples_in = 0
+        self.samples_out = 0
+        self._finished = False
+        self._numpy_io: bool | None = None
+        self._io_device: torch.device | None = None
+        self.norm0.reset()
+        for b in self.blocks:
+            b.reset()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def receptive_field(self) -> int:
+        """Input samples one output sample depends on (see ConvTasNet.receptive_field)."""
+        return self.model.receptive_field
+
+    def algorithmic_latency(self, chunk: int | None = None) -> int:
+        """Window plus chunk, in samples: ``L + chunk`` (the encoder window L and
+        the wait for a chunk to fill); ``chunk`` defaults to ``chunk_size`` or one hop."""
+        return self.L + (chunk if chunk is not None else (self.chunk_size or self.hop))
+
+    # ------------------------------------------------------------------ streaming
+
+    def _as_tensor(self, chunk: torch.Tensor | np.ndarray) -> torch.Tensor:
+        if isinstance(chunk, np.ndarray):
+            numpy_io, io_device = True, torch.device("cpu")
+            if not np.issubdtype(chunk.dtype, np.floating):
+                raise SepError(f"chunk must hold float samples, got {chunk.dtype}")
+            x = torch.from_numpy(np.ascontiguousarray(chunk))
+        elif isinstance(chunk, torch.Tensor):
+            numpy_io, io_device, x = False, chunk.device, chunk.detach()
+            if not x.is_floating_point():
+                raise SepError(f"chunk must hold float samples, got {x.dtype}")
+        else:
+            raise SepError(f"chunk must be a torch.Tensor or numpy array, got {type(chunk).__name__}")
+        if x.dim() == 2 and x.shape[0] == 1:
+            x = x[0]
+        if x.dim() != 1:
+            raise SepError(f"chunk must have shape [n] or [1, n] (mono), got {list(x.shape)}")
+        if self._numpy_io is None:
+            self._numpy_io, self._io_device = numpy_io, io_device
+        elif self._numpy_io != numpy_io:
+            raise SepError("do not mix numpy arrays and torch tensors within one stream (call reset())")
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def _output(self, y: torch.Tensor) -> torch.Tensor | np.ndarray:
+        if self._numpy_io:
+            return y.cpu().numpy()
+        if self._io_device is not None and y.device != self._io_device:
+            return y.to(self._io_device)
+        return y
+
+    def process(self, chunk: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        """Feed the next ``n >= 0`` samples; return the output samples that are now final.
+
+        Shape: [n] or [1, n] -> [S, m]. Over a stream the outputs add up to the
+        input minus a hold-back of less than one hop plus ``L - L//2`` samples,
+        which :meth:`flush` returns. SepError on NaN or infinite samples (they
+        would poison the running norms for the rest of the stream).
+        """
+        if self._finished:
+            raise SepError("the stream was flushed; call reset() to start a new one")
+        x = self._as_tensor(chunk)
+        with torch.inference_mode():
+            # one float64 sum: NaN or inf anywhere makes it non-finite, and float32
+            # samples cannot overflow it
+            if x.shape[0] and not math.isfinite(x.sum(dtype=torch.float64).item()):
+                raise SepError("chunk contains NaN or infinite samples")
+            self.samples_in += x.shape[0]
+            self._in = torch.cat((self._in, x)) if self._in.shape[0] else x
+            y = self._run()
+        return self._output(y)
+
+    def flush(self) -> torch.Tensor | np.ndarray:
+        """End the stream: pad the input as the offline model does and return the
+        remaining output, so that exactly ``samples_in`` samples came out in total.
+        Shape: [S, rest]. Call :meth:`reset` to start another stream."""
+        if self._finished:
+            raise SepError("the stream was already flushed; call reset() to start a new one")
+        self._finished = True
+        with torch.inference_mode():
+            total, before = self.samples_in, self.samples_out
+            if total == 0:
+                return self._output(torch.zeros(self.n_src, 0, device=self.device, dtype=self.dtype))
+            _, right = self.model.frame_padding(total)
+            self._in = torch.cat((self._in, torch.zeros(right, device=self.device, dtype=self.dtype)))
+            y = self._run()
+            tail = self._tail.permute(1, 0, 2).reshape(self.n_src, -1)  # [S, (q-1)*hop]
+            y = torch.cat((y, self._emit(tail)), 1)[:, : total - before]  # exactly T in total
+            self.samples_out = total
+        return self._output(y)
+
+    def _run(self) -> torch.Tensor:
+        """Compute every frame the input buffer completes. Returns [S, m]."""
+        n_in = self._in.shape[0]
+        n_frames = (n_in - self.L) // self.hop + 1 if n_in >= self.L else 0
+        outs = []
+        done = 0
+        while done < n_frames:
+            step = min(MAX_STEP_FRAMES, n_frames - done)
+            outs.append(self._step(self._in[done * self.hop : (done + step - 1) * self.hop + self.L], step))
+            done += step
+        if n_frames:
+            self._in = self._in[n_frames * self.hop :]
+        if not outs:
+            return torch.zeros(self.n_src, 0, device=self.device, dtype=self.dtype)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+
+    def _emit(self, y: torch.Tensor) -> torch.Tensor:
+        """Drop what belongs to the left padding. Shape: [S, n] -> [S, m]."""
+        if self._to_drop:
+            drop = min(self._to_drop, y.shape[1])
+            self._to_drop -= drop
+            y = y[:, drop:]
+        self.samples_out += y.shape[1]
+        return y
+
+    def _step(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """Frames of ``x`` (``(K-1)*hop + L`` samples) through the network. Returns [S, K*hop]."""
+        ws = self._workspace(frames)
+        S, N = self._dims["S"], self._dims["N"]
+        hop, q = self.hop, self._q
+        w = ws.w
+        torch.mm(x.unfold(0, self.L, hop), self.w_enc_t, out=w).relu_()  # [K, N]
+        r, mr = self.norm0.coefficients(w, ws, ws.w_b, ws.w_bT)
+        torch.addcmul(mr, w, r, out=ws.wn)
+        torch.addmm(self.b_acc, ws.wn, self.w_acc_t, out=ws.acc)  # [K, B+Sc]
+        start = self._frames
+        for block in self.blocks:
+            block(ws, start)
+        self._frames += frames
+        skip = _prelu_(ws.acc_skip, self.slope_out)  # [K, Sc]
+        torch.addmm(self.b_mask, skip, self.w_mask_t, out=ws.mask)  # [K, S*N]
+        mask = ws.mask3  # [K, S, N]
+        if self.mask_activation == "relu":
+            mask.relu_()
+        elif self.mask_activation == "softmax":
+            mask.copy_(torch.softmax(mask, dim=1))
+        else:
+            mask.sigmoid_()
+        mask.mul_(w[:, None, :])
+        dec = torch.mm(ws.mask.view(frames * S, N), self.w_dec)  # [K*S, L]
+        if q * hop != self.L:
+            dec = F.pad(dec, (0, q * hop - self.L))  # [K*S, q*hop]
+        dec = dec.view(frames, S, q, hop)  # [K, S, q, hop]
+        # overlap-add: hop j of frame k lands on output hop k + j
+        ola = torch.zeros(frames + q - 1, S, hop, device=self.device, dtype=self.dtype)  # [K+q-1, S, hop]
+        ola[: q - 1] = self._tail
+        for j in range(q):
+            ola[j : j + frames] += dec[:, :, j]
+        self._tail.copy_(ola[frames:])
+        y = torch.empty(S, frames, hop, device=self.device, dtype=self.dtype)
+        y.copy_(ola[:frames].permute(1, 0, 2))  # [S, K, hop]
+        return self._emit(y.view(S, frames * hop))
+
+
+# ----------------------------------------------------------------------------- conveniences
+
+
+def chunk_sizes(n_samples: int, chunk: int | Iterable[int]) -> Iterator[int]:
+    """Split ``n_samples`` into chunks of ``chunk`` samples (the last one
+    shorter), or cycle through the sizes of an iterable until all are used."""
+    if isinstance(chunk, int):
+        sizes: Iterable[int] = iter(lambda: chunk, None)
+    else:
+        sizes = list(chunk)
+        if not sizes:
+            raise SepError("chunk sizes are empty")
+        import itertools
+
+        sizes = itertools.cycle(sizes)
+    done = 0
+    for size in sizes:
+        if size < 1:
+            raise SepError(f"chunk sizes must be >= 1, got {size}")
+        if done >= n_samples:
+            return
+        size = min(size, n_samples - done)
+        yield size
+        done += size
+
+
+def stream_array(
+    model: torch.nn.Module, mix: torch.Tensor | np.ndarray, chunk: int | Iterable[int]
+) -> torch.Tensor | np.ndarray:
+    """Run a whole signal through a :class:`Streamer` chunk by chunk (for tests
+    and benchmarks; equals ``model(mix[None])[0]``). Shape: [T] -> [S, T]."""
+    n = int(mix.shape[-1])
+    first = int(chunk) if isinstance(chunk, int) else None
+    streamer = Streamer(model, chunk_size=first)
+    outs = []
+    pos = 0
+    for size in chunk_sizes(n, chunk):
+        outs.append(streamer.process(mix[..., pos : pos + size]))
+        pos += size
+    outs.append(streamer.flush())
+    if isinstance(outs[0], np.ndarray):
+        return np.concatenate(outs, axis=1)
+    return torch.cat(outs, 1)
+
+
+# ----------------------------------------------------------------------------- files and pipes
+
+DEFAULT_CHUNK_MS = 8.0
+PCM_FORMATS = {"s16le": ("<i2", 32768.0), "f32le": ("<f4", 1.0)}
+"""Raw PCM sample formats read from a pipe: numpy dtype and full-scale value."""
+_YIELD_SAMPLES = 4096  # output samples gathered before they go to the writers
+
+
+@dataclass
+class ChunkTimes:
+    """Compute time of every ``process`` call of a stream (seconds)."""
+
+    chunk_samples: int
+    sample_rate: int
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def chunk_ms(self) -> float:
+        return 1000.0 * self.chunk_samples / self.sample_rate
+
+    def summary(self) -> dict:
+        """``chunks``, ``compute_rtf`` (compute / audio time), ``p50_ms``, ``p99_ms``, ``max_ms``."""
+        if not self.seconds:
+            return {"chunks": 0, "compute_rtf": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+        ms = np.asarray(self.seconds) * 1000.0
+        return {
+            "chunks": len(ms),
+            "compute_rtf": float(ms.sum() / (len(ms) * self.chunk_ms)),
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "max_ms": float(ms.max()),
+        }
+
+
+@dataclass
+class StreamResult:
+    """Outcome of :func:`stream_file` or :func:`stream_pcm`."""
+
+    input: str
+    status: str  # "ok" or "skipped"
+    outputs: list[str]
+    model: str
+    n_src: int
+    sample_rate: int  # of the outputs (the input's)
+    frames: int  # samples per output
+    duration: float
+    seconds: float  # wall clock, reading and writing included
+    chunk_ms: float
+    chunks: int
+    compute_rtf: float  # streaming compute only
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    gain_db: float = 0.0  # applied to all tracks to avoid clipping (0 or negative)
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _chunk_samples(chunk_ms: float, sample_rate: int) -> int:
+    try:
+        chunk_ms = float(chunk_ms)
+    except (TypeError, ValueError):
+        raise SepError(f"chunk length must be a number of milliseconds, got {chunk_ms!r}") from None
+    if not (chunk_ms > 0 and math.isfinite(chunk_ms)):
+        raise SepError(f"chunk length must be positive, got {chunk_ms} ms")
+    return max(1, int(round(chunk_ms * sample_rate / 1000.0)))
+
+
+def _load_causal(model: str | os.PathLike | torch.nn.Module | None, device: str) -> tuple[torch.nn.Module, str]:
+    """A causal model by name, path or module; default: the shipped ``convtasnet-causal``."""
+    from sepcli import engine, registry
+
+    dev = engine.resolve_device(device)
+    if isinstance(model, torch.nn.Module):
+        net, name = model.to(dev).eval(), type(model).__name__
+    else:
+        if model is None:
+            if "convtasnet-causal" not in registry.shipped_models():
+                raise SepError(
+                    "no causal model is installed (convtasnet-causal is not shipped yet); pass "
+                    "--model PATH.safetensors of a causal Conv-TasNet (see `sep models`)"
+                )
+            model = "convtasnet-causal"
+        net, name = registry.load_model(model, dev).eval(), str(model)
+    _check_model(net)
+    return net, name
+
+
+class _Runner:
+    """Feeds a :class:`Streamer` fixed-size chunks cut from blocks of any size,
+    timing each call; yields the output gathered into blocks of a few thousand samples."""
+
+    def __init__(self, streamer: Streamer, chunk: int) -> None:
+        self.streamer = streamer
+        self.chunk = chunk
+        self.times = ChunkTimes(chunk, streamer.sample_rate)
+
+    def _process(self, x: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        y = self.streamer.process(x)
+        self.times.seconds.append(time.perf_counter() - t0)
+        return y
+
+    def run(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Shape: blocks [n] at the model's rate -> yields [S, m]; all of it adds up to the input."""
+        self.streamer.reset()
+        chunk = self.chunk
+        pending = np.zeros(0, dtype=np.float32)
+        out: list[np.ndarray] = []
+        ready = 0
+        for block in blocks:
+            buf = np.concatenate((pending, block)) if pending.size else np.asarray(block, dtype=np.float32)
+            n_full = buf.shape[0] // chunk
+            for i in range(n_full):
+                y = self._process(buf[i * chunk : (i + 1) * chunk])
+                if y.shape[1]:
+                    out.append(y)
+                    ready += y.shape[1]
+                if ready >= _YIELD_SAMPLES:
+                    yield np.concatenate(out, axis=1)
+                    out, ready = [], 0
+            pending = buf[n_full * chunk :]
+        if pending.size:
+            out.append(self._process(pending))
+        out.append(self.streamer.flush())
+        rest = np.concatenate(out, axis=1)
+        if rest.shape[1]:
+            yield rest
+
+
+def stream_file(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    model: str | os.PathLike | torch.nn.Module | None = None,
+    *,
+    chunk_ms: float = DEFAULT_CHUNK_MS,
+    device: str = "cpu",
+    force: bool = False,
+    filename: str = "{stem}/s{i}.wav",
+    subtype: str = "PCM_16",
+    progress: Callable[[int, int], None] | None = None,
+) -> StreamResult:
+    """Separate a file by streaming it through a causal model in chunks of
+    ``chunk_ms``, as a live input would arrive; write the same files as
+    ``sep separate`` (``OUT/<stem>/s1.wav`` ..., the input's rate and length,
+    atomic, existing outputs skipped unless ``force``, scaled down only if
+    they would clip).
+
+    The tracks are the causal model's own output, identical to its offline
+    forward over the whole file (no per-chunk level fitting, which would need
+    the whole chunk before any output).
+    """
+    from sepcli import api
+
+    net, name = _load_causal(model, device)
+    separator = api.Separator(net, device=device)
+    chunk = _chunk_samples(chunk_ms, separator.sample_rate)
+    runner = _Runner(Streamer(separator.model, chunk_size=chunk), chunk)
+
+    def separate_blocks(blocks: Iterable[np.ndarray], stats: Any = None) -> Iterator[np.ndarray]:
+        for y in runner.run(blocks):
+            if stats is not None:
+                stats.n_src = y.shape[0]
+            yield y
+        if stats is not None:
+            stats.chunks = len(runner.times.seconds)
+
+    separator.separate_blocks = separate_blocks  # the api's hook for a streaming backend
+    res = separator.separate_file(path, out_dir, force=force, filename=filename, subtype=subtype, progress=progress)
+    timing = runner.times.summary()
+    return StreamResult(
+        input=res.input, status=res.status, outputs=list(res.outputs), model=name, n_src=res.n_src,
+        sample_rate=res.sample_rate, frames=res.frames, duration=res.duration, seconds=res.seconds,
+        chunk_ms=runner.times.chunk_ms, gain_db=res.gain_db, message=res.message, **timing,
+    )
+
+
+def _read_pcm(stream: BinaryIO, n_bytes: int) -> bytes:
+    """Up to ``n_bytes`` from a pipe (short only at the end of the stream)."""
+    parts, got = [], 0
+    while got < n_bytes:
+        data = stream.read(n_bytes - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
+def stream_pcm(
+    stream: BinaryIO,
+    sample_rate: int,
+    out_dir: str | os.PathLike,
+    model: str | os.PathLike | torch.nn.Module | None = None,
+    *,
+    name: str = "stdin",
+    sample_format: str = "s16le",
+    chunk_ms: float = DEFAULT_CHUNK_MS,
+    device: str = "cpu",
+    force: bool = False,
+    filename: str = "{stem}/s{i}.wav",
+    subtype: str = "FLOAT",
+) -> StreamResult:
+    """Separate raw mono PCM read from a pipe (e.g. ``sys.stdin.buffer``) until
+    it ends, one chunk at a time, into ``OUT/<name>/s1.wav`` ... at
+    ``sample_rate`` with exactly as many samples as were read.
+
+    The outputs are written as the stream goes (they appear, atomically, when
+    it ends). ``subtype="FLOAT"`` (default) cannot clip; with PCM the samples
+    beyond full scale are clipped (with a warning), since the peak is unknown
+    until the end.
+    """
+    import soxr
+
+    from sepcli import api, audio
+
+    if sample_format not in PCM_FORMATS:
+        raise SepError(f"unknown PCM format {sample_format!r}; valid: {', '.join(PCM_FORMATS)}")
+    sample_rate = audio._check_rate(sample_rate)
+    net, model_name = _load_causal(model, device)
+    api.check_template(filename)
+    sr_model = net.config.sample_rate
+    n_src = net.config.n_src
+    outs = [Path(out_dir) / api.render_filename(filename, stem=name, i=i, n=n_src) for i in range(1, n_src + 1)]
+    existing = [str(p) for p in outs if p.exists()]
+    if existing and not force:
+        raise SepError(f"{', '.join(existing)} exist(s); use --force to overwrite")
+    dtype, scale = PCM_FORMATS[sample_format]
+    width = np.dtype(dtype).itemsize
+    chunk = _chunk_samples(chunk_ms, sample_rate)  # read size, at the input's rate
+    model_chunk = _chunk_samples(chunk_ms, sr_model)
+    streamer = Streamer(net, chunk_size=model_chunk)
+    times = ChunkTimes(model_chunk, sr_model)
+    resample = sample_rate != sr_model
+
+    def resampler(a: int, b: int) -> Any:
+        return soxr.ResampleStream(a, b, 1, dtype="float32", quality=audio.RESAMPLE_QUALITY)
+
+    down = resampler(sample_rate, sr_model) if resample else None
+    ups = [resampler(sr_model, sample_rate) for _ in range(n_src)] if resample else None
+    t_start = time.perf_counter()
+    n_in = 0
+    held = np.zeros((n_src, 0), dtype=np.float32)  # output at the input's rate, not yet written
+    written = 0
+    # Resampling twice can give a few samples more or fewer than were read; the
+    # last HOLD samples are held back so that the files end at exactly n_in.
+    hold = 4096
+    with contextlib.ExitStack() as stack:
+        writers = [
+            stack.enter_context(audio.AudioWriter(p, sample_rate, 1, subtype=subtype, force=force)) for p in outs
+        ]
+
+        def emit(y: np.ndarray, last: bool = False) -> None:
+            nonlocal held, written
+            if ups is not None:
+                y = np.stack([up.resample_chunk(np.ascontiguousarray(t), last=last) for up, t in zip(ups, y)])
+            held = np.concatenate((held, y), axis=1) if held.shape[1] else y
+            if last:
+                held = held[:, : max(0, n_in - written)]
+                if held.shape[1] < n_in - written:
+                    held = np.pad(held, ((0, 0), (0, n_in - written - held.shape[1])))
+                cut = held.shape[1]
+            else:
+                cut = max(0, min(held.shape[1] - hold, n_in - written))
+            if cut:
+                for w, t in zip(writers, held[:, :cut]):
+                    w.write(t)
+                written += cut
+                held = held[:, cut:]
+
+        while True:
+            data = _read_pcm(stream, chunk * width)
+            usable = len(data) - len(data) % width  # a torn last sample is dropped
+            if usable == 0:
+                break
+            x = np.frombuffer(data[:usable], dtype=dtype).astype(np.float32) / np.float32(scale)
+            n_in += x.shape[0]
+            if down is not None:
+                x = down.resample_chunk(x)
+            t0 = time.perf_counter()
+            y = streamer.process(x)
+            times.seconds.append(time.perf_counter() - t0)
+            if y.shape[1]:
+                emit(y)
+        if n_in == 0:
+            raise SepError(f"no audio on {name} (0 samples read)")
+        rest = [streamer.process(down.resample_chunk(np.zeros(0, np.float32), last=True))] if down else []
+        rest.append(streamer.flush())
+        emit(np.concatenate(rest, axis=1), last=True)
+    timing = times.summary()
+    return StreamResult(
+        input=name, status="ok", outputs=[str(p) for p in outs], model=model_name, n_src=n_src,
+        sample_rate=sample_rate, frames=n_in, duration=n_in / sample_rate,
+        seconds=time.perf_counter() - t_start, chunk_ms=times.chunk_ms, **timing,
+    )

@@ -1,0 +1,121 @@
+"""`sep separate`: options, messages, exit status, skip/force, JSON."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from sepcli import api, registry
+from sepcli.cli import main, separate_cmd
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
+    torch.manual_seed(0)
+    model = registry.build("convtasnet", N=16, L=16, B=8, H=16, Sc=8, X=2, R=1)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    registry.save_model(model, path)
+    return str(path)
+
+
+def write(path: Path, seconds: float = 0.4, rate: int = 8000, channels: int = 1, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = 0.2 * np.random.default_rng(seed).standard_normal((int(seconds * rate), channels))
+    sf.write(str(path), x.astype(np.float32), rate)
+    return path
+
+
+def run(*args: str) -> "CliRunner.invoke":
+    return CliRunner().invoke(main, ["separate", *args], catch_exceptions=False)
+
+
+def test_help_has_example_and_every_option_has_help() -> None:
+    result = CliRunner().invoke(main, ["separate", "--help"])
+    assert result.exit_code == 0 and "Example:" in result.output
+    for param in separate_cmd.params:
+        if param.param_type_name == "option":
+            assert param.help, param.name
+
+
+def test_cli_defaults_match_the_library() -> None:
+    defaults = {p.name: p.default for p in separate_cmd.params}
+    assert defaults["segment"] == api.DEFAULT_SEGMENT
+    assert defaults["overlap"] == api.DEFAULT_OVERLAP
+    assert defaults["filename"] == api.DEFAULT_FILENAME
+
+
+def test_separate_then_skip_then_force(tmp_path: Path, tiny_ckpt: str) -> None:
+    src = write(tmp_path / "talk.wav", rate=16000, channels=2)
+    out = tmp_path / "out"
+    r = run(str(src), "--model", tiny_ckpt, "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert "talk.wav ->" in r.stdout and "2 speakers" in r.stdout
+    for i in (1, 2):
+        info = sf.info(str(out / "talk" / f"s{i}.wav"))
+        assert (info.samplerate, info.frames, info.subtype) == (16000, 6400, "PCM_16")
+    assert "━" not in r.stderr  # no progress bar when stderr is not a terminal
+    r = run(str(src), "--model", tiny_ckpt, "--out", str(out))
+    assert r.exit_code == 0 and "skipped" in r.stdout and "--force" in r.stdout
+    r = run(str(src), "--model", tiny_ckpt, "--out", str(out), "--force", "--float")
+    assert r.exit_code == 0 and "talk.wav ->" in r.stdout
+    assert sf.info(str(out / "talk" / "s1.wav")).subtype == "FLOAT"
+
+
+def test_per_file_errors_do_not_stop_the_batch(tmp_path: Path, tiny_ckpt: str) -> None:
+    write(tmp_path / "in" / "a.wav")
+    (tmp_path / "in" / "b.wav").write_bytes(b"not audio")
+    write(tmp_path / "in" / "c.wav", seed=1)
+    r = run(str(tmp_path / "in"), str(tmp_path / "nothing-*.wav"), "--model", tiny_ckpt,
+            "--out", str(tmp_path / "out"))
+    assert r.exit_code == 1
+    assert (tmp_path / "out" / "a" / "s1.wav").exists() and (tmp_path / "out" / "c" / "s2.wav").exists()
+    assert "Error:" in r.stderr and "b.wav" in r.stderr and "no files match" in r.stderr
+    assert "2 separated, 2 failed" in r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_json_summary_on_stdout(tmp_path: Path, tiny_ckpt: str) -> None:
+    src = write(tmp_path / "x.flac", rate=44100)
+    r = run(str(src), "--model", tiny_ckpt, "--out", str(tmp_path / "o"), "--json", "--filename", "{stem}_{i}.wav")
+    assert r.exit_code == 0
+    summary = json.loads(r.stdout)
+    assert (summary["ok"], summary["failed"]) == (1, 0)
+    f = summary["files"][0]
+    assert f["status"] == "ok" and f["sample_rate"] == 44100 and f["n_src"] == 2
+    assert [Path(p).name for p in f["outputs"]] == ["x_1.wav", "x_2.wav"]
+    assert "x.flac ->" in r.stderr  # human lines moved off stdout
+
+
+def test_quiet_prints_nothing_on_success(tmp_path: Path, tiny_ckpt: str) -> None:
+    r = run(str(write(tmp_path / "x.wav")), "--model", tiny_ckpt, "--out", str(tmp_path / "o"), "-q")
+    assert r.exit_code == 0 and r.stdout == "" and r.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "cuda"], "CUDA is not available"),
+        (["--num-speakers", "3"], "exactly 2 speakers"),
+        (["--num-speakers", "many"], "positive integer or 'auto'"),
+        (["--filename", "{stem}.wav"], "{i}"),
+    ],
+)
+def test_option_errors_are_one_line(tmp_path: Path, tiny_ckpt: str, args: list[str], message: str) -> None:
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    r = run(str(write(tmp_path / "x.wav")), "--model", tiny_ckpt, "--out", str(tmp_path / "o"), *args)
+    assert r.exit_code == 1
+    assert message in r.stderr and r.stderr.startswith("Error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_without_model_and_without_shipped_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEP_MODELS_DIR", str(tmp_path / "empty"))
+    r = run(str(write(tmp_path / "x.wav")), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 1 and "sep models" in r.stderr and "--model" in r.stderr

@@ -1,0 +1,237 @@
+"""Streaming causal Conv-TasNet: chunk-by-chunk output equals the offline causal forward."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sepcli import registry, streaming
+from sepcli.errors import SepError
+from sepcli.streaming import Streamer, stream_array
+
+TINY = dict(N=8, L=4, B=6, H=10, Sc=5, P=3, X=3, R=2)
+TOL = 1e-5  # of the offline output's peak
+
+
+def tiny_causal(seed: int = 0, **kw) -> nn.Module:
+    """A tiny causal model whose norms and PReLUs are far from their initial
+    values, so that folding their gains and biases is really exercised."""
+    torch.manual_seed(seed)
+    model = registry.build("convtasnet", {**TINY, "causal": True, **kw}).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "prelu" in name:
+                p.add_(0.5 * torch.randn_like(p))
+    return model
+
+
+def offline(model: nn.Module, mix: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(mix[None])[0]  # [S, T]
+
+
+def assert_close(est, ref: torch.Tensor) -> None:
+    est = torch.as_tensor(est)
+    assert est.shape == ref.shape
+    err = float((est - ref).abs().max())
+    assert err <= TOL * float(ref.abs().max()), f"max |diff| {err:.3g}, peak {float(ref.abs().max()):.3g}"
+
+
+def run_chunks(model: nn.Module, mix: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Stream with explicit chunk sizes (they must add up to T); return all outputs."""
+    assert sum(sizes) == mix.shape[0]
+    streamer = Streamer(model)
+    outs, pos = [], 0
+    for n in sizes:
+        outs.append(streamer.process(mix[pos : pos + n]))
+        pos += n
+    outs.append(streamer.flush())
+    assert streamer.samples_out == streamer.samples_in == mix.shape[0]
+    return torch.cat(outs, 1)
+
+
+# ----------------------------------------------------------------------------- equality with offline
+
+
+@pytest.mark.parametrize("chunk", ["hop", "hop*3+1", 1, 7, "all"])
+def test_chunk_sizes_match_offline(chunk):
+    model = tiny_causal()
+    hop = model.config.stride
+    mix = torch.randn(1003)
+    size = {"hop": hop, "hop*3+1": 3 * hop + 1, "all": mix.shape[0]}.get(chunk, chunk)
+    assert_close(stream_array(model, mix, size), offline(model, mix))
+
+
+def test_random_chunk_sizes_match_offline():
+    model = tiny_causal(seed=1)
+    rng = np.random.default_rng(0)
+    mix = torch.randn(1500)
+    sizes = []
+    while sum(sizes) < mix.shape[0]:
+        sizes.append(int(rng.integers(0, 90)))  # zero-length chunks are allowed too
+    sizes[-1] -= sum(sizes) - mix.shape[0]
+    assert_close(run_chunks(model, mix, sizes), offline(model, mix))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(L=5),  # odd window: three frames overlap each output hop
+        dict(L=2, P=2),
+        dict(n_src=3, mask_activation="softmax"),
+        dict(mask_activation="relu", X=4, R=1, P=4),
+    ],
+)
+def test_other_configurations(config):
+    model = tiny_causal(seed=2, **config)
+    mix = torch.randn(777)
+    for size in (1, model.config.stride, 29, 200):
+        assert_close(stream_array(model, mix, size), offline(model, mix))
+
+
+@pytest.mark.parametrize("n_samples", [1, 2, 3, 5, 17])
+def test_very_short_inputs(n_samples):
+    model = tiny_causal()
+    mix = torch.randn(n_samples)
+    for size in (1, 2, 100):
+        assert_close(stream_array(model, mix, size), offline(model, mix))
+
+
+def test_every_statistics_path(monkeypatch):
+    """Gram (small steps), reductions (medium), vectorised (large), and the
+    accelerator path (running sums kept as a tensor) all agree with offline."""
+    model = tiny_causal(seed=3)
+    mix = torch.randn(2400)
+    ref = offline(model, mix)
+    hop = model.config.stride
+    for frames in (4, 24, 100):  # <= GRAM_MAX_FRAMES, <= SCALAR_STATS_MAX_FRAMES, above
+        assert_close(stream_array(model, mix, frames * hop), ref)
+    streamer = Streamer(model, chunk_size=3 * hop)
+    for norm in [streamer.norm0] + [n for b in streamer.blocks for n in (b.norm1, b.norm2)]:
+        norm.host = False
+    outs = [streamer.process(mix[i : i + 3 * hop]) for i in range(0, mix.shape[0], 3 * hop)]
+    assert_close(torch.cat(outs + [streamer.flush()], 1), ref)
+    # several internal steps per call (a long array passed at once)
+    monkeypatch.setattr(streaming, "MAX_STEP_FRAMES", 37)
+    assert_close(stream_array(model, mix, mix.shape[0]), ref)
+
+
+def test_per_channel_prelu():
+    model = tiny_causal(seed=4)
+    with torch.no_grad():
+        for block in model.separator.blocks:
+            block.prelu1 = nn.PReLU(model.config.H, init=0.0)
+            block.prelu1.weight.uniform_(-0.5, 1.5)
+    mix = torch.randn(500)
+    assert_close(stream_array(model, mix, 9), offline(model, mix))
+
+
+def test_float64_model():
+    model = tiny_causal(seed=5).double()
+    mix = torch.randn(600, dtype=torch.float64)
+    ref = offline(model, mix)
+    est = stream_array(model, mix, 6)
+    assert est.dtype == torch.float64
+    assert float((est - ref).abs().max()) <= 1e-10 * float(ref.abs().max())
+
+
+def test_paper_configuration():
+    """The paper's causal system (5.05M parameters) on 0.25 s at 8 kHz: one-hop chunks and 8 ms chunks."""
+    torch.manual_seed(0)
+    model = registry.build("convtasnet-paper-causal").eval()
+    mix = torch.randn(2000) * 0.1
+    ref = offline(model, mix)
+    assert_close(stream_array(model, mix, 64), ref)
+    short = mix[:600]
+    assert_close(stream_array(model, short, model.config.stride), offline(model, short))
+
+
+# ----------------------------------------------------------------------------- stream behaviour
+
+
+def test_output_is_released_as_soon_as_it_is_final():
+    """After n whole hops, all but the first L - L//2 samples' worth are out:
+    the streamer holds back nothing it could already emit."""
+    model = tiny_causal()
+    hop, left = model.config.stride, model.config.L - model.config.stride
+    streamer = Streamer(model, chunk_size=hop)
+    total = 0
+    for _ in range(20):
+        y = streamer.process(torch.randn(hop))
+        total += y.shape[1]
+        assert total == max(0, streamer.samples_in - left)
+    assert streamer.algorithmic_latency() == model.config.L + hop
+    assert streamer.algorithmic_latency(64) == model.config.L + 64
+
+
+def test_reset_starts_a_new_stream():
+    model = tiny_causal()
+    first, second = torch.randn(300), torch.randn(410)
+    streamer = Streamer(model, chunk_size=16)
+    streamer.process(first[:100])  # abandoned mid-stream
+    streamer.reset()
+    outs = [streamer.process(first[i : i + 16]) for i in range(0, 300, 16)] + [streamer.flush()]
+    assert_close(torch.cat(outs, 1), offline(model, first))
+    streamer.reset()
+    outs = [streamer.process(second[i : i + 16]) for i in range(0, 410, 16)] + [streamer.flush()]
+    assert_close(torch.cat(outs, 1), offline(model, second))
+
+
+def test_numpy_in_numpy_out_and_shapes():
+    model = tiny_causal()
+    mix = np.random.default_rng(0).standard_normal(250).astype(np.float32)
+    streamer = Streamer(model)
+    a = streamer.process(mix[None, :100])  # [1, n] is accepted
+    b = streamer.process(mix[100:].astype(np.float64))
+    c = streamer.flush()
+    assert all(isinstance(y, np.ndarray) and y.dtype == np.float32 for y in (a, b, c))
+    est = np.concatenate([a, b, c], axis=1)
+    assert_close(torch.from_numpy(est), offline(model, torch.from_numpy(mix)))
+
+
+def test_flush_ends_the_stream():
+    model = tiny_causal()
+    streamer = Streamer(model)
+    assert streamer.flush().shape == (2, 0)  # nothing in, nothing out
+    with pytest.raises(SepError, match="flushed"):
+        streamer.process(torch.randn(10))
+    with pytest.raises(SepError, match="already flushed"):
+        streamer.flush()
+    streamer.reset()
+    assert streamer.process(torch.randn(10)).shape[0] == 2
+
+
+def test_bad_input_is_rejected():
+    model = tiny_causal()
+    streamer = Streamer(model)
+    with pytest.raises(SepError, match=r"\[n\] or \[1, n\]"):
+        streamer.process(torch.randn(2, 10))
+    with pytest.raises(SepError, match="float"):
+        streamer.process(np.zeros(10, dtype=np.int16))
+    with pytest.raises(SepError, match="NaN or infinite"):
+        streamer.process(torch.tensor([0.0, float("nan")]))
+    with pytest.raises(SepError, match="Tensor or numpy"):
+        streamer.process([0.0, 1.0])
+    streamer.process(torch.zeros(4))
+    with pytest.raises(SepError, match="do not mix"):
+        streamer.process(np.zeros(4, dtype=np.float32))
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(SepError, match="chunk_size"):
+            Streamer(model, chunk_size=bad)
+
+
+def test_non_causal_and_other_models_are_rejected():
+    torch.manual_seed(0)
+    with pytest.raises(SepError, match="non-causal"):
+        Streamer(registry.build("convtasnet", {**TINY, "causal": False}))
+    with pytest.raises(SepError, match="causal Conv-TasNet"):
+        Streamer(nn.Linear(3, 3))
+
+
+def test_silence_gives_finite_output():
+    model = tiny_causal()
+    mix = torch.zeros(300)
+    est = stream_array(model, mix, 8)
+    assert torch.isfinite(est).all()
+    assert_close(est, offline(model, mix))

@@ -1,0 +1,364 @@
+"""Tests for sepcli.train: the loop, checkpoints, exact resume, schedules, recipes."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sepcli import registry
+from sepcli import train as training
+from sepcli.data import build_mixture_set
+from sepcli.errors import SepError
+from sepcli.registry import register
+from tests.test_data import make_corpus
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ToyConfig:
+    n_src: int = 2
+    sample_rate: int = 8000
+    channels: int = 16
+    kernel: int = 16
+
+
+@register("toy-train", ToyConfig)
+class ToyNet(nn.Module):
+    """A tiny TasNet: learned encoder, 1x1 mask layer, learned decoder."""
+
+    def __init__(self, config: ToyConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.enc = nn.Conv1d(1, c.channels, c.kernel, stride=c.kernel // 2, padding=c.kernel // 2)
+        self.mask = nn.Conv1d(c.channels, c.n_src * c.channels, 1)
+        self.dec = nn.ConvTranspose1d(c.channels, 1, c.kernel, stride=c.kernel // 2, padding=c.kernel // 2)
+        self.fit_calls = 0
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        b, t = mix.shape
+        w = torch.relu(self.enc(mix[:, None]))  # [B, C, K]
+        m = torch.sigmoid(self.mask(w)).view(b, self.config.n_src, self.config.channels, -1)  # [B, S, C, K]
+        y = self.dec((m * w[:, None]).flatten(0, 1))  # [B*S, 1, T']
+        y = y[..., :t]
+        return nn.functional.pad(y, (0, t - y.shape[-1])).view(b, self.config.n_src, t)  # [B, S, T]
+
+    @torch.no_grad()
+    def separate(self, mix: torch.Tensor, n_src: int | None = None) -> torch.Tensor:
+        return self(mix)
+
+    def compute_loss(self, mix: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        from sepcli.metrics import pit_si_snr_torch
+
+        values, _ = pit_si_snr_torch(self(mix), ref)
+        return -values.mean()
+
+    def fit_normalization(self, mixes) -> int:
+        self.fit_calls += sum(1 for _ in mixes)
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("train-data")
+    make_corpus(root / "corpus", n_speakers=6, n_utts=3)
+    split = root / "split.json"
+    split.write_text(json.dumps({"valid": ["spk4", "spk5"], "test": []}))
+    return {"corpus": str(root / "corpus"), "split": str(split), "root": root}
+
+
+def toy_config(data: dict, **over) -> training.TrainConfig:
+    base = dict(
+        family="toy-train", model={}, train=data["corpus"], speakers_split=data["split"],
+        segment=0.25, epoch_size=16, valid_size=4, valid_segment=0.25, batch_size=4,
+        lr=3e-3, max_epochs=2, log_every=1, checkpoint_minutes=60.0,
+    )
+    base.update(over)
+    return training.make_config(base)
+
+
+def read_log(run: Path, event: str = "train") -> list[dict]:
+    return [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["event"] == event]
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_loss_falls_on_a_tiny_fixed_set(data, tmp_path):
+    build_mixture_set(data["corpus"], tmp_path / "fixed", 8, segment=0.25, seed=0)
+    cfg = toy_config(data, train=str(tmp_path / "fixed"), valid=str(tmp_path / "fixed"),
+                     segment=0.25, batch_size=4, max_epochs=25, lr=1e-2, log_every=2)
+    result = training.train(cfg, tmp_path / "run", progress=False)
+    losses = [r["loss"] for r in read_log(tmp_path / "run")]
+    assert result.reason == "finished" and result.epoch == 25 and result.step == 50
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 3.0  # at least 3 dB better SI-SNR
+    valid = read_log(tmp_path / "run", "valid")
+    assert len(valid) == 25
+    assert valid[-1]["best"] > valid[0]["val_si_snri"]
+
+
+def test_validation_score_is_si_snri_of_the_estimates(data):
+    # Estimates = references (swapped: PIT must undo it) plus known noise; the
+    # score must be the mean over mixtures of mean_s SI-SNR(est, ref) - SI-SNR(mix, ref).
+    from sepcli.metrics import si_snr
+
+    cfg = toy_config(data)
+    _, valid_set, _ = training.build_datasets(cfg, 8000, 2)
+    items = [valid_set[i] for i in range(len(valid_set))]
+    noise = torch.randn(len(items), 2, items[0][0].shape[-1], generator=torch.Generator().manual_seed(0))
+    est = torch.stack([r for _, r in items]) + 0.02 * noise  # [B, S, T]
+
+    class Oracle(nn.Module):
+        def separate(self, mix):
+            return est[:, [1, 0]].to(mix.dtype)
+
+    total, count = training.validate(Oracle(), valid_set, batch_size=len(items))
+    want = []
+    for (mix, ref), e in zip(items, est):
+        mix, ref, e = mix.double().numpy(), ref.double().numpy(), e.double().numpy()
+        want.append(np.mean([si_snr(e[k], ref[k]) - si_snr(mix, ref[k]) for k in range(2)]))
+    assert count == len(items)
+    assert total / count == pytest.approx(float(np.mean(want)), abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- checkpoints and resume
+
+
+def test_resume_gives_the_same_losses_and_weights(data, tmp_path):
+    cfg = toy_config(data, max_epochs=2, speed_perturb=[0.9, 1.1])  # 8 steps, a validation between
+    training.train(cfg, tmp_path / "straight", progress=False)
+    training.train(toy_config(data, max_epochs=2, speed_perturb=[0.9, 1.1]), tmp_path / "split",
+                   progress=False, max_steps=3)
+    ck = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (0, 3, 3)
+    result = training.train(None, tmp_path / "split", resume=True, progress=False)
+    assert result.reason == "finished" and result.step == 8
+    a, b = read_log(tmp_path / "straight"), read_log(tmp_path / "split")
+    assert [r["step"] for r in b] == list(range(1, 9))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [r["val_si_snri"] for r in read_log(tmp_path / "straight", "valid")] == \
+        [r["val_si_snri"] for r in read_log(tmp_path / "split", "valid")]
+    sa = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    sb = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k
+    assert torch.equal(sa["rng"]["torch"], sb["rng"]["torch"])
+
+
+def test_resume_at_an_epoch_boundary(data, tmp_path):
+    training.train(toy_config(data), tmp_path / "a", progress=False)
+    training.train(toy_config(data), tmp_path / "b", progress=False, max_steps=4)
+    ck = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert (ck["epoch"], ck["step_in_epoch"]) == (1, 0)  # validated before stopping
+    assert len(read_log(tmp_path / "b", "valid")) == 1
+    training.train(None, tmp_path / "b", resume=True, progress=False)
+    assert [r["loss"] for r in read_log(tmp_path / "a")] == [r["loss"] for r in read_log(tmp_path / "b")]
+
+
+def test_log_lines_after_the_checkpoint_are_dropped_on_resume(data, tmp_path):
+    run = tmp_path / "run"
+    training.train(toy_config(data), run, progress=False, max_steps=2)
+    with open(run / "log.jsonl", "a") as f:  # as if killed after logging steps 3-4
+        f.write(json.dumps({"event": "train", "step": 3, "loss": 1.0}) + "\n")
+        f.write('{"event": "train", "st')  # a line cut in half
+    training.train(None, run, resume=True, progress=False, max_steps=4)
+    assert [r["step"] for r in read_log(run)] == [1, 2, 3, 4]
+    assert read_log(run)[2]["loss"] != 1.0
+
+
+def test_checkpoint_is_a_plain_dict_loadable_without_code(data, tmp_path):
+    training.train(toy_config(data), tmp_path / "run", progress=False, max_steps=2)
+    ck = training.load_checkpoint(tmp_path / "run")
+    for key in ("model", "optimizer", "scheduler", "rng", "epoch", "step_in_epoch", "global_step",
+                "best", "config", "recipe", "elapsed"):
+        assert key in ck
+    assert ck["config"]["family"] == "toy-train" and ck["config"]["model"]["channels"] == 16
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_timed_checkpoints_are_written_mid_epoch(data, tmp_path, monkeypatch):
+    saved_steps = []
+    real = training.torch.save
+
+    def spy(obj, f, *a, **k):
+        saved_steps.append(obj["global_step"])
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(training.torch, "save", spy)
+    training.train(toy_config(data, checkpoint_minutes=1e-9, max_epochs=1), tmp_path / "run", progress=False)
+    assert saved_steps[:4] == [1, 2, 3, 4]
+
+
+def test_best_model_is_exported_for_sep_separate(data, tmp_path):
+    result = training.train(toy_config(data, max_epochs=3), tmp_path / "run", progress=False)
+    model = registry.load_model(result.best_path)
+    meta, _ = registry.read_checkpoint(result.best_path)
+    assert model.family == "toy-train"
+    valid = read_log(tmp_path / "run", "valid")
+    best = max(valid, key=lambda r: r["val_si_snri"])
+    assert float(meta["val_si_snri"]) == pytest.approx(best["val_si_snri"], abs=1e-3)
+    assert int(meta["epoch"]) == best["epoch"] == result.best_epoch
+    # the exported weights score what the log says
+    _, valid_set, _ = training.build_datasets(toy_config(data), 8000, 2)
+    total, n = training.validate(model, valid_set)
+    assert total / n == pytest.approx(best["val_si_snri"], abs=1e-3)
+
+
+def test_lr_halves_on_plateau_and_training_stops_early(data, tmp_path, monkeypatch):
+    scores = iter([5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0])
+    monkeypatch.setattr(training, "validate", lambda *a, **k: (next(scores), 1))
+    cfg = toy_config(data, patience=1, early_stop=3, max_epochs=10, lr=1e-3)
+    result = training.train(cfg, tmp_path / "run", progress=False)
+    valid = read_log(tmp_path / "run", "valid")
+    assert result.reason == "early_stop" and result.epoch == 4 and result.best_epoch == 0
+    assert [r["lr"] for r in valid] == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])
+
+
+def test_fit_normalization_runs_on_fresh_runs_only(data, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ToyNet, "fit_normalization", lambda self, mixes: calls.append(len(list(mixes))) or 0)
+    training.train(toy_config(data), tmp_path / "run", progress=False, max_steps=1)
+    assert calls == [16]  # min(NORM_MIXTURES, epoch size)
+    training.train(None, tmp_path / "run", resume=True, progress=False, max_steps=2)
+    assert calls == [16]
+
+
+def test_init_starts_from_given_weights(data, tmp_path):
+    torch.manual_seed(123)
+    src = registry.build("toy-train", {})
+    registry.save_model(src, tmp_path / "init.safetensors")
+    training.train(toy_config(data, lr=1e-9), tmp_path / "run", progress=False, max_steps=1,
+                   init=tmp_path / "init.safetensors")
+    ck = training.load_checkpoint(tmp_path / "run")
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(ck["model"][k], v, atol=1e-6, rtol=0)
+    other = registry.build("convtasnet", {"N": 8, "L": 4, "B": 4, "H": 8, "Sc": 4, "X": 1, "R": 1})
+    registry.save_model(other, tmp_path / "other.safetensors")
+    with pytest.raises(SepError, match="convtasnet"):
+        training.train(toy_config(data), tmp_path / "run2", progress=False, init=tmp_path / "other.safetensors")
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_run_dir_is_never_reused_silently(data, tmp_path):
+    training.train(toy_config(data), tmp_path / "run", progress=False, max_steps=1)
+    with pytest.raises(SepError, match="--resume"):
+        training.train(toy_config(data), tmp_path / "run", progress=False, max_steps=1)
+    training.train(toy_config(data), tmp_path / "run", progress=False, max_steps=1, force=True)
+    assert [r["step"] for r in read_log(tmp_path / "run")] == [1]
+    with pytest.raises(SepError, match="no checkpoint"):
+        training.train(None, tmp_path / "nothing", resume=True, progress=False)
+
+
+def test_resume_refuses_to_change_the_result_defining_settings(data, tmp_path):
+    training.train(toy_config(data), tmp_path / "run", progress=False, max_steps=1)
+    with pytest.raises(SepError, match="cannot change 'lr'"):
+        training.train(None, tmp_path / "run", resume=True, overrides={"lr": 1.0}, progress=False)
+    r = training.train(None, tmp_path / "run", resume=True, overrides={"log_every": 3, "max_epochs": 1},
+                       progress=False)
+    assert r.epoch == 1
+
+
+def test_missing_validation_data_is_explained(data, tmp_path):
+    cfg = toy_config(data, speakers_split=None)
+    with pytest.raises(SepError, match="no validation data"):
+        training.train(cfg, tmp_path / "run", progress=False)
+
+
+def test_unreadable_checkpoint(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"garbage")
+    with pytest.raises(SepError, match="not a readable"):
+        training.load_checkpoint(tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------- config and recipes
+
+
+def test_recipe_paths_are_relative_to_the_recipe(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "x.toml").write_text(
+        '[model]\nfamily = "toy-train"\n[model.config]\nchannels = 8\n'
+        '[data]\ntrain = "../corpus/*/"\nspeakers_split = "split.json"\n[optim]\nlr = 0.01\n'
+    )
+    flat, text = training.read_recipe(tmp_path / "r" / "x.toml")
+    assert flat["train"] == str(tmp_path / "corpus" / "*")
+    assert flat["speakers_split"] == str(tmp_path / "r" / "split.json")
+    cfg = training.make_config(flat, lr=0.5, model={"kernel": 8})
+    assert cfg.lr == 0.5 and cfg.model == {"channels": 8, "kernel": 8}
+    assert "toy-train" in text
+
+
+def test_recipe_typos_are_errors(tmp_path):
+    p = tmp_path / "x.toml"
+    p.write_text("[optim]\nlearning_rate = 1\n")
+    with pytest.raises(SepError, match="unknown key 'learning_rate'"):
+        training.read_recipe(p)
+    p.write_text("[optimizer]\nlr = 1\n")
+    with pytest.raises(SepError, match="unknown section"):
+        training.read_recipe(p)
+    p.write_text("[optim\n")
+    with pytest.raises(SepError, match="TOML"):
+        training.read_recipe(p)
+    with pytest.raises(SepError, match="batch_size"):
+        training.make_config({}, batch_size=0)
+
+
+def test_set_overrides_parse_toml_values():
+    assert training.parse_set(["lr=5e-4", "model.X=4", "optim.patience=2", "speed_perturb=[0.9, 1.1]",
+                               "sampling=speaker"]) == {
+        "lr": 5e-4, "model": {"X": 4}, "patience": 2, "speed_perturb": [0.9, 1.1], "sampling": "speaker"}
+    with pytest.raises(SepError):
+        training.parse_set(["novalue"])
+
+
+@pytest.mark.parametrize("name", ["convtasnet", "convtasnet-causal", "dpcl"])
+def test_shipped_recipes_are_valid(name):
+    flat, _ = training.read_recipe(REPO / "recipes" / f"{name}.toml")
+    cfg = training.make_config(flat)
+    model = registry.build(cfg.family, cfg.model)
+    assert model.config.sample_rate == 8000 and model.config.n_src == 2
+    assert cfg.speakers_split and Path(cfg.speakers_split).is_file()
+    assert cfg.train.endswith("librispeech-8k/*")
+    assert cfg.speed_perturb == [0.95, 1.05]
+    if name.startswith("convtasnet"):
+        assert model.config.causal == (name == "convtasnet-causal")
+
+
+def test_epoch_indices_shard_without_overlap():
+    full = training.epoch_indices(20, epoch=3, seed=1, world=1, rank=0)
+    parts = [training.epoch_indices(20, epoch=3, seed=1, world=2, rank=r) for r in (0, 1)]
+    assert sorted(parts[0] + parts[1]) == list(range(20))
+    assert parts[0] == full[0::2] and parts[1] == full[1::2]
+    assert training.epoch_indices(20, epoch=4, seed=1, world=1, rank=0) != full
+
+
+def test_rich_progress_on_a_terminal(data, tmp_path, monkeypatch):
+    import io
+    import sys
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    fake = Tty()
+    monkeypatch.setattr(sys, "stderr", fake)
+    training.train(toy_config(data), tmp_path / "run", max_steps=6)
+    shown = fake.getvalue()
+    assert "epoch" in shown and "loss" in shown and "val SI-SNRi" in shown and "s/s" in shown
+    assert "validation SI-SNRi" in shown  # the per-epoch line
