@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -57,6 +58,19 @@ def rss_mb() -> float:
 
 
 # ----------------------------------------------------------------------------- speed / memory
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def busy_seconds() -> float:
+    """CPU seconds all processes on the machine spent busy so far (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def write_noise(path: Path, minutes: float, seed: int = 0) -> None:
@@ -92,7 +106,7 @@ def child(args: argparse.Namespace) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({
         "minutes": result.duration / 60, "wall_s": wall, "rtf": wall / result.duration,
-        "cpu_rtf": cpu / args.threads / result.duration, "rss_before_mb": base, "peak_rss_mb": peak,
+        "cpu_rtf": cpu / args.threads / result.duration, "cpu_s": cpu, "rss_before_mb": base, "peak_rss_mb": peak,
         "chunks": result.chunks, "threads": args.threads, "segment": args.segment,
         "overlap": args.overlap, "batch_size": sep.batch_size,
     }))
@@ -109,13 +123,19 @@ def speed(args: argparse.Namespace) -> list[dict]:
                    "--overlap", str(args.overlap), "--workdir", tmp]
             if args.batch_size:
                 cmd += ["--batch-size", str(args.batch_size)]
+            busy0, own0, t0 = busy_seconds(), children_cpu(), time.perf_counter()
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+            busy, own, wall = busy_seconds() - busy0, children_cpu() - own0, time.perf_counter() - t0
             row = json.loads(out.stdout.strip().splitlines()[-1])
+            # Other work on the machine inflates wall time (CPU RTF much less so):
+            # record how many cores other processes kept busy meanwhile.
+            row["other_cores_busy"] = max(0.0, (busy - own) / wall)
             rows.append(row)
             print(f"{row['minutes']:5.1f} min  RTF {row['rtf']:.3f}  CPU RTF {row['cpu_rtf']:.3f}  "
                   f"peak RSS {row['peak_rss_mb']:.0f} MB (before separating {row['rss_before_mb']:.0f} MB)  "
                   f"[{row['threads']} threads, segment {row['segment']:g} s, overlap {row['overlap']:g}, "
-                  f"batch {row['batch_size']}]", flush=True)
+                  f"batch {row['batch_size']}; other processes kept {row['other_cores_busy']:.1f} of "
+                  f"{os.cpu_count()} cores busy]", flush=True)
             path.unlink()
     return rows
 

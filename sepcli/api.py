@@ -103,7 +103,8 @@ class SeparationResult:
 
 @dataclass
 class BatchResult:
-    """Outcome of :func:`separate_files`: one result per input, in input order."""
+    """Outcome of :func:`separate_files`: one result per input file found (in
+    argument order), then one per argument that matched nothing."""
 
     results: list[SeparationResult]
     model: str = ""
@@ -1085,3 +1086,22 @@ class ConsoleReport(BatchEvents):
                     self._print(self.err, f"  {_failure_text(r)}")
         elif not self.quiet:
             self._print(self.out, "Done: " + ", ".join(parts) + ".")
+
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "BatchEvents",
+    "BatchResult",
+    "ConsoleReport",
+    "DEFAULT_FILENAME",
+    "DEFAULT_OVERLAP",
+    "DEFAULT_SEGMENT",
+    "InputFile",
+    "SeparationResult",
+    "Separator",
+    "check_template",
+    "find_audio_files",
+    "render_filename",
+    "separate",
+    "separate_files",
+]

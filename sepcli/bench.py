@@ -6,6 +6,8 @@ call is timed (on CUDA with events, synchronised). Reported per chunk size:
 
 * ``p50_ms`` ... ``max_ms``: compute time per chunk;
 * ``rtf``: total compute time / duration of the audio (below 1: faster than real time);
+  ``cpu_rtf`` the same with the process's CPU time (on a busy machine, the
+  gap to ``rtf`` is time spent waiting for a core);
 * ``algorithmic_latency_ms``: the encoder window L plus the chunk, the delay the
   method itself imposes before a sample's output can exist;
 * ``total_latency_ms``: algorithmic latency plus the p99 compute time;
@@ -64,6 +66,7 @@ class ChunkResult:
     total_latency_ms: float
     max_abs_diff: float
     max_rel_diff: float
+    cpu_rtf: float | None = None  # process CPU time / audio time (CPU device): below rtf when waiting for a core
     naive_rtf: float | None = None
     naive_ms: float | None = None  # mean per chunk
     naive_chunks: int = 0
@@ -246,11 +249,13 @@ def bench_chunk(
     if n_full < 1:
         raise SepError(f"--duration is shorter than one chunk ({chunk} samples)")
     outs, times = [], []
+    cpu0 = time.process_time()
     for i in range(n_full):
         piece = mix[i * chunk : (i + 1) * chunk]
         y, dt = timer(lambda: streamer.process(piece))
         outs.append(y)
         times.append(dt)
+    cpu = time.process_time() - cpu0
     if n_full * chunk < mix.shape[0]:
         outs.append(streamer.process(mix[n_full * chunk :]))
     outs.append(streamer.flush())
@@ -267,6 +272,7 @@ def bench_chunk(
         p50_ms=float(np.percentile(ms, 50)), p90_ms=float(np.percentile(ms, 90)), p99_ms=p99,
         max_ms=float(ms.max()), algorithmic_latency_ms=alg, total_latency_ms=alg + p99,
         max_abs_diff=diff, max_rel_diff=diff / peak if peak > 0 else diff,
+        cpu_rtf=None if timer.cuda else cpu / (n_full * chunk_ms / 1000.0),
     )
     if naive_chunks > 0:
         device_mix = mix.to(streamer_model.encoder.weight.device)

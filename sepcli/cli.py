@@ -701,7 +701,7 @@ def _print_bench(result) -> None:
 
     weights = " (random weights)" if result.random_weights else ""
     title = (
-        f"Streaming {result.model}{weights}, {result.params / 1e6:.2f}M params, "
+        f"Streaming {result.model}{weights}, {_fmt_params(result.params)} params, "
         f"{result.device} ({result.device_name}), {result.threads} thread(s), "
         f"{result.duration_s:g} s at {result.sample_rate / 1000:g} kHz"
     )
@@ -709,13 +709,16 @@ def _print_bench(result) -> None:
     wide = console.width >= 100  # p90 and max only where they fit; --json has everything
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, caption="times in ms",
                   caption_justify="left")
-    columns = ["Chunk", "RTF", "p50", *(["p90"] if wide else []), "p99", *(["max"] if wide else []),
+    columns = ["Chunk", "RTF", *(["CPU\nRTF"] if wide else []), "p50", *(["p90"] if wide else []), "p99",
+               *(["max"] if wide else []),
                "Alg.\nlat.", "Total\nlat.", "Max\n|diff|", "Naive\nRTF", "Speed\n-up"]
     for col in columns:
         table.add_column(col, justify="right", no_wrap=True)
     for r in result.results:
         table.add_row(
-            f"{r.chunk_ms:g}", f"{r.rtf:.3f}", f"{r.p50_ms:.2f}", *([f"{r.p90_ms:.2f}"] if wide else []),
+            f"{r.chunk_ms:g}", f"{r.rtf:.3f}",
+            *(["-" if r.cpu_rtf is None else f"{r.cpu_rtf:.3f}"] if wide else []),
+            f"{r.p50_ms:.2f}", *([f"{r.p90_ms:.2f}"] if wide else []),
             f"{r.p99_ms:.2f}", *([f"{r.max_ms:.2f}"] if wide else []), f"{r.algorithmic_latency_ms:.1f}",
             f"{r.total_latency_ms:.1f}", f"{r.max_abs_diff:.1e}",
             "-" if r.naive_rtf is None else f"{r.naive_rtf:.2f}",
@@ -723,7 +726,8 @@ def _print_bench(result) -> None:
         )
     console.print(table)
     notes = [
-        "RTF: compute time / audio time. Alg. lat.: window L + chunk. Total: alg. + p99 compute.",
+        "RTF: compute time / audio time (CPU RTF: with the process's CPU time). "
+        "Alg. lat.: window L + chunk. Total: alg. + p99 compute.",
         "Max |diff|: streamed vs offline causal output. Naive: network re-run over its receptive field "
         f"({result.receptive_field_ms:.0f} ms) + chunk for every chunk.",
     ]

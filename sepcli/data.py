@@ -42,7 +42,7 @@ import numpy as np
 import soxr
 import torch
 
-from sepcli.audio import read_audio, resample, write_audio
+from sepcli.audio import read_audio, write_audio
 from sepcli.errors import SepError
 
 log = logging.getLogger(__name__)
@@ -370,7 +370,8 @@ def make_mixture(
         off = int(rng.integers(0, n - need + 1))
         x = corpus.audio(u, off, off + need)
         if f != 1.0:
-            # Resampling by 1/f then playing at `sr` plays f times faster.
+            # Resampling by 1/f then playing at `sr` plays f times faster. soxr
+            # directly: audio.resample takes integer rates, f is fractional.
             x = soxr.resample(x, sr * f, sr, quality="HQ").astype(np.float32)
         if seg is not None:
             x = x[:seg]

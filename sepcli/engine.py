@@ -23,10 +23,15 @@ chunk of its own length. For each chunk:
    a speaker in a different output slot in each chunk. The chunk's slots are
    reordered to the permutation that best matches the output accumulated so far
    over the region where they overlap (largest summed inner product, i.e.
-   smallest squared error; exhaustive for a few sources, Hungarian above:
-   :func:`sepcli.metrics.pit_permutation`). So speaker 1 stays speaker 1.
-   Limitation: if every speaker is silent throughout an overlap region there is
-   nothing to match, and the order after it is arbitrary.
+   smallest squared error, as a fraction of the overlap's energy; exhaustive
+   for a few sources, Hungarian above: :func:`sepcli.metrics.pit_permutation`).
+   So speaker 1 stays speaker 1. Tracks that are silent in the overlap cannot
+   be matched that way, and when everyone pauses for longer than the overlap
+   there is nothing to match at all: there a coarse voice signature of each
+   track (its average spectral shape over the frames it dominates, kept as a
+   running average per output track, :func:`voice_signatures`) decides. It
+   separates voices with different spectral envelopes (e.g. most male/female
+   pairs), not every pair of similar voices; longer overlaps make it matter less.
 4. **Overlap-add.** The chunk is multiplied by a window (raised-cosine fades of
    ``round(segment * overlap)`` samples, flat in between, strictly positive)
    and added to an accumulator together with the window itself; output is the

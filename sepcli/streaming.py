@@ -25,7 +25,9 @@ State kept between chunks (see the module names in
   a pre-allocated buffer that new frames are written into (no concatenation);
   once the buffer is full its tail is moved to the front, which costs about
   one frame copy per new frame;
-* **decoder**: the overlap-add tail of the last frame (``L - L//2`` samples).
+* **decoder**: the overlap-add tail, kept as the last masked encoder frame
+  (``ceil(L / hop) - 1`` frames): output hop k is the sum over j of frame
+  k-j times the j-th hop of the decoder's basis, one matrix product per j.
 
 Framing matches :meth:`ConvTasNet.frame_padding`: ``L - L//2`` zeros in front
 of the signal, and at :meth:`flush` the right padding for the total length T,
@@ -34,14 +36,22 @@ input sample ``t + L - L//2 - 1`` has arrived and the hop that holds it is
 complete, so the algorithmic latency is at most one chunk plus the window L.
 
 Speed: frames of a chunk go through the network together, time-major
-(``[frames, channels]``), so every 1x1 conv is one matrix product per chunk.
+(``[frames, channels]``), so every 1x1 conv is one matrix product per chunk,
+with the weights stored ``[in, out]`` (for a few rows, BLAS reads that layout
+faster than a transposed view when the weights are not in a near cache).
 The norms' affine gains and biases are folded into the next layer's weights
 at construction (exact algebra; only rounding differs), the residual and skip
 paths share one accumulator updated with one in-place matrix product per
 block, and for the small frame counts of real-time chunks the cLN statistics
 are updated with Python floats instead of a dozen tiny tensor operations.
 Weights are read once, when the Streamer is built: rebuild it after changing
-the model's weights.
+the model's weights. For chunks of a few ms the paper network is bound by
+memory bandwidth, not arithmetic: every chunk reads all ~20 MB of weights
+(see the README's latency table).
+
+:func:`stream_file` and :func:`stream_pcm` (``sep stream``) run files and raw
+PCM pipes through a Streamer in fixed-size chunks and write the same outputs
+as ``sep separate``.
 
 Shape legend: S sources, T samples, K frames, and the paper's N, L, B, H, Sc, P.
 """
@@ -144,6 +154,13 @@ class _Work:
         self.acc_skip = self.acc[:, B:]
         self.mask = torch.empty(K, S * N, **opts)
         self.mask3 = self.mask.view(K, S, N)
+        # masked encoder frames, after the q-1 frames of the previous step (decoder overlap)
+        q = dims["q"]
+        self.masked = torch.empty(K + q - 1, S, N, **opts)  # [q-1+K, S, N]
+        self.masked_new = self.masked[q - 1 :]  # [K, S, N]
+        # rows of masked frames whose hop j lands on this step's output hops
+        self.masked_rows = [self.masked[q - 1 - j : q - 1 - j + K].view(K * S, N) for j in range(q)]
+        self.hops = torch.empty(K * S, dims["hop"], **opts)  # [K*S, hop]
         self.gram = torch.empty(K + 1, K + 1, **opts)
         self.use_gram = K <= GRAM_MAX_FRAMES
         code = {torch.float32: "f", torch.float64: "d"}.get(dtype)
@@ -189,18 +206,16 @@ class _RunningNorm:
             return self._vector(x)
         K = ws.frames
         if ws.use_gram:
-            g = torch.mm(x_b, x_bT, out=ws.gram).tolist()  # [K+1, K+1]
-            s1 = [row[K] for row in g]
-            s2 = [g[k][k] for k in range(K)]
+            gram = torch.mm(x_b, x_bT, out=ws.gram).tolist()  # [K+1, K+1]
+            rows = [(row[K], row[k]) for k, row in enumerate(gram[:K])]  # (sum, sum of squares)
         else:
-            s1 = x.sum(1).tolist()
-            s2 = torch.linalg.vecdot(x, x).tolist()
+            rows = list(zip(x.sum(1).tolist(), torch.linalg.vecdot(x, x).tolist()))
         total, total_sq, count = self.sum, self.sumsq, self.count
         channels, eps, sqrt = self.channels, self.eps, math.sqrt
         out = ws.coef  # [r_0 .. r_K-1, mr_0 .. mr_K-1]
-        for k in range(K):
-            total += s1[k]
-            total_sq += s2[k]
+        for k, (s1, s2) in enumerate(rows):
+            total += s1
+            total_sq += s2
             count += channels
             mean = total / count
             var = total_sq / count - mean * mean
@@ -291,7 +306,7 @@ class _Block:
         w_in = weight(block.conv_in)  # [H, B]
         # The residual stream is kept without the blocks' constant outputs
         # (res_bias: their sum so far); they reach this block through its conv_in bias.
-        self.w_in_t = w_in.to(dtype).t()  # [B, H]
+        self.w_in_t = w_in.t().contiguous().to(dtype)  # [B, H]
         self.b_in = (block.conv_in.bias.detach().to(f64) + w_in @ res_bias).to(dtype)
         self.slope1 = _prelu_slope(block.prelu1)
         self.slope2 = _prelu_slope(block.prelu2)
@@ -308,7 +323,7 @@ class _Block:
         g2, b2 = block.norm2.weight.detach().to(f64), block.norm2.bias.detach().to(f64)
         w_out = torch.cat((weight(block.res_out), weight(block.skip_out)))  # [B+Sc, H]
         b_out = torch.cat((block.res_out.bias.detach(), block.skip_out.bias.detach())).to(f64)
-        self.w_out_t = (w_out * g2).to(dtype).t()  # [H, B+Sc]; norm2's gain folded in
+        self.w_out_t = (w_out * g2).t().contiguous().to(dtype)  # [H, B+Sc]; norm2's gain folded in
         const = b_out + w_out @ b2  # [B+Sc] this block's constant output (float64)
         B = w_in.shape[1]
         self.const_res, self.const_skip = const[:B], const[B:]
@@ -387,7 +402,7 @@ class Streamer:
         p = model.encoder.weight
         self.device, self.dtype = p.device, p.dtype
         self._q = -(-c.L // c.stride)  # frames that overlap one output hop
-        self._dims = dict(S=c.n_src, N=c.N, B=c.B, H=c.H, Sc=c.Sc)
+        self._dims = dict(S=c.n_src, N=c.N, B=c.B, H=c.H, Sc=c.Sc, q=self._q, hop=c.stride)
         frames = 1 + -(-(self.chunk_size or self.hop) // self.hop)  # most frames one chunk completes
         self._fold(model, room=min(MAX_STEP_FRAMES, max(4 * frames, 32)))
         self._work: dict[int, _Work] = {}
@@ -401,7 +416,7 @@ class Streamer:
         into the next layer (in float64, then cast to the model's dtype)."""
         sep = model.separator
         f64, dtype = torch.float64, self.dtype
-        self.w_enc_t = model.encoder.weight.detach()[:, 0, :].t()  # [L, N]
+        self.w_enc_t = model.encoder.weight.detach()[:, 0, :].t().contiguous()  # [L, N]
         self.norm0 = _RunningNorm(sep.N, sep.norm.eps, self.device)
         g0, b0 = sep.norm.weight.detach().to(f64), sep.norm.bias.detach().to(f64)
         w_b = sep.bottleneck.weight.detach()[:, :, 0].to(f64)  # [B, N]
@@ -418,13 +433,16 @@ class Streamer:
         # The bottleneck fills the whole accumulator [residual | skip sum]; the
         # skip part starts at the sum of all blocks' constant skip outputs.
         w_acc = torch.cat((w_b * g0, w_b.new_zeros(skip_bias.shape[0], w_b.shape[1])))  # [B+Sc, N]
-        self.w_acc_t = w_acc.to(dtype).t()  # [N, B+Sc]
+        self.w_acc_t = w_acc.t().contiguous().to(dtype)  # [N, B+Sc]
         self.b_acc = torch.cat((b_b + w_b @ b0, skip_bias)).to(dtype)  # [B+Sc]
         self.slope_out = _prelu_slope(sep.prelu)
-        self.w_mask_t = sep.mask_conv.weight.detach()[:, :, 0].t()  # [Sc, S*N]
+        self.w_mask_t = sep.mask_conv.weight.detach()[:, :, 0].t().contiguous()  # [Sc, S*N]
         self.b_mask = sep.mask_conv.bias.detach().clone()  # [S*N]
         self.mask_activation = sep.mask_activation
-        self.w_dec = model.decoder.weight.detach()[:, 0, :].clone()  # [N, L]
+        w_dec = model.decoder.weight.detach()[:, 0, :]  # [N, L]
+        w_dec = F.pad(w_dec, (0, self._q * self.hop - self.L))  # [N, q*hop]
+        # overlap-add as matrix products: output hop k = sum_j (masked frame k-j) @ w_dec_hops[j]
+        self.w_dec_hops = [w_dec[:, j * self.hop : (j + 1) * self.hop].contiguous() for j in range(self._q)]
 
     def _workspace(self, frames: int) -> _Work:
         ws = self._work.get(frames)
@@ -438,7 +456,8 @@ class Streamer:
     def reset(self) -> None:
         """Forget the stream: the next :meth:`process` starts a new one."""
         self._in = torch.zeros(self.left, device=self.device, dtype=self.dtype)  # input not yet framed
-        self._tail = torch.zeros(self._q - 1, self.n_src, self.hop, device=self.device, dtype=self.dtype)
+        # the last q-1 masked frames: their later hops overlap the next output
+        self._masked_tail = torch.zeros(self._q - 1, self.n_src, self._dims["N"], device=self.device, dtype=self.dtype)
         self._frames = 0  # frames computed so far
         self._to_drop = self.left  # output samples that belong to the left padding
         self.samples_in = 0
@@ -528,7 +547,8 @@ class Streamer:
             _, right = self.model.frame_padding(total)
             self._in = torch.cat((self._in, torch.zeros(right, device=self.device, dtype=self.dtype)))
             y = self._run()
-            tail = self._tail.permute(1, 0, 2).reshape(self.n_src, -1)  # [S, (q-1)*hop]
+            tail = self._decode(torch.zeros(self._q - 1, self.n_src, self._dims["N"], device=self.device,
+                                            dtype=self.dtype))  # the last frames' overlap
             y = torch.cat((y, self._emit(tail)), 1)[:, : total - before]  # exactly T in total
             self.samples_out = total
         return self._output(y)
@@ -558,6 +578,15 @@ class Streamer:
         self.samples_out += y.shape[1]
         return y
 
+    def _decode(self, masked: torch.Tensor) -> torch.Tensor:
+        """Output hops of the frames ``masked`` [K, S, N] that follow the stored
+        tail (for the flush: zero frames give the tail's own overlap). Returns [S, K*hop]."""
+        K, S, N = masked.shape
+        q = self._q
+        frames = torch.cat((self._masked_tail, masked))  # [q-1+K, S, N]
+        hops = sum(frames[q - 1 - j : q - 1 - j + K].reshape(K * S, N) @ self.w_dec_hops[j] for j in range(q))
+        return hops.view(K, S, self.hop).permute(1, 0, 2).reshape(S, K * self.hop)
+
     def _step(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """Frames of ``x`` (``(K-1)*hop + L`` samples) through the network. Returns [S, K*hop]."""
         ws = self._workspace(frames)
@@ -581,19 +610,14 @@ class Streamer:
             mask.copy_(torch.softmax(mask, dim=1))
         else:
             mask.sigmoid_()
-        mask.mul_(w[:, None, :])
-        dec = torch.mm(ws.mask.view(frames * S, N), self.w_dec)  # [K*S, L]
-        if q * hop != self.L:
-            dec = F.pad(dec, (0, q * hop - self.L))  # [K*S, q*hop]
-        dec = dec.view(frames, S, q, hop)  # [K, S, q, hop]
-        # overlap-add: hop j of frame k lands on output hop k + j
-        ola = torch.zeros(frames + q - 1, S, hop, device=self.device, dtype=self.dtype)  # [K+q-1, S, hop]
-        ola[: q - 1] = self._tail
-        for j in range(q):
-            ola[j : j + frames] += dec[:, :, j]
-        self._tail.copy_(ola[frames:])
+        ws.masked[: q - 1] = self._masked_tail
+        torch.mul(mask, w[:, None, :], out=ws.masked_new)
+        self._masked_tail.copy_(ws.masked[frames:])
+        hops = torch.mm(ws.masked_rows[0], self.w_dec_hops[0], out=ws.hops)  # [K*S, hop]
+        for j in range(1, q):
+            hops.addmm_(ws.masked_rows[j], self.w_dec_hops[j])
         y = torch.empty(S, frames, hop, device=self.device, dtype=self.dtype)
-        y.copy_(ola[:frames].permute(1, 0, 2))  # [S, K, hop]
+        y.copy_(hops.view(frames, S, hop).permute(1, 0, 2))  # [S, K, hop]
         return self._emit(y.view(S, frames * hop))
 
 

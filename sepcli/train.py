@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import signal
@@ -61,6 +60,7 @@ BEST = "best.safetensors"
 LOG = "log.jsonl"
 CONFIG = "config.json"
 RECIPE = "recipe.toml"
+MAX_BAD_STEPS = 20  # consecutive non-finite gradients before a run is declared diverged
 NORM_MIXTURES = 200  # training mixtures used by models that fit input statistics
 
 
@@ -136,9 +136,14 @@ RESUMABLE_KEYS = {"checkpoint_minutes", "log_every", "workers", "max_epochs", "e
                   "valid_batch_size"}
 
 
-def _resolve_path(value: str, base: Path) -> str:
+def _abs_path(value: str, base: str | os.PathLike | None = None) -> str:
+    """Absolute form of a path or glob, relative to ``base`` (default: the working
+    directory). A trailing slash is kept: in a glob it means folders only."""
     p = os.path.expanduser(value)
-    return p if os.path.isabs(p) else os.path.normpath(str(base / p))
+    if not os.path.isabs(p):
+        p = os.path.join(os.fspath(base) if base is not None else os.getcwd(), p)
+    out = os.path.normpath(p)
+    return out + os.sep if value.endswith(("/", os.sep)) and not out.endswith(os.sep) else out
 
 
 def read_recipe(path: str | os.PathLike) -> tuple[dict, str]:
@@ -176,7 +181,7 @@ def read_recipe(path: str | os.PathLike) -> tuple[dict, str]:
     base = path.resolve().parent
     for key in PATH_KEYS:
         if isinstance(flat.get(key), str):
-            flat[key] = _resolve_path(flat[key], base)
+            flat[key] = _abs_path(flat[key], base)
     return flat, text
 
 
@@ -233,6 +238,11 @@ def _check_config(cfg: TrainConfig) -> None:
         if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(isinstance(x, (int, float)) for x in v):
             raise SepError(f"{name} must be [low, high], got {v!r}")
         setattr(cfg, name, [float(v[0]), float(v[1])])
+    for name in PATH_KEYS:
+        v = getattr(cfg, name)
+        if isinstance(v, str):
+            # Absolute, so a resumed run finds its data from any working directory.
+            setattr(cfg, name, _abs_path(v))
     if cfg.sampling not in ("duration", "speaker"):
         raise SepError(f"sampling must be 'duration' or 'speaker', got {cfg.sampling!r}")
     if cfg.mode not in ("min", "max"):
@@ -761,7 +771,13 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
             raise SepError("resume takes its settings from the checkpoint; do not pass a config")
         saved = dict(ckpt["config"])
         for key, value in overrides.items():
-            if key in RESUMABLE_KEYS:
+            if key in PATH_KEYS and isinstance(value, str):
+                value = _abs_path(value)
+            if key == "model" and isinstance(value, dict):
+                changed = {k: v for k, v in value.items() if saved["model"].get(k) != v}
+                if changed:
+                    raise SepError(f"cannot change the model ({', '.join(changed)}) when resuming")
+            elif key in RESUMABLE_KEYS:
                 saved[key] = value
             elif saved.get(key) != value:
                 raise SepError(
@@ -778,25 +794,28 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
     else:
         if config is None:
             raise SepError("no training config given")
-        cfg = config
+        cfg = dataclasses.replace(config, model=dict(config.model))  # the caller's stays as it was
         _check_config(cfg)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
 
-    # Model.
-    model = registry.build(cfg.family, cfg.model)
-    cfg.model = dataclasses.asdict(model.config)  # every default spelled out in the checkpoint
+    # Model. With --init the file's config is the base, so fine-tuning needs no model settings.
+    init_tensors = None
     if init is not None and ckpt is None:
         shipped = registry.shipped_models()
         if str(init) in shipped and not Path(init).exists():
             init = shipped[str(init)]["path"]
-        meta, tensors = registry.read_checkpoint(init)
+        meta, init_tensors = registry.read_checkpoint(init)
         if meta.get("family") != cfg.family:
             raise SepError(f"--init {init}: a {meta.get('family')!r} model, but this run trains {cfg.family!r}")
+        cfg.model = {**json.loads(meta["config"]), **cfg.model}
+    model = registry.build(cfg.family, cfg.model)
+    cfg.model = dataclasses.asdict(model.config)  # every default spelled out in the checkpoint
+    if init_tensors is not None:
         try:
-            model.load_state_dict(tensors, strict=True)
+            model.load_state_dict(init_tensors, strict=True)
         except RuntimeError as exc:
             raise SepError(f"--init {init}: weights do not fit this run's model config: {exc}") from None
         log.info("initialised from %s", init)
@@ -873,6 +892,7 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
     display = _Progress(progress and d.main, steps_per_epoch)
     last_ckpt = time.monotonic()
     reason = "finished"
+    bad_steps = 0
 
     def write_log(rec: dict) -> None:
         if log_file is not None:
@@ -924,7 +944,9 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
     try:
         with _StopSignal() as stop:
             stopped = synced_stop()
-            while stopped is None and epoch < cfg.max_epochs:
+            if cfg.early_stop and bad_epochs >= cfg.early_stop:
+                reason, stopped = "early_stop", None  # resuming a run that had stopped early
+            while reason == "finished" and stopped is None and epoch < cfg.max_epochs:
                 train_set.set_epoch(epoch)
                 indices = epoch_indices(len(train_set), epoch, cfg.seed, d.world, d.rank)
                 indices = indices[: steps_per_epoch * cfg.batch_size][step_in_epoch * cfg.batch_size :]
@@ -951,9 +973,16 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
                     )
                     if torch.isfinite(norm) or scaler.is_enabled():
                         scaler.step(optimizer)  # the scaler itself skips non-finite steps
+                        bad_steps = 0
                     else:
                         # Identical on every rank: gradients are already all-reduced.
+                        bad_steps += 1
                         log.warning("step %d: non-finite gradient, update skipped", global_step + 1)
+                        if bad_steps >= MAX_BAD_STEPS:
+                            raise SepError(
+                                f"training diverged: {bad_steps} steps in a row with non-finite gradients; "
+                                f"start a new run from {out / BEST} (--init) with a lower --lr"
+                            )
                     scaler.update()
                     step_in_epoch += 1
                     global_step += 1

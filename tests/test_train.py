@@ -226,6 +226,11 @@ def test_lr_halves_on_plateau_and_training_stops_early(data, tmp_path, monkeypat
     valid = read_log(tmp_path / "run", "valid")
     assert result.reason == "early_stop" and result.epoch == 4 and result.best_epoch == 0
     assert [r["lr"] for r in valid] == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])
+    # resuming a run that stopped early does not train on; a longer early_stop does
+    again = training.train(None, tmp_path / "run", resume=True, progress=False)
+    assert again.reason == "early_stop" and again.step == result.step
+    longer = training.train(None, tmp_path / "run", resume=True, overrides={"early_stop": 5}, progress=False)
+    assert longer.reason == "early_stop" and longer.epoch == 6
 
 
 def test_fit_normalization_runs_on_fresh_runs_only(data, tmp_path, monkeypatch):
@@ -237,19 +242,34 @@ def test_fit_normalization_runs_on_fresh_runs_only(data, tmp_path, monkeypatch):
     assert calls == [16]
 
 
-def test_init_starts_from_given_weights(data, tmp_path):
+def test_init_starts_from_given_weights_and_config(data, tmp_path):
     torch.manual_seed(123)
-    src = registry.build("toy-train", {})
+    src = registry.build("toy-train", {"channels": 8})
     registry.save_model(src, tmp_path / "init.safetensors")
+    # no model settings given: the file's config (channels=8) is used
     training.train(toy_config(data, lr=1e-9), tmp_path / "run", progress=False, max_steps=1,
                    init=tmp_path / "init.safetensors")
     ck = training.load_checkpoint(tmp_path / "run")
+    assert ck["config"]["model"]["channels"] == 8
     for k, v in src.state_dict().items():
         torch.testing.assert_close(ck["model"][k], v, atol=1e-6, rtol=0)
+    with pytest.raises(SepError, match="do not fit"):
+        training.train(toy_config(data, model={"channels": 16}), tmp_path / "run2", progress=False,
+                       init=tmp_path / "init.safetensors")
     other = registry.build("convtasnet", {"N": 8, "L": 4, "B": 4, "H": 8, "Sc": 4, "X": 1, "R": 1})
     registry.save_model(other, tmp_path / "other.safetensors")
     with pytest.raises(SepError, match="convtasnet"):
-        training.train(toy_config(data), tmp_path / "run2", progress=False, init=tmp_path / "other.safetensors")
+        training.train(toy_config(data), tmp_path / "run3", progress=False, init=tmp_path / "other.safetensors")
+
+
+def test_relative_data_paths_survive_a_resume_from_elsewhere(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(data["corpus"]).parent)
+    cfg = toy_config(data, train="corpus/", speakers_split="split.json")
+    assert cfg.train == data["corpus"] + "/"
+    training.train(cfg, tmp_path / "run", progress=False, max_steps=1)
+    monkeypatch.chdir(tmp_path)
+    r = training.train(None, tmp_path / "run", resume=True, progress=False, max_steps=2)
+    assert r.step == 2
 
 
 # ----------------------------------------------------------------------------- errors
@@ -297,7 +317,7 @@ def test_recipe_paths_are_relative_to_the_recipe(tmp_path):
         '[data]\ntrain = "../corpus/*/"\nspeakers_split = "split.json"\n[optim]\nlr = 0.01\n'
     )
     flat, text = training.read_recipe(tmp_path / "r" / "x.toml")
-    assert flat["train"] == str(tmp_path / "corpus" / "*")
+    assert flat["train"] == str(tmp_path / "corpus" / "*") + "/"
     assert flat["speakers_split"] == str(tmp_path / "r" / "split.json")
     cfg = training.make_config(flat, lr=0.5, model={"kernel": 8})
     assert cfg.lr == 0.5 and cfg.model == {"channels": 8, "kernel": 8}
@@ -334,7 +354,7 @@ def test_shipped_recipes_are_valid(name):
     model = registry.build(cfg.family, cfg.model)
     assert model.config.sample_rate == 8000 and model.config.n_src == 2
     assert cfg.speakers_split and Path(cfg.speakers_split).is_file()
-    assert cfg.train.endswith("librispeech-8k/*")
+    assert cfg.train == str(REPO.parent / "shared" / "data" / "librispeech-8k" / "*") + "/"
     assert cfg.speed_perturb == [0.95, 1.05]
     if name.startswith("convtasnet"):
         assert model.config.causal == (name == "convtasnet-causal")
