@@ -4,6 +4,7 @@ Speed and memory (random weights are fine: cost does not depend on them)::
 
     python bench/separate_long.py                      # 10- and 60-minute inputs, 2 threads
     python bench/separate_long.py --minutes 1 --segment 2 --overlap 0.25
+    python bench/separate_long.py --small --minutes 1 60   # pipeline memory only, fast
 
 Each input is separated in a fresh child process running the whole file
 pipeline (``Separator.separate_file``: block reading, chunked paper-size
@@ -93,7 +94,10 @@ def child(args: argparse.Namespace) -> None:
     from sepcli.api import Separator
 
     torch.manual_seed(0)
-    model = registry.build("convtasnet-paper").eval()
+    if args.small:
+        model = registry.build("convtasnet", N=64, L=16, B=32, H=64, Sc=32, X=4, R=2).eval()
+    else:
+        model = registry.build("convtasnet-paper").eval()
     sep = Separator(model, device="cpu", segment=args.segment, overlap=args.overlap,
                     batch_size=args.batch_size)
     base = rss_mb()
@@ -109,6 +113,7 @@ def child(args: argparse.Namespace) -> None:
         "cpu_rtf": cpu / args.threads / result.duration, "cpu_s": cpu, "rss_before_mb": base, "peak_rss_mb": peak,
         "chunks": result.chunks, "threads": args.threads, "segment": args.segment,
         "overlap": args.overlap, "batch_size": sep.batch_size,
+        "model": "small convtasnet" if args.small else "convtasnet-paper",
     }))
 
 
@@ -123,6 +128,8 @@ def speed(args: argparse.Namespace) -> list[dict]:
                    "--overlap", str(args.overlap), "--workdir", tmp]
             if args.batch_size:
                 cmd += ["--batch-size", str(args.batch_size)]
+            if args.small:
+                cmd += ["--small"]
             busy0, own0, t0 = busy_seconds(), children_cpu(), time.perf_counter()
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
             busy, own, wall = busy_seconds() - busy0, children_cpu() - own0, time.perf_counter() - t0
@@ -131,7 +138,7 @@ def speed(args: argparse.Namespace) -> list[dict]:
             # record how many cores other processes kept busy meanwhile.
             row["other_cores_busy"] = max(0.0, (busy - own) / wall)
             rows.append(row)
-            print(f"{row['minutes']:5.1f} min  RTF {row['rtf']:.3f}  CPU RTF {row['cpu_rtf']:.3f}  "
+            print(f"{row['model']}, {row['minutes']:5.1f} min  RTF {row['rtf']:.3f}  CPU RTF {row['cpu_rtf']:.3f}  "
                   f"peak RSS {row['peak_rss_mb']:.0f} MB (before separating {row['rss_before_mb']:.0f} MB)  "
                   f"[{row['threads']} threads, segment {row['segment']:g} s, overlap {row['overlap']:g}, "
                   f"batch {row['batch_size']}; other processes kept {row['other_cores_busy']:.1f} of "
@@ -255,6 +262,9 @@ def main() -> None:
     p.add_argument("--segment", type=float, default=None, help="chunk seconds (default: the library's)")
     p.add_argument("--overlap", type=float, default=None, help="overlap fraction (default: the library's)")
     p.add_argument("--batch-size", type=int, default=None, help="chunks per forward call")
+    p.add_argument("--small", action="store_true",
+                   help="a small Conv-TasNet instead of the paper's: checks that the pipeline's own "
+                        "memory does not grow with the input, quickly")
     p.add_argument("--stitch-check", action="store_true", help="run the stitching check (needs --model)")
     p.add_argument("--model", help="trained model (name or .safetensors) for --stitch-check")
     p.add_argument("--speakers", nargs=2, metavar="ID", help="speaker pair for --stitch-check")
