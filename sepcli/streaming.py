@@ -590,7 +590,7 @@ class Streamer:
     def _step(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """Frames of ``x`` (``(K-1)*hop + L`` samples) through the network. Returns [S, K*hop]."""
         ws = self._workspace(frames)
-        S, N = self._dims["S"], self._dims["N"]
+        S = self._dims["S"]
         hop, q = self.hop, self._q
         w = ws.w
         torch.mm(x.unfold(0, self.L, hop), self.w_enc_t, out=w).relu_()  # [K, N]

@@ -5,10 +5,8 @@ different formula (the correlation coefficient) from :mod:`sepcli.metrics`.
 """
 from __future__ import annotations
 
-import logging
 
 import numpy as np
-import pytest
 from scipy.signal import butter, sosfilt
 
 
@@ -45,19 +43,3 @@ def si_snr_reference(est: np.ndarray, ref: np.ndarray) -> float:
     r = np.asarray(ref, np.float64) - np.mean(ref)
     rho2 = (e @ r) ** 2 / ((e @ e) * (r @ r))
     return float(10 * np.log10(rho2 / (1 - rho2)))
-
-
-@pytest.fixture
-def sep_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    """caplog that also sees ``sepcli`` records when the CLI turned propagation off."""
-    logger = logging.getLogger("sepcli")
-    old = logger.level, logger.propagate
-    logger.addHandler(caplog.handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # else root's copy of caplog.handler records everything twice
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
-        logger.setLevel(old[0])
-        logger.propagate = old[1]

@@ -20,7 +20,7 @@ from sepcli.audio import (
     write_audio,
 )
 from sepcli.errors import SepError
-from tests.sigtools import sep_log, speechlike  # noqa: F401
+from tests.sigtools import speechlike
 
 RNG = np.random.default_rng(1234)
 

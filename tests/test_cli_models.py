@@ -11,15 +11,6 @@ from sepcli import registry
 from sepcli.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: extra threads only fight over the shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def models_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SEP_MODELS_DIR", str(tmp_path))

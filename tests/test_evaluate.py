@@ -13,7 +13,7 @@ import soundfile as sf
 from sepcli import evaluate
 from sepcli.audio import read_audio, resample
 from sepcli.errors import SepError
-from tests.sigtools import noise_at_snr, sep_log, si_snr_reference, speechlike  # noqa: F401
+from tests.sigtools import noise_at_snr, si_snr_reference, speechlike
 
 SR = 8000
 N = 8000  # 1 s

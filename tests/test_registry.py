@@ -15,15 +15,6 @@ from sepcli import registry
 from sepcli.errors import SepError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: extra threads only fight over the shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = dict(N=8, L=4, B=6, H=10, Sc=5, P=3, X=3, R=2)
 
 

@@ -15,14 +15,6 @@ N_FFT, HOP, N_FREQ = 256, 64, 129
 TINY = dict(layers=1, hidden=16, emb_dim=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**overrides) -> DeepClustering:
     torch.manual_seed(0)
     return registry.build("dpcl", {**TINY, **overrides}).eval()

@@ -1,0 +1,185 @@
+"""Ship a trained model: copy its best weights into models/, score it on the
+held-out test set with the same code as `sep separate` + `sep evaluate`, and
+write its model card (models/NAME.json, read by `sep models`, and models/NAME.md).
+
+Run by hand after training (it needs the test sets, which `sep mix` builds from
+../shared; see the card for the exact commands):
+
+    sep mix ../shared/data/librispeech-8k/*/ --out data/test2 -n 300 \
+        --speakers-split recipes/splits/librispeech-8k.json --split test --seed 1
+    sep mix ../shared/data/librispeech-8k/*/ --out data/test3 -n 100 --n-src 3 \
+        --speakers-split recipes/splits/librispeech-8k.json --split test --seed 2
+    python recipes/ship.py runs/convtasnet --name convtasnet --recipe recipes/convtasnet.toml
+    python recipes/ship.py runs/dpcl --name dpcl --recipe recipes/dpcl.toml --test3 data/test3
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sepcli import __version__, registry
+from sepcli.api import separate_files
+from sepcli.evaluate import evaluate_set
+from sepcli.bench import cpu_name
+
+ROOT = Path(__file__).resolve().parent.parent
+SPLIT = ROOT / "recipes" / "splits" / "librispeech-8k.json"
+
+
+def _score(model_path: Path, test_set: Path, n_src: int | None, threads: int) -> dict:
+    """Separate every mixture of a Libri2Mix-layout set and score it."""
+    torch.set_num_threads(threads)
+    mixes = sorted((test_set / "mix").glob("*.wav"))
+    with tempfile.TemporaryDirectory(prefix="sep-ship-") as tmp:
+        batch = separate_files(mixes, tmp, model=str(model_path), device="cpu", n_src=n_src)
+        if batch.failed:
+            raise SystemExit(f"{batch.failed} mixtures failed to separate")
+        result = evaluate_set(test_set, tmp)
+    stats = {k: dataclasses.asdict(v) for k, v in result.stats.items()}
+    return {
+        "test_set": str(test_set.relative_to(ROOT)) if test_set.is_relative_to(ROOT) else str(test_set),
+        "n": result.n,
+        "missing": result.missing,
+        "si_snri": round(stats["si_snri"]["mean"], 2),
+        "sdri": round(stats["sdri"]["mean"], 2),
+        "si_snr": round(stats["si_snr"]["mean"], 2),
+        "sdr": round(stats["sdr"]["mean"], 2),
+        "stats": stats,
+    }
+
+
+def _training_summary(run: Path) -> dict:
+    steps = epochs = 0
+    elapsed = 0.0
+    best = None
+    log = run / "log.jsonl"
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            steps = max(steps, int(rec.get("step", 0)))
+            elapsed = max(elapsed, float(rec.get("elapsed", 0.0)))
+            if rec.get("event") == "valid":
+                epochs = max(epochs, int(rec.get("epoch", 0)) + 1)
+                score = rec.get("val_si_snri")
+                if score is not None and (best is None or score > best):
+                    best = score
+    return {"steps": steps, "epochs": epochs, "hours": round(elapsed / 3600, 2),
+            "best_valid_si_snri": None if best is None else round(best, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="training run folder (holds best.safetensors, log.jsonl)")
+    ap.add_argument("--name", required=True, help="shipped name, e.g. convtasnet")
+    ap.add_argument("--recipe", required=True, help="recipe that trained it (for the card)")
+    ap.add_argument("--test2", type=Path, default=ROOT / "data" / "test2", help="2-speaker test set")
+    ap.add_argument("--test3", type=Path, default=None, help="3-speaker test set (clustering models)")
+    ap.add_argument("--hardware", default=None, help="what it trained on (default: this CPU)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for scoring")
+    ap.add_argument("--notes", default="", help="free text for the card")
+    args = ap.parse_args()
+
+    src = args.run / "best.safetensors"
+    model = registry.load_file(src)
+    dest = registry.models_dir() / f"{args.name}.safetensors"
+    # fp16 storage halves the repository's size; weights are cast back to
+    # float32 on load, and the card's scores are measured on this very file.
+    sha = registry.save_model(model, dest, dtype=torch.float16, force=True)
+    shipped = registry.load_file(dest)
+
+    quality = _score(dest, args.test2, None, args.threads)
+    card = {
+        "name": args.name,
+        "family": model.family,
+        "config": dataclasses.asdict(model.config),
+        "sample_rate": model.config.sample_rate,
+        "n_src": model.config.n_src,
+        "causal": bool(getattr(model.config, "causal", False)),
+        "params": registry.count_parameters(shipped),
+        "sha256": sha,
+        "quality": quality,
+        "training": {
+            **_training_summary(args.run),
+            "recipe": args.recipe,
+            "command": f"sep train --config {args.recipe} --out {args.run} "
+                       f"(continued with: sep train --resume {args.run})",
+            "hardware": args.hardware or f"{cpu_name()}, {os.cpu_count()} cores",
+            "data": "../shared/data/librispeech-8k (LibriSpeech dev-clean + train-clean-100 at "
+                    "8 kHz, CC BY 4.0), dynamic mixing of 'train' speakers",
+        },
+        "held_out_speakers": json.loads(SPLIT.read_text()),
+        "date": dt.date.today().isoformat(),
+        "sep_version": __version__,
+        "notes": args.notes,
+    }
+    if args.test3 is not None:
+        card["quality_3spk"] = _score(dest, args.test3, 3, args.threads)
+    card_path = dest.with_suffix(".json")
+    tmp = card_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp, card_path)
+    (dest.with_suffix(".md")).write_text(render_markdown(card))
+    print(json.dumps({k: card[k] for k in ("name", "params", "sha256")} | {
+        "si_snri": quality["si_snri"], "sdri": quality["sdri"]}, indent=2))
+
+
+def render_markdown(card: dict) -> str:
+    q = card["quality"]
+    t = card["training"]
+    lines = [
+        f"# Model card: `{card['name']}`",
+        "",
+        f"- **Family:** {card['family']} ({'causal' if card['causal'] else 'non-causal'}), "
+        f"{card['n_src']} speakers, {card['sample_rate']} Hz",
+        f"- **Parameters:** {card['params']:,}",
+        f"- **Configuration:** `{json.dumps(card['config'], sort_keys=True)}`",
+        f"- **Weights:** `models/{card['name']}.safetensors` (float16 storage), "
+        f"SHA-256 `{card['sha256']}` (checked on load)",
+        f"- **Date:** {card['date']}, sep {card['sep_version']}",
+        "",
+        "## Quality (held-out speakers, never trained or tuned on)",
+        "",
+        f"Measured with `sep separate` + `sep evaluate --set {q['test_set']}` on {q['n']} "
+        "two-speaker mixtures at 8 kHz built wsj0-2mix-style (0-5 dB relative level, cut to "
+        "the shorter source) from the test speakers below:",
+        "",
+        "| metric | mean | median | 10th percentile |",
+        "|---|---|---|---|",
+    ]
+    for key in ("si_snri", "sdri", "si_snr", "sdr"):
+        s = q["stats"][key]
+        label = {"si_snri": "SI-SNRi", "sdri": "SDRi", "si_snr": "SI-SNR", "sdr": "SDR"}[key]
+        lines.append(f"| {label} | {s['mean']:.2f} dB | {s['median']:.2f} dB | {s['p10']:.2f} dB |")
+    if "quality_3spk" in card:
+        q3 = card["quality_3spk"]
+        lines += ["", f"Three-speaker mixtures (`--num-speakers 3`, {q3['n']} mixtures, "
+                      f"`{q3['test_set']}`): SI-SNRi {q3['si_snri']:.2f} dB, SDRi {q3['sdri']:.2f} dB."]
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"- **Data:** {t['data']}",
+        f"- **Held-out speakers:** test {', '.join(card['held_out_speakers']['test'])}; "
+        f"valid {', '.join(card['held_out_speakers']['valid'])} (`recipes/splits/librispeech-8k.json`)",
+        f"- **Recipe:** `{t['recipe']}`",
+        f"- **Command:** `{t['command']}`",
+        f"- **Trained for:** {t['steps']} steps, {t['epochs']} epochs, {t['hours']} h on {t['hardware']}",
+        f"- **Best validation SI-SNRi:** {t['best_valid_si_snri']} dB",
+    ]
+    if card.get("notes"):
+        lines += ["", "## Notes", "", card["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
