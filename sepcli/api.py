@@ -865,6 +865,7 @@ def separate_files(
     filename: str = DEFAULT_FILENAME,
     subtype: str = "PCM_16",
     plot: bool = False,
+    threads: int | None = None,
     events: BatchEvents | None = None,
 ) -> BatchResult:
     """Separate many files (what ``sep separate`` runs).
@@ -873,8 +874,9 @@ def separate_files(
     (:func:`find_audio_files`). A problem with one input (unreadable, partial
     earlier outputs, ...) is recorded in its result and the batch goes on;
     problems with the model or the options raise SepError before any work.
-    ``jobs > 1`` separates that many files at once in worker processes, each
-    with ``cores // jobs`` torch threads (the model is loaded once per worker).
+    ``jobs > 1`` separates that many files at once in worker processes (the
+    model is loaded once per worker). ``threads``: torch threads per job
+    (default ``cores // jobs``); with ``jobs == 1`` it is set in this process.
     """
     events = events or BatchEvents()
     out = Path(out_dir)
@@ -883,6 +885,9 @@ def separate_files(
     if isinstance(jobs, bool) or int(jobs) != jobs or jobs < 1:
         raise SepError(f"jobs must be a positive integer, got {jobs!r}")
     jobs = int(jobs)
+    if threads is not None and (isinstance(threads, bool) or int(threads) != threads or threads < 1):
+        raise SepError(f"threads must be a positive integer, got {threads!r}")
+    per_job = int(threads) if threads else max(1, engine.available_cpus() // jobs)
     if plot:
         try:
             import matplotlib  # noqa: F401
@@ -915,11 +920,13 @@ def separate_files(
     options = dict(force=force, filename=filename, subtype=subtype, plot=plot)
     jobs = min(jobs, max(1, len(todo)))
     if jobs == 1:
+        if threads:
+            torch.set_num_threads(int(threads))
         for k in todo:
             results[k] = _run_one(sep, k, found[k], out, options, events)
             events.file_done(k, results[k])
     else:
-        _run_parallel(spec, jobs, found, todo, out, options, events, results, sep)
+        _run_parallel(spec, jobs, per_job, found, todo, out, options, events, results, sep)
 
     final = [r for r in results if r is not None]
     base = len(final)
@@ -931,7 +938,7 @@ def separate_files(
 
 
 def _run_parallel(
-    spec: dict, jobs: int, found: list[InputFile], todo: list[int], out: Path, options: dict,
+    spec: dict, jobs: int, threads: int, found: list[InputFile], todo: list[int], out: Path, options: dict,
     events: BatchEvents, results: list[SeparationResult | None], sep: Separator,
 ) -> None:
     import multiprocessing as mp
@@ -944,7 +951,6 @@ def _run_parallel(
         spec = dict(spec, model=sep.model_name)
     ctx = mp.get_context("spawn")  # fork after torch threads started can deadlock
     q = ctx.Queue()
-    threads = max(1, engine.available_cpus() // jobs)
     pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(spec, threads, q))
 
     def drain() -> None:

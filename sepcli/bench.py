@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from sepcli import registry
+from sepcli import engine, registry
 from sepcli.errors import SepError
 from sepcli.streaming import Streamer
 
@@ -114,21 +114,12 @@ def cpu_name() -> str:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``cpu`` or ``cuda[:N]``. SepError (one line) when CUDA is not available."""
+    """``cpu`` or ``cuda[:N]`` (timings name a device, so no ``auto``).
+    SepError (one line) when CUDA is not available."""
     name = str(device).strip().lower()
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise SepError(f"unknown device {device!r}; use cpu or cuda") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU found"
-            raise SepError(f"--device cuda: CUDA is not available here ({why}); use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SepError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
-    elif dev.type != "cpu":
+    if name != "cpu" and not name.startswith("cuda"):
         raise SepError(f"unsupported device {device!r}; use cpu or cuda")
-    return dev
+    return engine.resolve_device(device)
 
 
 def load_bench_model(

@@ -344,3 +344,12 @@ def test_deep_clustering_plugs_into_the_same_engine(tmp_path: Path) -> None:
         mono, _ = sf.read(str(src), dtype="float32")
         band = api._fit_length(resample(resample(mono, 16000, 8000), 8000, 16000), 19200)
         assert np.sqrt(np.mean((tracks.sum(axis=0) - band) ** 2)) < 1e-4 * np.sqrt(np.mean(band**2))
+
+
+def test_package_exports_the_functional_api():
+    import sepcli
+    from sepcli import api
+
+    assert sepcli.Separator is api.Separator and sepcli.separate is api.separate
+    with pytest.raises(AttributeError):
+        sepcli.no_such_thing  # noqa: B018
