@@ -38,7 +38,7 @@ PAPER = ("convtasnet-paper", {"family": "convtasnet", "model": {}, "segment": 4.
 
 
 def measure(name: str, family: str, model_cfg: dict, segment: float, batch_size: int,
-            steps: int, warmup: int, valid: bool) -> dict:
+            steps: int, warmup: int, valid: bool, compile_step: bool = False) -> dict:
     torch.manual_seed(0)
     model = registry.build(family, model_cfg)
     sr, n_src = model.config.sample_rate, model.config.n_src
@@ -47,11 +47,13 @@ def measure(name: str, family: str, model_cfg: dict, segment: float, batch_size:
     mix = ref.sum(1)  # [B, T]
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
+    # what `sep train --compile` does; the first (warm-up) step pays for compiling
+    loss_fn = torch.compile(model.compute_loss) if compile_step else model.compute_loss
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = model.compute_loss(mix, ref)
+        loss = loss_fn(mix, ref)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
@@ -60,7 +62,7 @@ def measure(name: str, family: str, model_cfg: dict, segment: float, batch_size:
     step = sum(times) / len(times)
     out = {
         "name": name, "family": family, "params": registry.count_parameters(model),
-        "segment_s": segment, "batch_size": batch_size, "step_s": step,
+        "segment_s": segment, "batch_size": batch_size, "step_s": step, "compile": compile_step,
         "train_audio_sec_per_sec": segment * batch_size / step,
     }
     if valid:
@@ -80,6 +82,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per model")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--no-valid", action="store_true", help="do not time model.separate")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the step (sep train --compile)")
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -97,7 +100,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}")
     print(f"{'model':<24}{'params':>9}{'batch x s':>11}{'step s':>9}{'train s/s':>11}{'separate s/s':>14}")
     for name, family, model_cfg, segment, batch in jobs:
-        r = measure(name, family, model_cfg, segment, batch, args.steps, args.warmup, not args.no_valid)
+        r = measure(name, family, model_cfg, segment, batch, args.steps, args.warmup, not args.no_valid,
+                    args.compile)
         results.append(r)
         sep = r.get("separate_audio_sec_per_sec")
         print(f"{name:<24}{r['params'] / 1e6:>8.2f}M{batch:>5} x {segment:<3g}{r['step_s']:>9.2f}"

@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,11 +322,20 @@ def load_file(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.
 
 
 def models_dir() -> Path:
-    """Folder of shipped weights: $SEP_MODELS_DIR, else the repository's ``models/``."""
+    """Folder of shipped weights.
+
+    ``$SEP_MODELS_DIR`` if set; else the checkout's ``models/`` (a source tree
+    or editable install: the folder beside ``sepcli/`` and ``pyproject.toml``);
+    else ``{sys.prefix}/share/sep/models``, where a wheel (``pip install .``)
+    puts them (``[tool.setuptools.data-files]`` in pyproject.toml).
+    """
     env = os.environ.get("SEP_MODELS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "models"
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file():
+        return root / "models"
+    return Path(sys.prefix) / "share" / "sep" / "models"
 
 
 def shipped_models() -> dict[str, dict]:

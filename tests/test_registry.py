@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
@@ -302,3 +303,14 @@ def test_models_dir_env(tmp_path, monkeypatch):
     assert registry.shipped_models() == {} and registry.default_model_name() is None
     monkeypatch.delenv("SEP_MODELS_DIR")
     assert registry.models_dir().name == "models" and os.path.isdir(registry.models_dir().parent / "sepcli")
+
+
+def test_models_dir_of_an_installed_wheel(tmp_path, monkeypatch):
+    # Installed from a wheel, sepcli/ sits in site-packages with no pyproject.toml
+    # beside it; the weights are then under the prefix's share/sep/models.
+    site = tmp_path / "site-packages" / "sepcli"
+    site.mkdir(parents=True)
+    monkeypatch.delenv("SEP_MODELS_DIR", raising=False)
+    monkeypatch.setattr(registry, "__file__", str(site / "registry.py"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    assert registry.models_dir() == tmp_path / "venv" / "share" / "sep" / "models"

@@ -103,6 +103,38 @@ def test_loss_falls_on_a_tiny_fixed_set(data, tmp_path):
     assert valid[-1]["best"] > valid[0]["val_si_snri"]
 
 
+def test_compiled_steps_follow_the_eager_ones(data, tmp_path, monkeypatch):
+    # torch.compile changes how the step is computed, not what: the same
+    # batches give the same losses up to float rounding, and the saved weights
+    # are the plain model's (loadable without torch.compile). The graph goes
+    # through capture and AOT autograd as in a real run, but not inductor's C++
+    # code generation, which costs a minute here (bench/train_throughput.py
+    # --compile measures the real thing).
+    compiled_calls = []
+    real_compile = torch.compile
+
+    def compile_aot_eager(module, **kwargs):
+        compiled_calls.append(module)
+        return real_compile(module, backend="aot_eager")
+
+    monkeypatch.setattr(training.torch, "compile", compile_aot_eager)
+    eager = training.train(toy_config(data, max_epochs=1), tmp_path / "eager", progress=False)
+    assert compiled_calls == []
+    compiled = training.train(toy_config(data, max_epochs=1, compile=True), tmp_path / "compiled",
+                              progress=False)
+    assert len(compiled_calls) == 1 and eager.step == compiled.step == 4
+    a = [r["loss"] for r in read_log(tmp_path / "eager")]
+    b = [r["loss"] for r in read_log(tmp_path / "compiled")]
+    assert b == pytest.approx(a, abs=1e-3)
+    assert a[0] == pytest.approx(b[0], abs=1e-4)  # first step: same weights, same batch
+    sa = torch.load(tmp_path / "eager" / "last.pt", weights_only=True)["model"]
+    sb = torch.load(tmp_path / "compiled" / "last.pt", weights_only=True)["model"]
+    assert sa.keys() == sb.keys()  # no "_orig_mod." prefixes
+    for k in sa:
+        assert torch.allclose(sa[k], sb[k], atol=1e-3), k
+    registry.load_file(tmp_path / "compiled" / "best.safetensors")
+
+
 def test_validation_score_is_si_snri_of_the_estimates(data):
     # Estimates = references (swapped: PIT must undo it) plus known noise; the
     # score must be the mean over mixtures of mean_s SI-SNR(est, ref) - SI-SNR(mix, ref).
