@@ -4,8 +4,10 @@ Builds 1-, 2- and 3-speaker mixtures from held-out speakers (whole speakers
 never seen in training, see ``recipes/splits/librispeech-8k.json``) and reports:
 
 * the confusion matrix and accuracy of the speaker count estimated from the
-  embeddings, for the model's ``auto_threshold`` and a few others (tune the
-  threshold on ``--split valid``; measure once on ``--split test``);
+  embeddings, with both estimators (``auto_method``): eigenvalue shares for the
+  model's ``auto_threshold`` and a few others, and the best k-means
+  silhouette for the model's ``auto_silhouette`` and a few others (tune on
+  ``--split valid``; measure once on ``--split test``);
 * the PIT SI-SNRi of ``separate(mix, n_src=true count)``: a model trained on
   2-speaker mixtures should still separate 3 speakers with K = 3.
 
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="level difference between sources in dB (wsj0-2mix: 0 5)")
     ap.add_argument("--thresholds", type=float, nargs="*", default=[0.05, 0.08, 0.1, 0.12, 0.15, 0.2],
                     help="extra auto_threshold values to score (the model's own is always scored)")
+    ap.add_argument("--silhouette-mins", type=float, nargs="*", default=[0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4],
+                    help="auto_silhouette values to score for auto_method='silhouette'")
     ap.add_argument("--no-separation", action="store_true", help="skip the SI-SNRi measurement")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                               min_speakers=max(args.counts))
 
     shares: dict[int, list[np.ndarray]] = {c: [] for c in args.counts}
+    silh: dict[int, list[np.ndarray]] = {c: [] for c in args.counts}
     sisnri: dict[int, list[float]] = {c: [] for c in args.counts if c >= 2}
     t0 = time.perf_counter()
     for count in args.counts:
@@ -72,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.per_count):
             mix, ref, _info = make_mixture(corpus, rng, mixing)
             mix_t = torch.from_numpy(mix)[None]  # [1, T]
-            shares[count].append(model.eigen_shares(mix_t)[0].numpy())
+            emb = model.active_embeddings(mix_t)[0]  # [N, D]
+            shares[count].append(model._shares(torch.from_numpy(emb)).numpy())
+            silh[count].append(model.silhouettes(emb))
             if count >= 2 and not args.no_separation:
                 est = model.separate(mix_t, n_src=count)[0].numpy()  # [S, T]
                 values, _perm = pit_si_snr(est, ref)
@@ -107,6 +114,34 @@ def main(argv: list[str] | None = None) -> int:
             "per_count": {str(c): correct[r] / max(1, len(shares[c])) for r, c in enumerate(args.counts)},
             "confusion": confusion.tolist(),
         }
+    def show(title: str, confusion: np.ndarray, acc: float) -> None:
+        print(f"\n{title}: accuracy {100 * acc:.1f}%")
+        print("  true \\ est " + " ".join(f"{k:>5d}" for k in range(1, n_max + 1)))
+        for row, count in enumerate(args.counts):
+            print(f"  {count:>10d} " + " ".join(f"{v:>5d}" for v in confusion[row]))
+
+    # the other estimator: best-silhouette K, or 1 below a minimum score
+    results["silhouette"] = {}
+    for smin in sorted({float(cfg.auto_silhouette), *args.silhouette_mins}):
+        confusion = np.zeros((len(args.counts), n_max), dtype=int)
+        for row, count in enumerate(args.counts):
+            for sc in silh[count]:
+                est = 1 if sc.size == 0 or sc.max() < smin else int(np.argmax(sc)) + 2
+                confusion[row, min(est, n_max) - 1] += 1
+        correct = [int(confusion[row, c - 1]) if c <= n_max else 0 for row, c in enumerate(args.counts)]
+        acc = sum(correct) / confusion.sum()
+        show(f"silhouette, minimum {smin:g}", confusion, acc)
+        results["silhouette"][f"{smin:g}"] = {
+            "accuracy": acc,
+            "per_count": {str(c): correct[r] / max(1, len(silh[c])) for r, c in enumerate(args.counts)},
+            "confusion": confusion.tolist(),
+        }
+    print("\nmedian silhouette for K = 2..%d:" % n_max)
+    for count in args.counts:
+        med = np.median(np.stack(silh[count]), axis=0)
+        print(f"  {count} speaker(s): " + " ".join(f"{v:.3f}" for v in med))
+        results.setdefault("median_silhouettes", {})[str(count)] = med.tolist()
+
     print("\nmedian eigenvalue shares (largest 4):")
     for count in args.counts:
         med = np.median(np.stack(shares[count]), axis=0)[:4]

@@ -87,10 +87,22 @@ def main() -> None:
     ap.add_argument("--hardware", default=None, help="what it trained on (default: this CPU)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for scoring")
     ap.add_argument("--notes", default="", help="free text for the card")
+    ap.add_argument("--config-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change an inference setting of the config before shipping, e.g. "
+                         "auto_threshold=0.12 as tuned on the valid split (repeatable; JSON values)")
     args = ap.parse_args()
 
     src = args.run / "best.safetensors"
     model = registry.load_file(src)
+    if args.config_set:
+        changes = {}
+        for item in args.config_set:
+            key, sep, value = item.partition("=")
+            if not sep or not hasattr(model.config, key):
+                raise SystemExit(f"--config-set {item!r}: not KEY=VALUE with a field of {type(model.config).__name__}")
+            changes[key] = json.loads(value)
+        # dataclasses.replace re-runs the config's own checks
+        model.config = dataclasses.replace(model.config, **changes)
     dest = registry.models_dir() / f"{args.name}.safetensors"
     # fp16 storage halves the repository's size; weights are cast back to
     # float32 on load, and the card's scores are measured on this very file.

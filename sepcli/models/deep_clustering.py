@@ -47,6 +47,9 @@ from sepcli.registry import register, register_preset
 
 log = logging.getLogger(__name__)
 
+AUTO_METHODS = ("eigen", "silhouette")
+"""Speaker-count estimators for ``n_src="auto"`` (see :meth:`DeepClustering.count_speakers`)."""
+
 # Floor inside the log of the magnitude: keeps digital silence finite
 # (log(1e-8) ≈ -18) instead of -inf.
 _LOG_EPS = 1e-8
@@ -73,7 +76,10 @@ class DeepClusteringConfig:
     kmeans_max_bins: int = 20000  # bins used to fit the centroids (random subsample)
     kmeans_n_init: int = 3
     auto_max_src: int = 4  # upper bound of the estimate for n_src="auto"
-    auto_threshold: float = 0.1  # eigenvalue share that counts as a speaker
+    auto_method: str = "eigen"  # how n_src="auto" counts: "eigen" or "silhouette"
+    auto_threshold: float = 0.1  # "eigen": eigenvalue share that counts as a speaker
+    auto_silhouette: float = 0.2  # "silhouette": best score below this means one speaker
+    auto_silhouette_bins: int = 2000  # "silhouette": bins scored (random subsample; cost is quadratic)
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -81,7 +87,7 @@ class DeepClusteringConfig:
                 raise SepError(f"bad dpcl config: {what}")
 
         for name in ("sample_rate", "n_src", "n_fft", "hop", "hidden", "layers", "emb_dim",
-                     "kmeans_max_bins", "kmeans_n_init", "auto_max_src"):
+                     "kmeans_max_bins", "kmeans_n_init", "auto_max_src", "auto_silhouette_bins"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                  f"{name} must be a positive integer, got {value!r}")
@@ -92,6 +98,12 @@ class DeepClusteringConfig:
         need(self.silence_db > 0, f"silence_db must be positive, got {self.silence_db}")
         need(isinstance(self.kmeans_seed, int), f"kmeans_seed must be an integer, got {self.kmeans_seed!r}")
         need(0.0 < self.auto_threshold < 1.0, f"auto_threshold must be in (0, 1), got {self.auto_threshold}")
+        need(self.auto_method in AUTO_METHODS,
+             f"auto_method must be one of {', '.join(AUTO_METHODS)}, got {self.auto_method!r}")
+        need(-1.0 <= self.auto_silhouette <= 1.0,
+             f"auto_silhouette must be in [-1, 1], got {self.auto_silhouette}")
+        need(self.auto_silhouette_bins >= 2 * self.auto_max_src,
+             "auto_silhouette_bins must be at least 2 * auto_max_src")
         need(self.kmeans_max_bins >= self.auto_max_src, "kmeans_max_bins must be at least auto_max_src")
 
     @property
@@ -334,16 +346,71 @@ class DeepClustering(nn.Module):
         """Separate into ``config.n_src`` tracks. Shape: [B, T] -> [B, S, T]."""
         return self.separate(mix)
 
-    def count_speakers(self, mix: torch.Tensor) -> list[int]:
+    def count_speakers(self, mix: torch.Tensor, *, seed: int | None = None) -> list[int]:
         """Estimate the number of speakers of each mixture from its embeddings.
 
-        Counts the eigenvalue shares (:meth:`eigen_shares`) above
-        ``auto_threshold``, clipped to ``[1, auto_max_src]``. Digital silence
-        counts as 1.
+        ``auto_method="eigen"``: the eigenvalue shares (:meth:`eigen_shares`)
+        above ``auto_threshold``. ``"silhouette"``: the K in 2..auto_max_src
+        whose k-means clustering has the best silhouette
+        (:meth:`silhouettes`), or 1 if even that is below ``auto_silhouette``.
+        Clipped to ``[1, auto_max_src]``; digital silence counts as 1.
 
         Shape: [B, T] -> B ints.
         """
-        return [self._count_from_shares(share) for share in self.eigen_shares(mix)]
+        seed = self.config.kmeans_seed if seed is None else int(seed)
+        return [self._count(emb, seed) for emb in self.active_embeddings(mix)]
+
+    def active_embeddings(self, mix: torch.Tensor) -> list[np.ndarray]:
+        """Embeddings of each mixture's non-silent bins (the ones clustering and
+        counting look at). Shape: [B, T] -> B arrays [N_b, D] (float32)."""
+        mix = self._as_batch(mix)
+        with torch.no_grad():
+            spec = self.stft(mix)  # [B, F, K]
+            emb = self.embed(mix)  # [B, K, F, D]
+            weight = self.silence_weight(spec)  # [B, K, F]
+        dim = emb.shape[-1]
+        emb = emb.reshape(mix.shape[0], -1, dim).float().cpu().numpy()  # [B, KF, D]
+        active = weight.reshape(mix.shape[0], -1).cpu().numpy() > 0  # [B, KF]
+        return [emb[b][active[b]] for b in range(mix.shape[0])]
+
+    def silhouettes(self, emb: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """Silhouette score of k-means with K = 2 .. auto_max_src clusters.
+
+        On a seeded subsample of at most ``auto_silhouette_bins`` bins. Values
+        in [-1, 1]; -1 where K clusters cannot be formed (too few distinct bins).
+
+        Shape: emb [N, D] -> [auto_max_src - 1] (entry i is K = i + 2).
+        """
+        from sklearn.cluster import KMeans
+        from sklearn.metrics import silhouette_score
+
+        seed = self.config.kmeans_seed if seed is None else int(seed)
+        n_max = self.config.auto_max_src
+        scores = np.full(max(0, n_max - 1), -1.0)
+        rng = np.random.default_rng(seed)
+        if emb.shape[0] > self.config.auto_silhouette_bins:
+            emb = emb[rng.choice(emb.shape[0], self.config.auto_silhouette_bins, replace=False)]
+        for i, k in enumerate(range(2, n_max + 1)):
+            if emb.shape[0] <= k:
+                break
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # fewer distinct points than clusters
+                labels = KMeans(n_clusters=k, n_init=self.config.kmeans_n_init, random_state=seed).fit_predict(emb)
+            if len(np.unique(labels)) < 2:
+                continue
+            scores[i] = float(silhouette_score(emb, labels))
+        return scores
+
+    def _count(self, emb: np.ndarray, seed: int) -> int:
+        """Speaker count from the non-silent embeddings. Shape: emb [N, D] -> int."""
+        if self.config.auto_method == "silhouette":
+            return self._count_from_silhouettes(self.silhouettes(emb, seed))
+        return self._count_from_shares(self._shares(torch.from_numpy(emb)))
+
+    def _count_from_silhouettes(self, scores: np.ndarray) -> int:
+        if scores.size == 0 or scores.max() < self.config.auto_silhouette:
+            return 1
+        return int(np.argmax(scores)) + 2
 
     def eigen_shares(self, mix: torch.Tensor) -> torch.Tensor:
         """Eigenvalues of the non-silent embeddings' second moment, as shares.
@@ -358,15 +425,7 @@ class DeepClustering(nn.Module):
         Shape: [B, T] -> [B, D], descending, each row summing to 1 (all zeros
         for digital silence).
         """
-        mix = self._as_batch(mix)
-        with torch.no_grad():
-            spec = self.stft(mix)  # [B, F, K]
-            emb = self.embed(mix)  # [B, K, F, D]
-            weight = self.silence_weight(spec)  # [B, K, F]
-        dim = emb.shape[-1]
-        emb = emb.reshape(mix.shape[0], -1, dim)  # [B, KF, D]
-        active = weight.reshape(mix.shape[0], -1) > 0  # [B, KF]
-        return torch.stack([self._shares(emb[b][active[b]]) for b in range(mix.shape[0])])
+        return torch.stack([self._shares(torch.from_numpy(emb)) for emb in self.active_embeddings(mix)])
 
     @staticmethod
     def _shares(emb: torch.Tensor) -> torch.Tensor:
@@ -457,7 +516,7 @@ class DeepClustering(nn.Module):
         labels = []
         for b in range(batch):
             if want == "auto":
-                count = self._count_from_shares(self._shares(torch.from_numpy(emb_np[b][active_np[b]])))
+                count = self._count(emb_np[b][active_np[b]], seed)
             else:
                 count = int(want)
             counts.append(count)
