@@ -60,7 +60,8 @@ from sepcli.errors import SepError
 log = logging.getLogger(__name__)
 
 DEFAULT_SEGMENT = 4.0
-"""Chunk length in seconds (see the benchmark in the README for the trade-off)."""
+"""Chunk length in seconds for models that name no ``default_segment`` of
+their own (see the benchmark in the README for the trade-off)."""
 DEFAULT_OVERLAP = 0.25
 """Fraction of each chunk shared with the next (cross-fade and alignment region)."""
 DEFAULT_FILENAME = "{stem}/s{i}.wav"
@@ -348,6 +349,16 @@ def _save_plot(path: Path, specs: list[np.ndarray], titles: list[str], sample_ra
 # ----------------------------------------------------------------------------- Separator
 
 
+def _check_segment(segment: Any) -> float:
+    try:
+        segment = float(segment)
+    except (TypeError, ValueError):
+        raise SepError(f"segment must be a number of seconds, got {segment!r}") from None
+    if not (segment > 0 and np.isfinite(segment)):
+        raise SepError(f"segment must be a positive number of seconds, got {segment}")
+    return segment
+
+
 class Separator:
     """A loaded model plus chunking settings; reusable for many inputs.
 
@@ -357,7 +368,10 @@ class Separator:
             ``config`` has ``sample_rate`` and ``n_src``). ``None``: the best
             shipped non-causal model (SepError if none is installed).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
-        segment: chunk length in seconds.
+        segment: chunk length in seconds; ``None`` for the model's
+            ``default_segment`` attribute if it has one (``dpcl``: 30 s, because
+            its clusters keep speakers apart better with more context), else
+            :data:`DEFAULT_SEGMENT`.
         overlap: fraction of each chunk shared with the next, in ``[0, 1)``.
         n_src: number of speakers; ``None`` for the model's own; ``"auto"`` lets
             a clustering model (``dpcl``) estimate it per chunk (tracks may then
@@ -371,19 +385,17 @@ class Separator:
         model: str | os.PathLike | torch.nn.Module | None = None,
         *,
         device: str | torch.device = "auto",
-        segment: float = DEFAULT_SEGMENT,
+        segment: float | None = None,
         overlap: float = DEFAULT_OVERLAP,
         n_src: int | str | None = None,
         batch_size: int | None = None,
     ) -> None:
         self.device = engine.resolve_device(device)
-        try:
-            segment = float(segment)
-        except (TypeError, ValueError):
-            raise SepError(f"segment must be a number of seconds, got {segment!r}") from None
-        if not (segment > 0 and np.isfinite(segment)):
-            raise SepError(f"segment must be a positive number of seconds, got {segment}")
+        if segment is not None:
+            segment = _check_segment(segment)
         self.model, self.model_name = _load_model(model, self.device)
+        if segment is None:
+            segment = _check_segment(getattr(self.model, "default_segment", DEFAULT_SEGMENT))
         config = getattr(self.model, "config", None)
         rate = getattr(config, "sample_rate", None)
         if not isinstance(rate, int) or rate <= 0:
@@ -856,7 +868,7 @@ def separate_files(
     *,
     model: str | os.PathLike | torch.nn.Module | None = None,
     device: str | torch.device = "auto",
-    segment: float = DEFAULT_SEGMENT,
+    segment: float | None = None,
     overlap: float = DEFAULT_OVERLAP,
     n_src: int | str | None = None,
     batch_size: int | None = None,

@@ -550,8 +550,9 @@ def train_cmd(
                    "accept another count or 'auto'.")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
               help="Where the model runs; auto uses CUDA when present.")
-@click.option("--segment", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
-              metavar="SEC", help="Chunk length in seconds; longer inputs are processed chunk by chunk.")
+@click.option("--segment", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SEC",
+              help="Chunk length in seconds; longer inputs are processed chunk by chunk. "
+                   "Default: the model's (30 for dpcl, 4 for the others).")
 @click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.25, show_default=True,
               metavar="F", help="Fraction of each chunk shared with the next (cross-fade and "
                                 "speaker-order alignment; 0 disables alignment).")
@@ -572,7 +573,7 @@ def train_cmd(
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-file lines; only errors.")
 def separate_cmd(
     inputs: tuple[str, ...], model: str | None, out: str, num_speakers: str | None, device: str,
-    segment: float, overlap: float, jobs: int, threads: int | None, filename: str, as_float: bool,
+    segment: float | None, overlap: float, jobs: int, threads: int | None, filename: str, as_float: bool,
     plot: bool, force: bool, as_json: bool, quiet: bool,
 ) -> None:
     """Separate recordings into one track per speaker: OUT/<stem>/s1.wav, s2.wav, ...

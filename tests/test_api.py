@@ -353,3 +353,13 @@ def test_package_exports_the_functional_api():
     assert sepcli.Separator is api.Separator and sepcli.separate is api.separate
     with pytest.raises(AttributeError):
         sepcli.no_such_thing  # noqa: B018
+
+
+def test_segment_defaults_to_the_models_own() -> None:
+    dpcl = registry.build("dpcl", hidden=8, layers=1, emb_dim=4)
+    assert Separator(dpcl, device="cpu").segment == dpcl.default_segment == 30.0
+    assert Separator(dpcl, device="cpu").segment_samples == 30 * 8000
+    assert Separator(FirstIsMix(), device="cpu").segment == api.DEFAULT_SEGMENT  # no default_segment
+    assert Separator(dpcl, device="cpu", segment=2.5).segment == 2.5  # an explicit value wins
+    with pytest.raises(SepError, match="positive"):
+        Separator(dpcl, device="cpu", segment=0)

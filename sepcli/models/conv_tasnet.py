@@ -334,7 +334,18 @@ class ConvTasNet(nn.Module):
             )
         mix = self._check_mix(mix)
         param = self.encoder.weight
+        if self.config.norm_type == "gLN" and not self.training and param.dtype == torch.float32:
+            return self._folded()(mix)  # same function, ~2.5x faster on the CPU
         return self(mix.to(device=param.device, dtype=param.dtype))
+
+    def _folded(self) -> FoldedInference:
+        """The :class:`FoldedInference` of the current weights (rebuilt when any
+        parameter is replaced or changed in place, e.g. by an optimiser step)."""
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        cached = self.__dict__.get("_folded_cache")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_folded_cache"] = (key, FoldedInference(self))
+        return cached[1]
 
     def compute_loss(self, mix: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Scalar negative PIT SI-SNR (dB). mix Shape: [B, T]; ref Shape: [B, S, T]."""
@@ -350,6 +361,164 @@ class ConvTasNet(nn.Module):
             )
         loss, _ = pit_si_snr_loss(self(mix), ref)
         return loss
+
+
+class FoldedInference:
+    """Inference-only evaluation of a non-causal (gLN) Conv-TasNet: the same
+    function as ``ConvTasNet.forward`` with far fewer passes over memory.
+
+    Why: a gLN computed as written reads and writes its ``[H, K]`` input about
+    eight times, and with the padding, residual and skip sums the element-wise
+    work took ~40% of an offline forward on the CPU, next to matrix products
+    that already run near the machine's arithmetic rate. Here, per item:
+
+    * activations are time-major ``[K, C]``, so every 1x1 conv is one matrix
+      product and the depthwise conv's zero padding is rows above and below a
+      contiguous slab (no copy);
+    * each gLN costs one statistics pass: its gain and bias, and the
+      per-utterance mean and standard deviation, are folded into the next
+      layer (the depthwise taps, or the res/skip weights, which become one
+      matrix product that adds into a shared ``[residual | skip]``
+      accumulator); frames where a tap reads the padding get an exact
+      correction;
+    * constant outputs of the blocks are carried as biases instead of being
+      added to every frame.
+
+    Only rounding differs from ``forward`` (tested). ``dtype=torch.bfloat16``
+    runs the products and activations in bfloat16 (statistics in float32),
+    which is ~2.5x faster matrix products on CPUs with AVX512-BF16 or AMX.
+    Built from the current weights: rebuild after changing them (the model's
+    :meth:`ConvTasNet.separate` does that by itself).
+
+    Shape: mix ``[B, T]`` -> ``[B, S, T]``.
+    """
+
+    def __init__(self, model: ConvTasNet, dtype: torch.dtype = torch.float32) -> None:
+        c = model.config
+        if c.norm_type != "gLN":
+            raise SepError("FoldedInference needs a non-causal Conv-TasNet with gLN")
+        self.model = model
+        self.dtype = dtype
+        self.config = c
+        f64 = torch.float64
+        sep = model.separator
+
+        def mat(conv: nn.Conv1d) -> torch.Tensor:
+            return conv.weight.detach()[:, :, 0].to(f64)  # [out, in]
+
+        def vec(t: torch.Tensor | None, n: int) -> torch.Tensor:
+            return t.detach().to(f64) if t is not None else torch.zeros(n, dtype=f64, device=dev)
+
+        dev = model.encoder.weight.device
+        self.w_enc_t = model.encoder.weight.detach()[:, 0, :].t().contiguous().to(dtype)  # [L, N]
+        wb = mat(sep.bottleneck)  # [B, N]
+        self.wb_g = wb * sep.norm.weight.detach().to(f64)  # [B, N] the norm's gain folded in
+        self.wb_g_sum = self.wb_g.sum(1)  # [B]
+        self.cb = vec(sep.bottleneck.bias, c.B) + wb @ sep.norm.bias.detach().to(f64)  # [B]
+        self.eps0 = sep.norm.eps
+        self.blocks = []
+        for blk in sep.blocks:
+            w_in = mat(blk.conv_in)  # [H, B]
+            wd = blk.dconv.weight.detach()[:, 0, :].to(f64)  # [H, P]
+            g1, be1 = blk.norm1.weight.detach().to(f64), blk.norm1.bias.detach().to(f64)
+            w_out = torch.cat((mat(blk.res_out), mat(blk.skip_out)))  # [B+Sc, H]
+            b_out = torch.cat((vec(blk.res_out.bias, c.B), vec(blk.skip_out.bias, c.Sc)))  # [B+Sc]
+            g2, be2 = blk.norm2.weight.detach().to(f64), blk.norm2.bias.detach().to(f64)
+            self.blocks.append(dict(
+                w_in=w_in, w_in_t=w_in.t().contiguous().to(dtype), b_in=vec(blk.conv_in.bias, c.H),
+                slope1=_slope(blk.prelu1), slope2=_slope(blk.prelu2),
+                wd=wd, taps_g=wd * g1[:, None], g1=g1, be1=be1, b_d=vec(blk.dconv.bias, c.H),
+                d=blk.dconv.dilation[0], P=blk.dconv.kernel_size[0], pad_left=blk.pad_left,
+                w_out_g=w_out * g2, w_out_g_sum=(w_out * g2).sum(1), c_out=b_out + w_out @ be2,
+                eps1=blk.norm1.eps, eps2=blk.norm2.eps,
+            ))
+        self.pad = max([max(b["pad_left"], (b["P"] - 1) * b["d"] - b["pad_left"]) for b in self.blocks] + [0])
+        self.slope_out = _slope(sep.prelu)
+        self.w_mask_t = mat(sep.mask_conv).t().contiguous().to(dtype)  # [Sc, S*N]
+        self.b_mask = vec(sep.mask_conv.bias, c.n_src * c.N).to(dtype)
+        self.w_dec = model.decoder.weight.detach().to(dtype)  # [N, 1, L]
+
+    def _stats(self, x: torch.Tensor, eps: float) -> tuple[float, float]:
+        """(mean, 1/sqrt(var + eps)) over every element, accumulated in at least
+        float32 and combined in float64. From the sum and the sum of squares
+        (two vectorised passes): torch.var_mean is a serial Welford pass here,
+        which alone took half the time of a forward."""
+        n = x.numel()
+        flat = x.reshape(-1)
+        if x.dtype in (torch.float32, torch.float64):
+            total, squares = float(flat.sum()), float(torch.dot(flat, flat))
+        else:
+            total = float(flat.sum(dtype=torch.float32))
+            squares = float(torch.linalg.vector_norm(flat, dtype=torch.float32)) ** 2
+        mean = total / n
+        var = max(0.0, squares / n - mean * mean)
+        return mean, 1.0 / math.sqrt(var + eps)
+
+    @torch.no_grad()
+    def __call__(self, mix: torch.Tensor) -> torch.Tensor:
+        mix = self.model._check_mix(mix)
+        left, right = self.model.frame_padding(mix.shape[-1])
+        x = F.pad(mix.to(self.w_enc_t.device, self.dtype), (left, right))  # [B, T_pad]
+        out = torch.stack([self._one(item) for item in x])  # [B, S, T_pad]
+        return out[..., left : left + mix.shape[-1]].float()
+
+    def _one(self, x: torch.Tensor) -> torch.Tensor:
+        """Shape: [T_pad] -> [S, T_pad]."""
+        c, dt = self.config, self.dtype
+        w = torch.mm(x.unfold(0, c.L, c.stride), self.w_enc_t).relu_()  # [K, N]
+        K = w.shape[0]
+        mean, inv = self._stats(w, self.eps0)
+        acc = torch.zeros(K, c.B + c.Sc, dtype=dt, device=w.device)  # [residual | skip sum], constants apart
+        acc[:, : c.B].addmm_(w, (self.wb_g * inv).t().to(dt))
+        res_const = self.cb - self.wb_g_sum * (mean * inv)  # [B] float64
+        skip_const = torch.zeros(c.Sc, dtype=torch.float64, device=w.device)
+        pad = self.pad
+        h_buf = torch.zeros(pad + K + pad, c.H, dtype=dt, device=w.device)  # zero rows = the convs' padding
+        h = h_buf[pad : pad + K]  # [K, H]
+        z = torch.empty(K, c.H, dtype=dt, device=w.device)
+        for blk in self.blocks:
+            torch.addmm((blk["b_in"] + blk["w_in"] @ res_const).to(dt), acc[:, : c.B], blk["w_in_t"], out=h)
+            _prelu_(h, blk["slope1"])
+            mean, inv = self._stats(h, blk["eps1"])
+            # norm1(h) = (g1 * inv) * h + shift; the gain goes into the taps, the shift into a bias
+            shift = blk["be1"] - blk["g1"] * (mean * inv)  # [H]
+            taps = (blk["taps_g"] * inv).to(dt)  # [H, P]
+            wd_shift = blk["wd"] * shift[:, None]  # [H, P] what each tap adds through the shift
+            d, base = blk["d"], pad - blk["pad_left"]
+            torch.addcmul((blk["b_d"] + wd_shift.sum(1)).to(dt), h_buf[base : base + K], taps[:, 0], out=z)
+            for p in range(1, blk["P"]):
+                z.addcmul_(h_buf[base + p * d : base + p * d + K], taps[:, p])
+            for p in range(blk["P"]):
+                # frame k's tap p reads padded frame k + p*d - pad_left: zeros (not the shift) outside [0, K)
+                lo, hi = blk["pad_left"] - p * d, K + blk["pad_left"] - p * d
+                if lo > 0:
+                    z[: min(lo, K)] -= wd_shift[:, p].to(dt)
+                if hi < K:
+                    z[max(hi, 0) :] -= wd_shift[:, p].to(dt)
+            _prelu_(z, blk["slope2"])
+            mean, inv = self._stats(z, blk["eps2"])
+            acc.addmm_(z, (blk["w_out_g"] * inv).t().to(dt))
+            const = blk["c_out"] - blk["w_out_g_sum"] * (mean * inv)  # [B+Sc]
+            res_const = res_const + const[: c.B]
+            skip_const = skip_const + const[c.B :]
+        skip = _prelu_(acc[:, c.B :] + skip_const.to(dt), self.slope_out)  # [K, Sc]
+        scores = torch.addmm(self.b_mask, skip, self.w_mask_t)  # [K, S*N]
+        scores = scores.view(K, c.n_src, c.N).permute(1, 2, 0)  # [S, N, K] (a view)
+        masks = apply_mask_activation(scores[None], c.mask_activation)[0]  # [S, N, K]
+        masked = masks * w.t()  # [S, N, K]
+        return F.conv_transpose1d(masked, self.w_dec, stride=c.stride)[:, 0]  # [S, T_pad]
+
+
+def _slope(prelu: nn.PReLU) -> float | torch.Tensor:
+    w = prelu.weight.detach()
+    return float(w.reshape(-1)[0]) if w.numel() == 1 else w.clone()
+
+
+def _prelu_(x: torch.Tensor, slope: float | torch.Tensor) -> torch.Tensor:
+    """PReLU in place on ``[K, C]`` (a per-channel slope is ``[C]``)."""
+    if isinstance(slope, float):
+        return F.leaky_relu_(x, slope)
+    return x.copy_(torch.where(x >= 0, x, x * slope.to(x.dtype)))
 
 
 register_preset(
