@@ -72,6 +72,7 @@ import torch
 import torch.nn.functional as F
 
 from sepcli.errors import SepError
+from sepcli.models.conv_tasnet import prelu_, prelu_slope
 
 SCALAR_STATS_MAX_FRAMES = 32
 """Up to this many frames per step (on the CPU), cLN statistics are updated
@@ -109,20 +110,6 @@ def _check_model(model: torch.nn.Module) -> None:
     norms = [model.separator.norm] + [n for b in model.separator.blocks for n in (b.norm1, b.norm2)]
     if not all(isinstance(n, CumulativeLayerNorm) for n in norms):
         raise SepError("streaming needs cumulative layer norms (cLN) in every block")
-
-
-def _prelu_slope(prelu: torch.nn.PReLU) -> float | torch.Tensor:
-    """PReLU with one shared slope runs as an in-place leaky ReLU (one op);
-    a per-channel PReLU keeps its weight vector."""
-    w = prelu.weight.detach()
-    return float(w.reshape(-1)[0]) if w.numel() == 1 else w.clone()
-
-
-def _prelu_(x: torch.Tensor, slope: float | torch.Tensor) -> torch.Tensor:
-    """PReLU in place. Shape: [K, C] (a per-channel slope is [C])."""
-    if isinstance(slope, float):
-        return F.leaky_relu_(x, slope)
-    return x.copy_(torch.where(x >= 0, x, x * slope))
 
 
 class _Work:
@@ -308,8 +295,8 @@ class _Block:
         # (res_bias: their sum so far); they reach this block through its conv_in bias.
         self.w_in_t = w_in.t().contiguous().to(dtype)  # [B, H]
         self.b_in = (block.conv_in.bias.detach().to(f64) + w_in @ res_bias).to(dtype)
-        self.slope1 = _prelu_slope(block.prelu1)
-        self.slope2 = _prelu_slope(block.prelu2)
+        self.slope1 = prelu_slope(block.prelu1)
+        self.slope2 = prelu_slope(block.prelu2)
         g1, b1 = block.norm1.weight.detach().to(f64), block.norm1.bias.detach().to(f64)
         wd = block.dconv.weight.detach()[:, 0, :].to(f64)  # [H, P]
         # tap p reads the frame (P-1-p)*d before the current one (causal padding)
@@ -344,7 +331,7 @@ class _Block:
         K = ws.frames
         h = ws.h
         torch.addmm(self.b_in, ws.acc_res, self.w_in_t, out=h)  # [K, H]
-        _prelu_(h, self.slope1)
+        prelu_(h, self.slope1)
         r, mr = self.norm1.coefficients(h, ws, ws.h_b, ws.h_bT)
         views = self.cache.views(K)
         torch.addcmul(mr, h, r, out=views[-1])  # normalised; gain and bias are in the taps
@@ -355,7 +342,7 @@ class _Block:
         self.cache.advance(K)
         if start < self.pad:
             self._stream_start(z, start)
-        _prelu_(z, self.slope2)
+        prelu_(z, self.slope2)
         r, mr = self.norm2.coefficients(z, ws, ws.z_b, ws.z_bT)
         torch.addcmul(mr, z, r, out=ws.u)  # normalised; gain and bias are in w_out and the biases
         ws.acc.addmm_(ws.u, self.w_out_t)
@@ -435,7 +422,7 @@ class Streamer:
         w_acc = torch.cat((w_b * g0, w_b.new_zeros(skip_bias.shape[0], w_b.shape[1])))  # [B+Sc, N]
         self.w_acc_t = w_acc.t().contiguous().to(dtype)  # [N, B+Sc]
         self.b_acc = torch.cat((b_b + w_b @ b0, skip_bias)).to(dtype)  # [B+Sc]
-        self.slope_out = _prelu_slope(sep.prelu)
+        self.slope_out = prelu_slope(sep.prelu)
         self.w_mask_t = sep.mask_conv.weight.detach()[:, :, 0].t().contiguous()  # [Sc, S*N]
         self.b_mask = sep.mask_conv.bias.detach().clone()  # [S*N]
         self.mask_activation = sep.mask_activation
@@ -601,7 +588,7 @@ class Streamer:
         for block in self.blocks:
             block(ws, start)
         self._frames += frames
-        skip = _prelu_(ws.acc_skip, self.slope_out)  # [K, Sc]
+        skip = prelu_(ws.acc_skip, self.slope_out)  # [K, Sc]
         torch.addmm(self.b_mask, skip, self.w_mask_t, out=ws.mask)  # [K, S*N]
         mask = ws.mask3  # [K, S, N]
         if self.mask_activation == "relu":

@@ -426,14 +426,14 @@ class FoldedInference:
             g2, be2 = blk.norm2.weight.detach().to(f64), blk.norm2.bias.detach().to(f64)
             self.blocks.append(dict(
                 w_in=w_in, w_in_t=w_in.t().contiguous().to(dtype), b_in=vec(blk.conv_in.bias, c.H),
-                slope1=_slope(blk.prelu1), slope2=_slope(blk.prelu2),
+                slope1=prelu_slope(blk.prelu1), slope2=prelu_slope(blk.prelu2),
                 wd=wd, taps_g=wd * g1[:, None], g1=g1, be1=be1, b_d=vec(blk.dconv.bias, c.H),
                 d=blk.dconv.dilation[0], P=blk.dconv.kernel_size[0], pad_left=blk.pad_left,
                 w_out_g=w_out * g2, w_out_g_sum=(w_out * g2).sum(1), c_out=b_out + w_out @ be2,
                 eps1=blk.norm1.eps, eps2=blk.norm2.eps,
             ))
         self.pad = max([max(b["pad_left"], (b["P"] - 1) * b["d"] - b["pad_left"]) for b in self.blocks] + [0])
-        self.slope_out = _slope(sep.prelu)
+        self.slope_out = prelu_slope(sep.prelu)
         self.w_mask_t = mat(sep.mask_conv).t().contiguous().to(dtype)  # [Sc, S*N]
         self.b_mask = vec(sep.mask_conv.bias, c.n_src * c.N).to(dtype)
         w_dec = model.decoder.weight.detach()[:, 0, :]  # [N, L]
@@ -481,7 +481,7 @@ class FoldedInference:
         z = torch.empty(K, c.H, dtype=dt, device=w.device)
         for blk in self.blocks:
             torch.addmm((blk["b_in"] + blk["w_in"] @ res_const).to(dt), acc[:, : c.B], blk["w_in_t"], out=h)
-            _prelu_(h, blk["slope1"])
+            prelu_(h, blk["slope1"])
             mean, inv = self._stats(h, blk["eps1"])
             # norm1(h) = (g1 * inv) * h + shift; the gain goes into the taps, the shift into a bias
             shift = blk["be1"] - blk["g1"] * (mean * inv)  # [H]
@@ -498,13 +498,13 @@ class FoldedInference:
                     z[: min(lo, K)] -= wd_shift[:, p].to(dt)
                 if hi < K:
                     z[max(hi, 0) :] -= wd_shift[:, p].to(dt)
-            _prelu_(z, blk["slope2"])
+            prelu_(z, blk["slope2"])
             mean, inv = self._stats(z, blk["eps2"])
             acc.addmm_(z, (blk["w_out_g"] * inv).t().to(dt))
             const = blk["c_out"] - blk["w_out_g_sum"] * (mean * inv)  # [B+Sc]
             res_const = res_const + const[: c.B]
             skip_const = skip_const + const[c.B :]
-        skip = _prelu_(acc[:, c.B :] + skip_const.to(dt), self.slope_out)  # [K, Sc]
+        skip = prelu_(acc[:, c.B :] + skip_const.to(dt), self.slope_out)  # [K, Sc]
         scores = torch.addmm(self.b_mask, skip, self.w_mask_t)  # [K, S*N]
         # [K, S, N] has the sources on dim 1, as apply_mask_activation's softmax expects
         masks = apply_mask_activation(scores.view(K, c.n_src, c.N), c.mask_activation)  # [K, S, N]
@@ -520,12 +520,15 @@ class FoldedInference:
         return out.view(c.n_src, -1)[:, : (K - 1) * hop + c.L]  # [S, T_pad]
 
 
-def _slope(prelu: nn.PReLU) -> float | torch.Tensor:
+def prelu_slope(prelu: nn.PReLU) -> float | torch.Tensor:
+    """PReLU with one shared slope runs as an in-place leaky ReLU (one op);
+    a per-channel PReLU keeps its weight vector. Used by the folded forward
+    and by :mod:`sepcli.streaming`."""
     w = prelu.weight.detach()
     return float(w.reshape(-1)[0]) if w.numel() == 1 else w.clone()
 
 
-def _prelu_(x: torch.Tensor, slope: float | torch.Tensor) -> torch.Tensor:
+def prelu_(x: torch.Tensor, slope: float | torch.Tensor) -> torch.Tensor:
     """PReLU in place on ``[K, C]`` (a per-channel slope is ``[C]``)."""
     if isinstance(slope, float):
         return F.leaky_relu_(x, slope)
