@@ -102,7 +102,7 @@ def child(args: argparse.Namespace) -> None:
     else:
         model = registry.build("convtasnet-paper").eval()
     sep = Separator(model, device="cpu", segment=args.segment, overlap=args.overlap,
-                    batch_size=args.batch_size)
+                    batch_size=args.batch_size, precision=args.precision)
     base = rss_mb()
     with tempfile.TemporaryDirectory(dir=args.workdir) as out:
         cpu0 = time.process_time()
@@ -115,7 +115,7 @@ def child(args: argparse.Namespace) -> None:
         "minutes": result.duration / 60, "wall_s": wall, "rtf": wall / result.duration,
         "cpu_rtf": cpu / args.threads / result.duration, "cpu_s": cpu, "rss_before_mb": base, "peak_rss_mb": peak,
         "chunks": result.chunks, "threads": args.threads, "segment": sep.segment,
-        "overlap": args.overlap, "batch_size": sep.batch_size,
+        "overlap": args.overlap, "batch_size": sep.batch_size, "precision": sep.precision,
         "model": "small convtasnet" if args.small else "convtasnet-paper",
     }))
 
@@ -132,6 +132,7 @@ def speed(args: argparse.Namespace) -> list[dict]:
                 cmd += ["--segment", str(args.segment)]
             if args.batch_size:
                 cmd += ["--batch-size", str(args.batch_size)]
+            cmd += ["--precision", args.precision]
             if args.small:
                 cmd += ["--small"]
             busy0, own0, t0 = busy_seconds(), children_cpu(), time.perf_counter()
@@ -144,7 +145,7 @@ def speed(args: argparse.Namespace) -> list[dict]:
             rows.append(row)
             print(f"{row['model']}, {row['minutes']:5.1f} min  RTF {row['rtf']:.3f}  CPU RTF {row['cpu_rtf']:.3f}  "
                   f"peak RSS {row['peak_rss_mb']:.0f} MB (before separating {row['rss_before_mb']:.0f} MB)  "
-                  f"[{row['threads']} threads, segment {row['segment']:g} s, overlap {row['overlap']:g}, "
+                  f"[{row['threads']} threads, segment {row['segment']:g} s, overlap {row['overlap']:g}, {row['precision']} products, "
                   f"batch {row['batch_size']}; other processes kept {row['other_cores_busy']:.1f} of "
                   f"{os.cpu_count()} cores busy]", flush=True)
             path.unlink()
@@ -275,6 +276,8 @@ def main() -> None:
     p.add_argument("--segment", type=float, default=None, help="chunk seconds (default: the model's)")
     p.add_argument("--overlap", type=float, default=None, help="overlap fraction (default: the library's)")
     p.add_argument("--batch-size", type=int, default=None, help="chunks per forward call")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="matrix-product precision (Separator's precision; default auto)")
     p.add_argument("--small", action="store_true",
                    help="a small Conv-TasNet instead of the paper's: checks that the pipeline's own "
                         "memory does not grow with the input, quickly")

@@ -65,6 +65,10 @@ their own (see the benchmark in the README for the trade-off)."""
 DEFAULT_OVERLAP = 0.25
 """Fraction of each chunk shared with the next (cross-fade and alignment region)."""
 DEFAULT_FILENAME = "{stem}/s{i}.wav"
+PRECISIONS = ("auto", "float32", "bfloat16")
+"""``precision`` choices: the dtype of the matrix products of models with a
+``products`` attribute (Conv-TasNet with gLN). ``auto``: bfloat16 on CPUs that
+multiply it natively (AVX512-BF16 / AMX), float32 elsewhere."""
 PEAK_TARGET = 0.999
 """Peak level (linear) that tracks are scaled down to when they would pass full scale."""
 TEMPLATE_FIELDS = ("stem", "i", "n", "parent")
@@ -133,6 +137,18 @@ class BatchResult:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _set_precision(model: torch.nn.Module, name: str, precision: str, device: torch.device) -> str:
+    """Set the dtype of ``model``'s matrix products; returns the resolved name."""
+    if not hasattr(model, "products"):
+        if precision == "bfloat16":
+            raise SepError(f"{name} has no bfloat16 path; use --precision float32 or auto")
+        return "float32"
+    if precision == "auto":
+        precision = "bfloat16" if device.type == "cpu" and engine.native_bfloat16() else "float32"
+    model.products = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    return precision
 
 
 def _check_n_src(n_src: Any) -> int | str | None:
@@ -378,6 +394,13 @@ class Separator:
             open part-way, silent before). A model with a fixed number of
             outputs refuses any other count.
         batch_size: chunks per model call (default 1 on CPU, 8 on GPU).
+        precision: one of :data:`PRECISIONS`, for models with a ``products``
+            attribute (set on the model): ``"bfloat16"`` rounds the operands of
+            the matrix products only (activations and statistics stay float32):
+            ~1.6x faster offline Conv-TasNet on CPUs with native bfloat16, and
+            tracks within ~45 dB SI-SNR of float32. Other models run float32;
+            asking them for ``"bfloat16"`` raises SepError. The resolved choice
+            is :attr:`precision`.
     """
 
     def __init__(
@@ -389,11 +412,15 @@ class Separator:
         overlap: float = DEFAULT_OVERLAP,
         n_src: int | str | None = None,
         batch_size: int | None = None,
+        precision: str = "auto",
     ) -> None:
         self.device = engine.resolve_device(device)
+        if precision not in PRECISIONS:
+            raise SepError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         if segment is not None:
             segment = _check_segment(segment)
         self.model, self.model_name = _load_model(model, self.device)
+        self.precision: str = _set_precision(self.model, self.model_name, precision, self.device)
         if segment is None:
             segment = _check_segment(getattr(self.model, "default_segment", DEFAULT_SEGMENT))
         config = getattr(self.model, "config", None)
@@ -879,6 +906,7 @@ def separate_files(
     plot: bool = False,
     threads: int | None = None,
     events: BatchEvents | None = None,
+    precision: str = "auto",
 ) -> BatchResult:
     """Separate many files (what ``sep separate`` runs).
 
@@ -905,7 +933,8 @@ def separate_files(
             import matplotlib  # noqa: F401
         except ImportError:
             raise SepError("--plot needs matplotlib: pip install 'sepcli[plot]'") from None
-    spec = dict(model=model, device=device, segment=segment, overlap=overlap, n_src=n_src, batch_size=batch_size)
+    spec = dict(model=model, device=device, segment=segment, overlap=overlap, n_src=n_src, batch_size=batch_size,
+                precision=precision)
     sep = Separator(**spec)  # model and option errors surface here, once
     found, problems = find_audio_files(inputs, exclude=[out])
 

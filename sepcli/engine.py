@@ -57,6 +57,7 @@ Shape legend: B batch (chunks per call), S sources, T samples.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -280,6 +281,31 @@ def set_threads(jobs: int = 1) -> int:
     return n
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_blas_thread() -> Any:
+    """Context: numpy's BLAS on one thread. The stitching products are small,
+    and OpenBLAS's worker threads busy-wait after a threaded call, taking the
+    cores from torch's threads during the next model call: that made the
+    model ~25% slower inside the engine than alone (bench/separate_long.py)."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), so
+    that bfloat16 matrix products are faster than float32 ones; elsewhere
+    oneDNN emulates them and they are slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def model_fn(
     model: torch.nn.Module, device: str | torch.device | None = None, n_src: int | str | None = None
 ) -> SeparateFn:
@@ -457,8 +483,9 @@ class ChunkedSeparator:
                 f"the model returned shape {tuple(est.shape)} for input {tuple(mix.shape)}; "
                 f"expected [{len(chunks)}, S, {length}]"
             )
-        for (start, _), m, e in zip(chunks, mix, est):
-            self._add_chunk(start, m, e)
+        with _one_blas_thread():
+            for (start, _), m, e in zip(chunks, mix, est):
+                self._add_chunk(start, m, e)
 
     def _add_chunk(self, start: int, mix: np.ndarray, est: np.ndarray) -> None:
         est = np.nan_to_num(est.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # [S, n]

@@ -363,3 +363,33 @@ def test_segment_defaults_to_the_models_own() -> None:
     assert Separator(dpcl, device="cpu", segment=2.5).segment == 2.5  # an explicit value wins
     with pytest.raises(SepError, match="positive"):
         Separator(dpcl, device="cpu", segment=0)
+
+
+def test_precision_sets_the_products_and_stays_close_to_float32() -> None:
+    from sepcli import engine
+    from sepcli.metrics import si_snr
+
+    torch.manual_seed(0)
+    model = registry.build("convtasnet", N=32, L=8, B=16, H=32, Sc=16, X=3, R=1).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # away from the init, so the masks are not all alike
+            p.add_(0.2 * torch.randn(p.shape))
+    mix = 0.3 * np.random.default_rng(1).standard_normal(8000 * 3).astype(np.float32)
+    full = Separator(model, device="cpu", precision="float32")
+    assert full.precision == "float32" and model.products == torch.float32
+    ref = full.separate(mix, 8000)
+    half = Separator(model, device="cpu", precision="bfloat16")
+    assert half.precision == "bfloat16" and model.products == torch.bfloat16
+    est = half.separate(mix, 8000)
+    agreement = min(float(si_snr(est[s], ref[s])) for s in range(2))
+    assert 30.0 < agreement < 100.0  # close, but really computed differently
+    auto = Separator(model, device="cpu")
+    assert auto.precision == ("bfloat16" if engine.native_bfloat16() else "float32")
+
+
+def test_precision_errors() -> None:
+    with pytest.raises(SepError, match="precision must be one of auto, float32, bfloat16"):
+        Separator(FirstIsMix(), device="cpu", precision="fp16")
+    with pytest.raises(SepError, match="no bfloat16 path"):
+        Separator(FirstIsMix(), device="cpu", precision="bfloat16")
+    assert Separator(FirstIsMix(), device="cpu", precision="auto").precision == "float32"

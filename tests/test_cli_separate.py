@@ -49,6 +49,8 @@ def test_cli_defaults_match_the_library() -> None:
     assert defaults["segment"] is None  # the model's default_segment, else api.DEFAULT_SEGMENT
     assert defaults["overlap"] == api.DEFAULT_OVERLAP
     assert defaults["filename"] == api.DEFAULT_FILENAME
+    assert defaults["precision"] == "auto"
+    assert tuple(next(p for p in separate_cmd.params if p.name == "precision").type.choices) == api.PRECISIONS
 
 
 def test_separate_then_skip_then_force(tmp_path: Path, tiny_ckpt: str) -> None:

@@ -344,3 +344,31 @@ def test_set_threads_divides_cores_between_jobs() -> None:
         assert n == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_stitching_runs_numpy_blas_on_one_thread() -> None:
+    # OpenBLAS workers that keep spinning after a threaded product slow the
+    # next model call; the engine's own products run single-threaded.
+    from threadpoolctl import threadpool_info
+
+    from sepcli import engine
+
+    seen = []
+
+    def probe(mix: np.ndarray) -> np.ndarray:
+        seen.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"])
+        return np.stack([mix, 0 * mix], axis=1)
+
+    original = engine.ChunkedSeparator._add_chunk
+
+    def spy(self, *args):  # noqa: ANN001
+        seen.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"])
+        return original(self, *args)
+
+    engine.ChunkedSeparator._add_chunk = spy
+    try:
+        separate_array(np.ones(4000, np.float32), probe, segment=1000, overlap=0.25)
+    finally:
+        engine.ChunkedSeparator._add_chunk = original
+    inside = seen[1::2]  # _add_chunk's views (probe's come first, then the chunk is added)
+    assert inside and all(t == [1] * len(t) for t in inside)

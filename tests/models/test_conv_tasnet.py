@@ -327,6 +327,20 @@ def test_folded_bfloat16_is_close_to_float32():
     assert min(si_snr(half[s], ref[s]) for s in range(2)) > 30.0
 
 
+def test_folded_inference_reuses_buffers_across_lengths_and_batches():
+    # One instance, lengths changing back and forth: the kept buffers must
+    # never leak one call's numbers into the next, nor one batch item into another.
+    model = perturbed()
+    fold = FoldedInference(model)
+    with torch.no_grad():
+        for n in [400, 37, 400, 2001, 400]:
+            mix = torch.randn(3, n)
+            ref = model(mix)
+            assert torch.allclose(fold(mix), ref, atol=1e-5 * float(ref.abs().max()), rtol=0)
+    with pytest.raises(SepError, match="products"):
+        FoldedInference(model, torch.float16)
+
+
 def test_separate_uses_folded_weights_and_follows_weight_changes():
     model = perturbed()
     mix = torch.randn(1, 500)
