@@ -65,10 +65,8 @@ their own (see the benchmark in the README for the trade-off)."""
 DEFAULT_OVERLAP = 0.25
 """Fraction of each chunk shared with the next (cross-fade and alignment region)."""
 DEFAULT_FILENAME = "{stem}/s{i}.wav"
-PRECISIONS = ("auto", "float32", "bfloat16")
-"""``precision`` choices: the dtype of the matrix products of models with a
-``products`` attribute (Conv-TasNet with gLN). ``auto``: bfloat16 on CPUs that
-multiply it natively (AVX512-BF16 / AMX), float32 elsewhere."""
+PRECISIONS = engine.PRECISIONS
+"""``precision`` choices (see :func:`sepcli.engine.set_precision`)."""
 PEAK_TARGET = 0.999
 """Peak level (linear) that tracks are scaled down to when they would pass full scale."""
 TEMPLATE_FIELDS = ("stem", "i", "n", "parent")
@@ -137,18 +135,6 @@ class BatchResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _set_precision(model: torch.nn.Module, name: str, precision: str, device: torch.device) -> str:
-    """Set the dtype of ``model``'s matrix products; returns the resolved name."""
-    if not hasattr(model, "products"):
-        if precision == "bfloat16":
-            raise SepError(f"{name} has no bfloat16 path; use --precision float32 or auto")
-        return "float32"
-    if precision == "auto":
-        precision = "bfloat16" if device.type == "cpu" and engine.native_bfloat16() else "float32"
-    model.products = torch.bfloat16 if precision == "bfloat16" else torch.float32
-    return precision
 
 
 def _check_n_src(n_src: Any) -> int | str | None:
@@ -415,12 +401,10 @@ class Separator:
         precision: str = "auto",
     ) -> None:
         self.device = engine.resolve_device(device)
-        if precision not in PRECISIONS:
-            raise SepError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         if segment is not None:
             segment = _check_segment(segment)
         self.model, self.model_name = _load_model(model, self.device)
-        self.precision: str = _set_precision(self.model, self.model_name, precision, self.device)
+        self.precision: str = engine.set_precision(self.model, precision, self.device, self.model_name)
         if segment is None:
             segment = _check_segment(getattr(self.model, "default_segment", DEFAULT_SEGMENT))
         config = getattr(self.model, "config", None)

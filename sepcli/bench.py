@@ -92,6 +92,7 @@ class BenchResult:
     offline_random_weights: bool
     offline_rtf: float | None
     torch_version: str
+    offline_precision: str | None = None
     results: list[ChunkResult] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -354,6 +355,8 @@ def run_bench(
             say(f"offline forward of {off_label} on {n / sr:g} s")
             result.offline_model = off_label
             result.offline_random_weights = off_random
+            # the matrix-product precision that `sep separate` would use here
+            result.offline_precision = engine.set_precision(off, "auto", dev, off_label)
             result.offline_rtf = offline_rtf(off, mix.to(dev), sr, timer)
         return result
     finally:

@@ -746,7 +746,8 @@ def _print_bench(result) -> None:
     if result.offline_rtf is not None:
         off_weights = " (random weights)" if result.offline_random_weights else ""
         notes.append(f"Offline non-causal {result.offline_model}{off_weights}: RTF {result.offline_rtf:.3f} "
-                     "(one forward over the whole signal).")
+                     f"(one forward over the whole signal, {result.offline_precision} matrix products "
+                     "as `sep separate` uses here).")
     console.print("\n".join(notes), highlight=False)
 
 

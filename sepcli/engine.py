@@ -306,6 +306,30 @@ def native_bfloat16() -> bool:
         return False
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+"""``precision`` choices (:func:`set_precision`)."""
+
+
+def set_precision(
+    model: torch.nn.Module, precision: str = "auto", device: str | torch.device = "cpu", name: str = "this model"
+) -> str:
+    """Set the dtype of the matrix products of a model with a ``products``
+    attribute (Conv-TasNet with gLN; see the model contract in DESIGN.md).
+    ``auto``: bfloat16 on CPUs that multiply it natively (AVX512-BF16 / AMX),
+    float32 elsewhere and on CUDA. Models without the attribute run float32;
+    asking them for ``"bfloat16"`` raises SepError. Returns the resolved name."""
+    if precision not in PRECISIONS:
+        raise SepError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if not hasattr(model, "products"):
+        if precision == "bfloat16":
+            raise SepError(f"{name} has no bfloat16 path; use --precision float32 or auto")
+        return "float32"
+    if precision == "auto":
+        precision = "bfloat16" if torch.device(device).type == "cpu" and native_bfloat16() else "float32"
+    model.products = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    return precision
+
+
 def model_fn(
     model: torch.nn.Module, device: str | torch.device | None = None, n_src: int | str | None = None
 ) -> SeparateFn:
@@ -632,6 +656,7 @@ def separate_array(
 
 
 __all__ = [
+    "PRECISIONS",
     "ChunkedSeparator",
     "EngineStats",
     "SeparateFn",
@@ -644,6 +669,8 @@ __all__ = [
     "segment_window",
     "separate_array",
     "separate_stream",
+    "native_bfloat16",
+    "set_precision",
     "set_threads",
     "voice_signatures",
 ]

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from sepcli import bench, registry
+from sepcli import bench, engine, registry
 from sepcli.errors import SepError
 
 TINY = dict(N=8, L=4, B=6, H=10, Sc=5, P=3, X=3, R=2)
@@ -40,6 +40,7 @@ def test_run_bench_tiny_model():
         assert r["total_latency_ms"] == pytest.approx(r["algorithmic_latency_ms"] + r["p99_ms"])
         assert r["max_rel_diff"] < 1e-5
     assert d["offline_rtf"] > 0
+    assert d["offline_precision"] == engine.set_precision(tiny(causal=False), "auto", "cpu")
 
 
 def test_defaults_to_paper_config_with_random_weights(tmp_path, monkeypatch):
