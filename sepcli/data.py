@@ -26,6 +26,7 @@ Shape legend: S sources, T samples.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import io
 import json
@@ -284,6 +285,10 @@ class MixingConfig:
     so pitch moves too), None for no perturbation. ``level_range``: mixture
     RMS in dBFS. ``sampling``: ``"duration"`` makes every second of audio
     equally likely to be used; ``"speaker"`` makes every speaker equally likely.
+    ``n_active``: numbers of talking speakers to draw from, each equally
+    likely (e.g. ``(2, 3)``); the reference keeps ``n_src`` rows and those past
+    the drawn count are silent. None: all ``n_src`` talk. For models whose loss
+    takes silent references (deep clustering), to train on several counts.
     """
 
     n_src: int = 2
@@ -293,10 +298,16 @@ class MixingConfig:
     speed_range: tuple[float, float] | None = None
     level_range: tuple[float, float] = (-30.0, -20.0)
     sampling: str = "duration"
+    n_active: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_src, int) or self.n_src < 1:
             raise SepError(f"n_src must be a positive integer, got {self.n_src!r}")
+        if self.n_active is not None and (
+            not self.n_active
+            or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.n_src for k in self.n_active)
+        ):
+            raise SepError(f"n_active must list speaker counts from 1 to n_src={self.n_src}, got {self.n_active!r}")
         if self.segment is not None and not self.segment > 0:
             raise SepError(f"segment must be positive seconds, got {self.segment!r}")
         if self.mode not in ("min", "max"):
@@ -356,6 +367,11 @@ def make_mixture(
 
     Shape: mix [T], ref [S, T].
     """
+    if cfg.n_active is not None:
+        k = int(rng.choice(cfg.n_active))
+        mix, ref, info = make_mixture(corpus, rng, dataclasses.replace(cfg, n_src=k, n_active=None))
+        silent = np.zeros((cfg.n_src - k, ref.shape[1]), dtype=np.float32)  # [S-k, T]
+        return mix, np.concatenate([ref, silent]), info
     sr = corpus.sample_rate
     utts = _pick_sources(corpus, rng, cfg)
     speeds = (

@@ -94,6 +94,10 @@ class TrainConfig:
     level_range: list = field(default_factory=lambda: [-30.0, -20.0])
     sampling: str = "duration"  # "duration" or "speaker"
     mode: str = "min"  # pre-mixed sets: reconcile file lengths by cutting ("min") or padding
+    # dynamic mixing: talking speakers per training mixture, e.g. [2, 3] (None: the model's
+    # n_src); references get silent rows up to the largest, so only for models whose loss
+    # takes silent references (dpcl). Validation keeps the model's n_src.
+    speaker_counts: list | None = None
     workers: int = 0  # DataLoader worker processes
     # [optim]
     batch_size: int = 4  # per process
@@ -121,7 +125,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "data": (
         "train", "valid", "speakers_split", "segment", "epoch_size", "valid_size",
         "valid_segment", "valid_max_seconds", "valid_seed", "speed_perturb", "snr_range",
-        "level_range", "sampling", "mode", "workers",
+        "level_range", "sampling", "mode", "workers", "speaker_counts",
     ),
     "optim": (
         "batch_size", "valid_batch_size", "lr", "weight_decay", "clip", "patience",
@@ -430,14 +434,28 @@ def _trim_log(path: Path, step: int, epoch: int) -> None:
 # ----------------------------------------------------------------------------- data
 
 
-def _mixing(cfg: TrainConfig, n_src: int, segment: float, speed: list | None):
+def _mixing(cfg: TrainConfig, n_src: int, segment: float, speed: list | None,
+            n_active: list | None = None):
     from sepcli.data import MixingConfig
 
     return MixingConfig(
         n_src=n_src, segment=segment, snr_range=tuple(cfg.snr_range),
         speed_range=None if speed is None else tuple(speed),
         level_range=tuple(cfg.level_range), sampling=cfg.sampling,
+        n_active=None if n_active is None else tuple(n_active),
     )
+
+
+def _train_n_src(cfg: TrainConfig, n_src: int) -> int:
+    """Reference rows of a training mixture: the largest of ``speaker_counts``, else ``n_src``."""
+    counts = cfg.speaker_counts
+    if counts is None:
+        return n_src
+    if not isinstance(counts, list) or not counts or any(
+        isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in counts
+    ):
+        raise SepError(f"speaker_counts must be a list of positive integers like [2, 3], got {counts!r}")
+    return max(counts)
 
 
 def build_datasets(cfg: TrainConfig, sample_rate: int, n_src: int) -> tuple[Any, Any, bool]:
@@ -456,23 +474,27 @@ def build_datasets(cfg: TrainConfig, sample_rate: int, n_src: int) -> tuple[Any,
         raise SepError("no training data: give --train (a corpus folder or mixture set) or a recipe")
     scanned: dict[str, dict] = {}
 
-    def corpus(path: str, split: str, use_split: bool) -> Corpus:
+    def corpus(path: str, split: str, use_split: bool, min_speakers: int = n_src) -> Corpus:
         if path not in scanned:
             scanned[path] = find_speakers(path)
         spk = select_split(scanned[path], cfg.speakers_split if use_split else None,
                            split if use_split else "train")
-        return Corpus(spk, sample_rate, min_speakers=n_src)
+        return Corpus(spk, sample_rate, min_speakers=min_speakers)
 
+    n_train = _train_n_src(cfg, n_src)
     if is_mixture_set(cfg.train):
+        if cfg.speaker_counts is not None:
+            raise SepError("speaker_counts applies to dynamic mixing; the training data is a pre-mixed set")
         train_set = MixtureSetDataset(
             cfg.train, sample_rate, n_src, mode=cfg.mode, segment=cfg.segment, seed=cfg.seed
         )
         train_speakers: set[str] = set()
     else:
-        c = corpus(cfg.train, "train", cfg.speakers_split is not None)
+        c = corpus(cfg.train, "train", cfg.speakers_split is not None, n_train)
         train_speakers = set(c.speakers)
         train_set = DynamicMixDataset(
-            c, _mixing(cfg, n_src, cfg.segment, cfg.speed_perturb), cfg.epoch_size, cfg.seed
+            c, _mixing(cfg, n_train, cfg.segment, cfg.speed_perturb, cfg.speaker_counts), cfg.epoch_size,
+            cfg.seed,
         )
     valid = cfg.valid
     if valid is None:
@@ -822,6 +844,10 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
         log.info("initialised from %s", init)
     model.to(dev)
     sample_rate, n_src = int(model.config.sample_rate), int(model.config.n_src)
+    if cfg.speaker_counts is not None and not getattr(model, "accepts_silent_sources", False):
+        raise SepError(
+            f"speaker_counts needs a model whose loss takes silent references (dpcl); {cfg.family} does not"
+        )
 
     train_set, valid_set, valid_fixed = build_datasets(cfg, sample_rate, n_src)
 

@@ -405,3 +405,20 @@ def test_build_mixture_set_never_overwrites_without_force(tmp_path):
     with pytest.raises(SepError, match="not a mixture set"):
         build_mixture_set(tmp_path / "c", other, 2, force=True)
     assert (other / "notes.txt").read_text() == "keep me"
+
+
+def test_mixed_speaker_counts_pad_silent_references(corpus):
+    cfg = MixingConfig(n_src=3, segment=0.5, n_active=(2, 3))
+    ds = DynamicMixDataset(corpus, cfg, epoch_size=60, seed=4)
+    seen = set()
+    for i in range(60):
+        mix, ref, info = ds.mixture(i)
+        talking = int((np.abs(ref).max(axis=1) > 0).sum())
+        assert ref.shape == (3, 4000) and talking == len(info.speakers) == len(set(info.speakers))
+        assert not ref[talking:].any()  # the silent rows come last and are exactly zero
+        np.testing.assert_allclose(mix, ref.sum(0), atol=1e-6)
+        seen.add(talking)
+    assert seen == {2, 3}
+    for bad in [(), (0, 2), (2, 4), (2.0,), (True,)]:
+        with pytest.raises(SepError, match="n_active"):
+            MixingConfig(n_src=3, n_active=bad)

@@ -371,7 +371,7 @@ def test_set_overrides_parse_toml_values():
         training.parse_set(["novalue"])
 
 
-@pytest.mark.parametrize("name", ["convtasnet", "convtasnet-causal", "dpcl"])
+@pytest.mark.parametrize("name", ["convtasnet", "convtasnet-causal", "dpcl", "dpcl-mixed"])
 def test_shipped_recipes_are_valid(name):
     flat, _ = training.read_recipe(REPO / "recipes" / f"{name}.toml")
     cfg = training.make_config(flat)
@@ -382,6 +382,7 @@ def test_shipped_recipes_are_valid(name):
     assert cfg.speed_perturb == [0.95, 1.05]
     if name.startswith("convtasnet"):
         assert model.config.causal == (name == "convtasnet-causal")
+    assert cfg.speaker_counts == ([2, 3] if name == "dpcl-mixed" else None)
 
 
 def test_epoch_indices_shard_without_overlap():
@@ -406,3 +407,18 @@ def test_rich_progress_on_a_terminal(data, tmp_path, monkeypatch):
     shown = fake.getvalue()
     assert "epoch" in shown and "loss" in shown and "val SI-SNRi" in shown and "s/s" in shown
     assert "validation SI-SNRi" in shown  # the per-epoch line
+
+
+def test_speaker_counts_train_dpcl_on_mixed_counts_and_refuse_others(data, tmp_path):
+    cfg = toy_config(data, family="dpcl", model=dict(hidden=8, layers=1, emb_dim=4, n_fft=64, hop=16),
+                     speaker_counts=[2, 3], max_epochs=1)
+    train_set, valid_set, _ = training.build_datasets(cfg, 8000, 2)
+    counts = {int((train_set[i][1].abs().amax(dim=1) > 0).sum()) for i in range(16)}
+    assert counts == {2, 3} and train_set[0][1].shape[0] == 3
+    assert valid_set[0][1].shape[0] == 2  # validation keeps the model's count
+    result = training.train(cfg, tmp_path / "run", progress=False)
+    assert result.reason == "finished" and np.isfinite([r["loss"] for r in read_log(tmp_path / "run")]).all()
+    with pytest.raises(SepError, match="silent references"):
+        training.train(toy_config(data, speaker_counts=[2, 3]), tmp_path / "run2", progress=False)
+    with pytest.raises(SepError, match="speaker_counts must be"):
+        training.build_datasets(toy_config(data, family="dpcl", speaker_counts=[0]), 8000, 2)

@@ -126,6 +126,10 @@ class DeepClustering(nn.Module):
 
     config: DeepClusteringConfig
 
+    accepts_silent_sources: bool = True
+    """The loss takes references with silent rows (they own no bins), so one
+    batch can mix speaker counts (``speaker_counts`` in training recipes)."""
+
     default_segment: float = 30.0
     """Chunk length (seconds) that :class:`sepcli.api.Separator` uses unless told
     otherwise. k-means labels clusters afresh in every chunk, and a cluster

@@ -452,3 +452,17 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(loaded.embed(mix), model.embed(mix))
     assert torch.equal(loaded.separate(mix, n_src=3), model.separate(mix, n_src=3))
     assert loaded.count_speakers(mix) == model.count_speakers(mix)
+
+
+def test_loss_ignores_silent_reference_rows():
+    # Mixed speaker-count batches pad references with silent rows
+    # (speaker_counts in training recipes): they must change nothing.
+    torch.manual_seed(0)
+    model = registry.build("dpcl", hidden=8, layers=1, emb_dim=4)
+    ref = 0.1 * torch.randn(2, 2, 4000)
+    mix = ref.sum(1)
+    padded = torch.cat([ref, torch.zeros(2, 1, 4000)], dim=1)  # [B, 3, T]
+    base = model.compute_loss(mix, ref)
+    assert torch.allclose(model.compute_loss(mix, padded), base, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(model.compute_loss(mix, ref[:, [0, 0]]), base)  # the loss does see the references
+    assert model.accepts_silent_sources
