@@ -30,7 +30,6 @@ Shape legend: B batch, S sources, T samples.
 from __future__ import annotations
 
 import itertools
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -156,9 +155,16 @@ def pit_permutation(score: np.ndarray) -> np.ndarray:
     return perm
 
 
-@lru_cache(maxsize=None)
+_PERMUTATIONS: dict[int, np.ndarray] = {}
+
+
 def _permutations(n_src: int) -> np.ndarray:
-    return np.array(list(itertools.permutations(range(n_src))), dtype=np.int64)  # [P, S]
+    """All orders of ``n_src`` sources, cached. A plain dict, not lru_cache:
+    torch.compile (training's --compile) warns on lru_cache and skips it."""
+    perms = _PERMUTATIONS.get(n_src)
+    if perms is None:
+        perms = _PERMUTATIONS[n_src] = np.array(list(itertools.permutations(range(n_src))), dtype=np.int64)
+    return perms  # [P, S]
 
 
 def pit_si_snr(est: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
