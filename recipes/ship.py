@@ -87,12 +87,15 @@ def main() -> None:
     ap.add_argument("--hardware", default=None, help="what it trained on (default: this CPU)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for scoring")
     ap.add_argument("--notes", default="", help="free text for the card")
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="weights to ship instead of RUN/best.safetensors (e.g. an average made by "
+                         "recipes/average.py; say so in --notes)")
     ap.add_argument("--config-set", action="append", default=[], metavar="KEY=VALUE",
                     help="change an inference setting of the config before shipping, e.g. "
                          "auto_threshold=0.12 as tuned on the valid split (repeatable; JSON values)")
     args = ap.parse_args()
 
-    src = args.run / "best.safetensors"
+    src = args.weights or args.run / "best.safetensors"
     model = registry.load_file(src)
     if args.config_set:
         changes = {}
