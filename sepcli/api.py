@@ -111,6 +111,7 @@ class BatchResult:
 
     results: list[SeparationResult]
     model: str = ""
+    precision: str = "float32"  # of the matrix products (Separator.precision)
 
     @property
     def ok(self) -> int:
@@ -127,6 +128,7 @@ class BatchResult:
     def to_dict(self) -> dict:
         return {
             "model": self.model,
+            "precision": self.precision,
             "ok": self.ok,
             "skipped": self.skipped,
             "failed": self.failed,
@@ -959,7 +961,7 @@ def separate_files(
         r = SeparationResult(input=arg, status="failed", error=msg)
         final.append(r)
         events.file_done(base + j, r)
-    return BatchResult(final, model=sep.model_name)
+    return BatchResult(final, model=sep.model_name, precision=sep.precision)
 
 
 def _run_parallel(

@@ -93,6 +93,10 @@ def test_json_summary_on_stdout(tmp_path: Path, tiny_ckpt: str) -> None:
     assert f["status"] == "ok" and f["sample_rate"] == 44100 and f["n_src"] == 2
     assert [Path(p).name for p in f["outputs"]] == ["x_1.wav", "x_2.wav"]
     assert "x.flac ->" in r.stderr  # human lines moved off stdout
+    r = run(str(src), "--model", tiny_ckpt, "--out", str(tmp_path / "o2"), "--json", "--precision", "float32")
+    assert json.loads(r.stdout)["precision"] == "float32"
+    r = run(str(src), "--model", tiny_ckpt, "--out", str(tmp_path / "o3"), "--json", "--precision", "bfloat16")
+    assert json.loads(r.stdout)["precision"] == "bfloat16"
 
 
 def test_quiet_prints_nothing_on_success(tmp_path: Path, tiny_ckpt: str) -> None:
