@@ -393,3 +393,11 @@ def test_precision_errors() -> None:
     with pytest.raises(SepError, match="no bfloat16 path"):
         Separator(FirstIsMix(), device="cpu", precision="bfloat16")
     assert Separator(FirstIsMix(), device="cpu", precision="auto").precision == "float32"
+
+
+def test_causal_conv_tasnet_reports_float32_precision() -> None:
+    # cLN models have no bfloat16 route: auto must not claim one.
+    causal = registry.build("convtasnet", N=16, L=8, B=8, H=16, Sc=8, X=2, R=1, causal=True, norm="cLN")
+    assert Separator(causal, device="cpu").precision == "float32"
+    with pytest.raises(SepError, match="no bfloat16 path"):
+        Separator(causal, device="cpu", precision="bfloat16")

@@ -244,8 +244,8 @@ class ConvTasNet(nn.Module):
 
     ``forward(mix)``: Shape: [B, T] or [B, 1, T] -> [B, S, T], any T >= 1.
 
-    ``products``: the dtype of the matrix products in :meth:`separate`'s fast
-    path for gLN models (see :class:`FoldedInference`): ``torch.float32``
+    ``products`` (gLN models only): the dtype of the matrix products in
+    :meth:`separate`'s fast path (see :class:`FoldedInference`): ``torch.float32``
     (default: ``forward`` up to rounding) or ``torch.bfloat16`` (~1.6x faster
     on CPUs with native bfloat16; output within ~45 dB of float32).
     """
@@ -253,7 +253,9 @@ class ConvTasNet(nn.Module):
     def __init__(self, config: ConvTasNetConfig | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else ConvTasNetConfig()
-        self.products: torch.dtype = torch.float32
+        if self.config.norm_type == "gLN":
+            # only the gLN route (FoldedInference) has a choice; cLN models lack the attribute
+            self.products: torch.dtype = torch.float32
         c = self.config
         self.encoder = nn.Conv1d(1, c.N, c.L, stride=c.stride, bias=False)
         self.separator = Separator(c)
