@@ -115,6 +115,7 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0
     log_every: int = 20  # steps between log lines
     compile: bool = False  # torch.compile the training step (CPU: ~1.7x for Conv-TasNet)
+    keep_epochs: bool = False  # also export every epoch's weights (epochN.safetensors), for recipes/average.py
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -131,14 +132,14 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "batch_size", "valid_batch_size", "lr", "weight_decay", "clip", "patience",
         "lr_factor", "early_stop", "max_epochs", "amp",
     ),
-    "run": ("seed", "checkpoint_minutes", "log_every", "compile"),
+    "run": ("seed", "checkpoint_minutes", "log_every", "compile", "keep_epochs"),
 }
 """Recipe sections and the :class:`TrainConfig` fields each may set."""
 
 PATH_KEYS = ("train", "valid", "speakers_split")
 # Fields a resumed run may change: they steer the session, not the result.
 RESUMABLE_KEYS = {"checkpoint_minutes", "log_every", "workers", "max_epochs", "early_stop",
-                  "valid_batch_size", "compile"}
+                  "valid_batch_size", "compile", "keep_epochs"}
 
 
 def _abs_path(value: str, base: str | os.PathLike | None = None) -> str:
@@ -1070,6 +1071,10 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
                         })
                 else:
                     bad_epochs += 1
+                if cfg.keep_epochs and d.main:
+                    registry.save_model(model, out / f"epoch{epoch}.safetensors", force=True, extra={
+                        "val_si_snri": f"{score:.4f}", "epoch": str(epoch), "step": str(global_step),
+                    })
                 now = time.monotonic()
                 write_log({
                     "event": "valid", "step": global_step, "epoch": epoch, "val_si_snri": score,

@@ -422,3 +422,17 @@ def test_speaker_counts_train_dpcl_on_mixed_counts_and_refuse_others(data, tmp_p
         training.train(toy_config(data, speaker_counts=[2, 3]), tmp_path / "run2", progress=False)
     with pytest.raises(SepError, match="speaker_counts must be"):
         training.build_datasets(toy_config(data, family="dpcl", speaker_counts=[0]), 8000, 2)
+
+
+def test_keep_epochs_exports_every_epochs_weights(data, tmp_path):
+    from safetensors.torch import load_file
+
+    result = training.train(toy_config(data, keep_epochs=True), tmp_path / "run", progress=False)
+    assert result.reason == "finished"
+    files = sorted(p.name for p in (tmp_path / "run").glob("epoch*.safetensors"))
+    assert files == ["epoch0.safetensors", "epoch1.safetensors"]
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    kept = load_file(tmp_path / "run" / "epoch1.safetensors")
+    assert last.keys() <= kept.keys()
+    assert all(torch.equal(kept[k].float(), v.float()) for k, v in last.items())
+    assert "keep_epochs" in training.RESUMABLE_KEYS  # may be switched on when resuming
