@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("inputs", type=Path, nargs="+", help="weights or checkpoints to average")
     ap.add_argument("--out", type=Path, help="write the averaged weights here (.safetensors)")
     ap.add_argument("--score", type=Path, metavar="SET", help="score on this held-out (validation) mixture set")
+    ap.add_argument("--num-speakers", type=int, default=None,
+                    help="speakers to separate into for --score (e.g. 3 for a three-speaker set); default the model's")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--force", action="store_true", help="overwrite --out")
     args = ap.parse_args()
@@ -80,7 +82,7 @@ def main() -> None:
     if args.score:
         from ship import _score
 
-        print(json.dumps({"inputs": [str(p) for p in args.inputs], **_score(path, args.score, None, args.threads)}))
+        print(json.dumps({"inputs": [str(p) for p in args.inputs], **_score(path, args.score, args.num_speakers, args.threads)}))
 
 
 if __name__ == "__main__":
