@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -70,19 +71,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--force", action="store_true", help="overwrite --out")
     args = ap.parse_args()
+    if args.out is None and not args.score:
+        raise SystemExit("nothing to do: give --out and/or --score")
     model = average([load_any(p) for p in args.inputs])
-    path = args.out
-    if path is None:
-        if not args.score:
-            raise SystemExit("nothing to do: give --out and/or --score")
-        path = Path("/tmp") / f"sep-average-{abs(hash(tuple(map(str, args.inputs))))}.safetensors"
-        args.force = True
-    registry.save_model(model, path, force=args.force)
-    print(f"averaged {len(args.inputs)} -> {path}")
-    if args.score:
-        from ship import _score
+    with tempfile.TemporaryDirectory(prefix="sep-average-") as tmp:
+        path = args.out or Path(tmp) / "average.safetensors"
+        registry.save_model(model, path, force=args.force or args.out is None)
+        print(f"averaged {len(args.inputs)} -> {path}")
+        if args.score:
+            from ship import _score
 
-        print(json.dumps({"inputs": [str(p) for p in args.inputs], **_score(path, args.score, args.num_speakers, args.threads)}))
+            scores = _score(path, args.score, args.num_speakers, args.threads)
+            print(json.dumps({"inputs": [str(p) for p in args.inputs], **scores}))
 
 
 if __name__ == "__main__":

@@ -229,13 +229,15 @@ class Separator(nn.Module):
         return apply_mask_activation(scores, self.mask_activation)
 
 
-def apply_mask_activation(scores: torch.Tensor, kind: str) -> torch.Tensor:
-    """Shape: [B, S, N, K] -> [B, S, N, K]; softmax normalises over sources."""
+def apply_mask_activation(scores: torch.Tensor, kind: str, inplace: bool = False) -> torch.Tensor:
+    """Shape: [B, S, ...] -> the same; softmax normalises over sources (dim 1).
+    ``inplace`` overwrites ``scores`` (inference buffers)."""
     if kind == "relu":
-        return torch.relu(scores)
+        return scores.relu_() if inplace else torch.relu(scores)
     if kind == "softmax":
-        return torch.softmax(scores, dim=1)
-    return torch.sigmoid(scores)
+        probs = torch.softmax(scores, dim=1)
+        return scores.copy_(probs) if inplace else probs
+    return scores.sigmoid_() if inplace else torch.sigmoid(scores)
 
 
 @register("convtasnet", ConvTasNetConfig)
@@ -415,8 +417,7 @@ class FoldedInference:
             raise SepError(f"products must be torch.float32 or torch.bfloat16, got {products}")
         self.model = model
         self.products = products
-        dtype = torch.float32  # activations
-        self.dtype = dtype
+        self.dtype = dtype = torch.float32  # activations
         self.config = c
         self._ws_key: tuple | None = None
         self._ws: dict[str, torch.Tensor] = {}
@@ -584,13 +585,7 @@ class FoldedInference:
         scores = ws["scores"]  # [K, S*N]
         self._set_product(scores, self.b_mask, skip, self.w_mask_t, low("skip_lp"), low("scores_lp"))
         # [K, S, N] has the sources on dim 1, as apply_mask_activation's softmax expects
-        masks = scores.view(K, c.n_src, c.N)  # [K, S, N]
-        if c.mask_activation == "softmax":
-            masks.copy_(torch.softmax(masks, dim=1))
-        elif c.mask_activation == "relu":
-            masks.relu_()
-        else:
-            masks.sigmoid_()
+        masks = apply_mask_activation(scores.view(K, c.n_src, c.N), c.mask_activation, inplace=True)  # [K, S, N]
         masks.mul_(w[:, None, :])
         # The decoder (a transposed conv) as one product and an overlap-add of
         # q hop-long pieces: conv_transpose1d on time-major input cost ~8% of a forward.
