@@ -25,6 +25,11 @@ Choices worth knowing:
 * k-means is fitted on at most ``kmeans_max_bins`` randomly chosen non-silent
   bins (seeded), then every bin is assigned, so time and memory of the
   clustering stay bounded for long inputs.
+* ``kmeans_power`` p weighs each bin by its mixture magnitude to the power p
+  in the centroid fit (0: every non-silent bin counts the same, as in Hershey
+  et al. 2016). Loud bins carry most of each track's energy, and with three
+  or more speakers the many quiet bins otherwise pull the centroids away from
+  them.
 
 Shape legend: B batch, S sources, T samples, F frequency bins, K frames,
 D embedding dim.
@@ -75,6 +80,7 @@ class DeepClusteringConfig:
     kmeans_seed: int = 0
     kmeans_max_bins: int = 20000  # bins used to fit the centroids (random subsample)
     kmeans_n_init: int = 3
+    kmeans_power: float = 0.0  # fit weight of a bin: |mixture bin| ** kmeans_power (0: unweighted)
     auto_max_src: int = 4  # upper bound of the estimate for n_src="auto"
     auto_method: str = "eigen"  # how n_src="auto" counts: "eigen" or "silhouette"
     auto_threshold: float = 0.1  # "eigen": eigenvalue share that counts as a speaker
@@ -96,6 +102,9 @@ class DeepClusteringConfig:
         need(self.hop <= self.n_fft // 2, f"hop ({self.hop}) must be at most n_fft/2 ({self.n_fft // 2})")
         need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.silence_db > 0, f"silence_db must be positive, got {self.silence_db}")
+        need(isinstance(self.kmeans_power, (int, float)) and not isinstance(self.kmeans_power, bool)
+             and 0.0 <= self.kmeans_power <= 4.0,
+             f"kmeans_power must be a number in [0, 4], got {self.kmeans_power!r}")
         need(isinstance(self.kmeans_seed, int), f"kmeans_seed must be an integer, got {self.kmeans_seed!r}")
         need(0.0 < self.auto_threshold < 1.0, f"auto_threshold must be in (0, 1), got {self.auto_threshold}")
         need(self.auto_method in AUTO_METHODS,
@@ -459,8 +468,9 @@ class DeepClustering(nn.Module):
         """Label every bin with a cluster in ``[0, n_src)``, loudest cluster first.
 
         Centroids are fitted on (a seeded subsample of at most
-        ``kmeans_max_bins``) non-silent bins; every bin, silent or not, then goes
-        to its nearest centroid.
+        ``kmeans_max_bins``) non-silent bins, each weighted by its magnitude to
+        the power ``kmeans_power``; every bin, silent or not, then goes to its
+        nearest centroid.
 
         Shape: emb [N, D], active [N] bool, energy [N] -> labels [N].
         """
@@ -479,11 +489,18 @@ class DeepClustering(nn.Module):
         if fit_idx.size > self.config.kmeans_max_bins:
             fit_idx = np.sort(rng.choice(fit_idx, size=self.config.kmeans_max_bins, replace=False))
         kmeans = KMeans(n_clusters=n_src, n_init=self.config.kmeans_n_init, random_state=seed)
+        weight = None
+        power = float(self.config.kmeans_power)
+        if power > 0.0:
+            weight = energy[fit_idx] ** (power / 2.0)  # energy is |X|^2
+            top = weight.max()
+            # relative weights only matter; all-zero ones (a silent fit set) mean unweighted
+            weight = weight / top if top > 0 else None
         with warnings.catch_warnings():
             # Fewer distinct points than clusters (e.g. a 1-speaker input asked
             # for 3) is legitimate here; sklearn warns and returns duplicates.
             warnings.simplefilter("ignore")
-            kmeans.fit(emb[fit_idx])
+            kmeans.fit(emb[fit_idx], sample_weight=weight)
             labels = kmeans.predict(emb)
         cluster_energy = np.bincount(labels, weights=energy, minlength=n_src)
         order = np.argsort(-cluster_energy, kind="stable")  # loudest first

@@ -286,6 +286,41 @@ def test_tracks_are_ordered_loudest_first():
     assert labels.tolist() == [1, 1, 1, 0, 0, 0]
 
 
+def test_kmeans_power_lets_loud_bins_set_the_centroids():
+    """Two loud voices (50 bins each) and many quiet bins far from both: unweighted,
+    the quiet bins claim a centroid and the voices share the other; weighted by
+    |X|^2, the voices get a centroid each and the quiet bins join the nearer."""
+    emb = np.zeros((1100, 2), dtype=np.float32)
+    emb[50:100, 0] = 10.0
+    emb[100:, 0] = 20.0
+    energy = np.r_[np.ones(100), np.full(1000, 1e-6)]  # |X|^2
+    active = np.ones(1100, bool)
+    plain = tiny()._cluster(emb, active, energy, n_src=2, seed=0)
+    assert plain[0] == plain[50] != plain[100]
+    weighted = tiny(kmeans_power=2.0)._cluster(emb, active, energy, n_src=2, seed=0)
+    assert weighted[0] != weighted[50] == weighted[100]
+    assert len(set(weighted[:50])) == len(set(weighted[50:100])) == 1
+
+
+def test_kmeans_power_keeps_separation_exact_with_oracle_embeddings(monkeypatch):
+    """With embeddings that encode the ideal binary mask, weighting changes nothing."""
+    ref = noise_sources(1, 3, 4000, seed=21, gains_db=[0.0, -3.0, -6.0])
+    mix = ref.sum(1)
+    outs = []
+    for power in (0.0, 1.0, 2.0):
+        model = tiny(kmeans_power=power)
+        monkeypatch.setattr(model, "embed", oracle_embed(ref, model.config.emb_dim))
+        outs.append(model.separate(mix, n_src=3))
+    torch.testing.assert_close(outs[1], outs[0])
+    torch.testing.assert_close(outs[2], outs[0])
+
+
+def test_kmeans_power_with_a_silent_fit_set_is_unweighted():
+    emb = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+    labels = tiny(kmeans_power=2.0)._cluster(emb, np.ones(40, bool), np.zeros(40), n_src=2, seed=0)
+    assert labels.tolist() == tiny()._cluster(emb, np.ones(40, bool), np.zeros(40), n_src=2, seed=0).tolist()
+
+
 def test_digital_silence_gives_silent_outputs():
     model = tiny()
     mix = torch.zeros(2, 3000)
@@ -326,7 +361,9 @@ def test_bad_mix_raises(mix):
 @pytest.mark.parametrize("overrides", [dict(hop=200), dict(dropout=1.0), dict(n_src=0),
                                        dict(silence_db=-3), dict(auto_threshold=1.5), dict(layers=0),
                                        dict(auto_method="guess"), dict(auto_silhouette=2.0),
-                                       dict(auto_silhouette_bins=3)])
+                                       dict(auto_silhouette_bins=3), dict(kmeans_power=-1.0),
+                                       dict(kmeans_power=5.0), dict(kmeans_power="2"),
+                                       dict(kmeans_power=True)])
 def test_bad_config_raises(overrides):
     with pytest.raises(SepError):
         registry.build("dpcl", {**TINY, **overrides})
