@@ -8,6 +8,8 @@ them. Decide on held-out *validation* speakers, never the test ones:
         --speakers-split recipes/splits/librispeech-8k.json --split valid --seed 3
     python recipes/average.py runs/dpcl_epochs/ep2{0,1,2}.pt --out runs/dpcl-avg.safetensors --score data/valid2
     python recipes/average.py runs/dpcl/best.safetensors --score data/valid2     # a single model, for comparison
+    python recipes/average.py runs/dpcl-mixed/epoch{2,3,4}.safetensors --score data/valid3 --num-speakers 3 \
+        --config-set kmeans_power=2.0 --config-set kmeans_max_bins=50000   # with inference settings
 
 Inputs are exported weights (``.safetensors``, as in ``best.safetensors``) or
 plain-dict checkpoints with ``model`` (a state dict) and ``config`` (the run's
@@ -68,12 +70,18 @@ def main() -> None:
     ap.add_argument("--score", type=Path, metavar="SET", help="score on this held-out (validation) mixture set")
     ap.add_argument("--num-speakers", type=int, default=None,
                     help="speakers to separate into for --score (e.g. 3 for a three-speaker set); default the model's")
+    ap.add_argument("--config-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change an inference setting of the averaged model's config, e.g. kmeans_power=2.0 "
+                         "(repeatable; JSON values; as recipes/ship.py)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--force", action="store_true", help="overwrite --out")
     args = ap.parse_args()
     if args.out is None and not args.score:
         raise SystemExit("nothing to do: give --out and/or --score")
     model = average([load_any(p) for p in args.inputs])
+    from ship import set_config
+
+    set_config(model, args.config_set)
     with tempfile.TemporaryDirectory(prefix="sep-average-") as tmp:
         path = args.out or Path(tmp) / "average.safetensors"
         registry.save_model(model, path, force=args.force or args.out is None)

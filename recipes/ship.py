@@ -77,6 +77,23 @@ def _training_summary(run: Path) -> dict:
             "best_valid_si_snri": None if best is None else round(best, 2)}
 
 
+def set_config(model: torch.nn.Module, items: list[str]) -> None:
+    """Apply ``KEY=VALUE`` changes (JSON values) to an inference setting of
+    ``model.config``; the config's own checks run again on the result."""
+    if not items:
+        return
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not hasattr(model.config, key):
+            raise SystemExit(f"--config-set {item!r}: not KEY=VALUE with a field of {type(model.config).__name__}")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise SystemExit(f"--config-set {item!r}: the value is not JSON (strings need quotes)") from None
+    model.config = dataclasses.replace(model.config, **changes)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="training run folder (holds best.safetensors, log.jsonl)")
@@ -97,15 +114,7 @@ def main() -> None:
 
     src = args.weights or args.run / "best.safetensors"
     model = registry.load_file(src)
-    if args.config_set:
-        changes = {}
-        for item in args.config_set:
-            key, sep, value = item.partition("=")
-            if not sep or not hasattr(model.config, key):
-                raise SystemExit(f"--config-set {item!r}: not KEY=VALUE with a field of {type(model.config).__name__}")
-            changes[key] = json.loads(value)
-        # dataclasses.replace re-runs the config's own checks
-        model.config = dataclasses.replace(model.config, **changes)
+    set_config(model, args.config_set)
     dest = registry.models_dir() / f"{args.name}.safetensors"
     # fp16 storage halves the repository's size; weights are cast back to
     # float32 on load, and the card's scores are measured on this very file.

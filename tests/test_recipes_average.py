@@ -38,3 +38,29 @@ def test_average_refuses_different_architectures_and_bad_files(tmp_path: Path) -
     torch.save({"weights": {}}, tmp_path / "x.pt")
     with pytest.raises(SepError, match="'model' and 'config'"):
         average_mod.load_any(tmp_path / "x.pt")
+
+
+def test_config_set_changes_inference_settings_of_the_averaged_model(tmp_path: Path, monkeypatch) -> None:
+    torch.manual_seed(0)
+    tiny = dict(layers=1, hidden=8, emb_dim=4)
+    registry.save_model(registry.build("dpcl", **tiny), tmp_path / "a.safetensors")
+    registry.save_model(registry.build("dpcl", **tiny), tmp_path / "b.safetensors")
+    out = tmp_path / "avg.safetensors"
+    monkeypatch.setattr("sys.argv", ["average.py", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
+                                     "--out", str(out), "--config-set", "kmeans_power=2.0",
+                                     "--config-set", 'auto_method="silhouette"'])
+    average_mod.main()
+    got = registry.load_file(out)
+    assert got.config.kmeans_power == 2.0 and got.config.auto_method == "silhouette"
+    assert got.config.hidden == 8  # the rest is the checkpoints' own
+
+
+@pytest.mark.parametrize("item, error", [("no_such_field=1", SystemExit), ("kmeans_power", SystemExit),
+                                         ("auto_method=silhouette", SystemExit), ("kmeans_power=-1", SepError)])
+def test_config_set_refuses_unknown_fields_bad_json_and_bad_values(item: str, error: type) -> None:
+    from ship import set_config
+
+    model = registry.build("dpcl", layers=1, hidden=8, emb_dim=4)
+    with pytest.raises(error):
+        set_config(model, [item])
+    assert model.config.kmeans_power == 0.0
