@@ -84,7 +84,7 @@ def _fmt_params(n: int | None) -> str:
 def _fmt_db(quality: dict | None, key: str) -> str:
     value = (quality or {}).get(key)
     try:
-        return f"{float(value):.1f}"
+        return f"{float(value):.2f}"  # as the card gives it
     except (TypeError, ValueError):
         return "-"
 
