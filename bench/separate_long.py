@@ -218,11 +218,15 @@ def piece_scores(est: np.ndarray, ref: np.ndarray, mix: np.ndarray, seconds: flo
     """
     from sepcli.metrics import pit_si_snr, si_snr
 
-    def si_snri(e: np.ndarray, r: np.ndarray, m: np.ndarray) -> tuple[float, np.ndarray]:
-        vals, perm = pit_si_snr(e, r)
-        return float(np.mean(vals - si_snr(np.stack([m, m]), r))), perm
+    def baseline(r: np.ndarray, m: np.ndarray) -> np.ndarray:
+        return si_snr(np.stack([m, m]), r)  # [2]: the mixture as both estimates
 
-    whole, whole_perm = si_snri(est, ref, mix)
+    def si_snri(e: np.ndarray, r: np.ndarray, base: np.ndarray) -> tuple[float, np.ndarray]:
+        vals, perm = pit_si_snr(e, r)
+        return float(np.mean(vals - base)), perm
+
+    whole_base = baseline(ref, mix)
+    whole, whole_perm = si_snri(est, ref, whole_base)
     best, one_perm, swapped, skipped = [], [], 0, 0
     step = int(seconds * RATE)
     restitched = est[whole_perm].copy()  # [2, T] in ref order
@@ -231,13 +235,13 @@ def piece_scores(est: np.ndarray, ref: np.ndarray, mix: np.ndarray, seconds: flo
         if (np.sqrt(np.mean(ref[:, sl] ** 2, axis=1)) < 1e-4).any():
             skipped += 1  # a voice absent from the piece: SI-SNRi is undefined there
             continue
-        value, perm = si_snri(est[:, sl], ref[:, sl], mix[sl])
+        base = baseline(ref[:, sl], mix[sl])
+        value, perm = si_snri(est[:, sl], ref[:, sl], base)
         best.append(value)
-        base = si_snr(np.stack([mix[sl], mix[sl]]), ref[:, sl])
         one_perm.append(float(np.mean(si_snr(est[whole_perm, sl], ref[:, sl]) - base)))
         swapped += int(np.any(perm != whole_perm))
         restitched[:, sl] = est[perm, sl]
-    oracle, _ = si_snri(restitched, ref, mix)
+    oracle, _ = si_snri(restitched, ref, whole_base)
     return {
         "whole_si_snri": whole, "pieces_si_snri": float(np.mean(best)),
         "pieces_one_perm_si_snri": float(np.mean(one_perm)), "pieces_std_db": float(np.std(best)),
@@ -264,10 +268,12 @@ def stitch_check(args: argparse.Namespace) -> list[dict]:
         women = [s for s in test if genders.get(s) == "F"]
         pairs = [(men[0], women[0]), (women[1], women[2])]
     sep = Separator(args.model, device=args.device, segment=args.segment, overlap=args.overlap)
+    seconds = args.minutes[0] * 60
+    # the same model over the whole recording in one chunk (--unchunked)
+    one = Separator(args.model, device=args.device, segment=seconds + 1.0, overlap=args.overlap) if args.unchunked else None
     rows = []
     for a, b in pairs:
         rng = np.random.default_rng(args.seed)
-        seconds = args.minutes[0] * 60
         ref = np.stack([talker_track(a, seconds, rng), talker_track(b, seconds, rng)])  # [2, T]
         mix = ref.sum(axis=0)
         peak = np.abs(mix).max()
@@ -301,11 +307,10 @@ def stitch_check(args: argparse.Namespace) -> list[dict]:
               f"{scores['pieces_other_permutation']} pieces prefer another permutation; re-stitched in each "
               f"piece's best order {scores['restitched_si_snri']:.2f} dB; {stats.reordered}/{stats.chunks} "
               f"chunks reordered, {stats.by_signature} by voice signature; RTF {row['rtf']:.3f}", flush=True)
-        if args.unchunked:
+        if one is not None:
             # The same model over the whole recording in one pass: no chunks, so
             # nothing to stitch. Its whole-vs-pieces gap is the part of the
             # difference above that chunking has nothing to do with.
-            one = Separator(args.model, device=args.device, segment=seconds + 1.0, overlap=args.overlap)
             plain = piece_scores(one.separate(mix, RATE), ref, mix)
             row["unchunked"] = {**plain, "difference_db": plain["pieces_si_snri"] - plain["whole_si_snri"]}
             row["chunked_minus_unchunked_db"] = scores["whole_si_snri"] - plain["whole_si_snri"]

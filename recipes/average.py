@@ -79,7 +79,7 @@ def main() -> None:
     if args.out is None and not args.score:
         raise SystemExit("nothing to do: give --out and/or --score")
     model = average([load_any(p) for p in args.inputs])
-    from ship import set_config
+    from ship import _score, set_config
 
     set_config(model, args.config_set)
     with tempfile.TemporaryDirectory(prefix="sep-average-") as tmp:
@@ -87,8 +87,6 @@ def main() -> None:
         registry.save_model(model, path, force=args.force or args.out is None)
         print(f"averaged {len(args.inputs)} -> {path}")
         if args.score:
-            from ship import _score
-
             scores = _score(path, args.score, args.num_speakers, args.threads)
             print(json.dumps({"inputs": [str(p) for p in args.inputs], **scores}))
 
