@@ -3,11 +3,14 @@
 Builds 1-, 2- and 3-speaker mixtures from held-out speakers (whole speakers
 never seen in training, see ``recipes/splits/librispeech-8k.json``) and reports:
 
-* the confusion matrix and accuracy of the speaker count estimated from the
-  embeddings, with both estimators (``auto_method``): eigenvalue shares for the
-  model's ``auto_threshold`` and a few others, and the best k-means
-  silhouette for the model's ``auto_silhouette`` and a few others (tune on
-  ``--split valid``; measure once on ``--split test``);
+* the confusion matrix and accuracy of the speaker count that the model itself
+  estimates (``n_src="auto"``, with its own ``auto_method``: for ``logistic``,
+  the classifier ``recipes/dpcl_counter.py`` fitted on training speakers);
+* the same for the other estimators: eigenvalue shares (bins weighted by
+  |X| ** the model's ``auto_power``) above the model's ``auto_threshold`` and
+  a few others, and the best k-means silhouette for the model's
+  ``auto_silhouette`` and a few others (tune on ``--split valid``; measure
+  once on ``--split test``);
 * the PIT SI-SNRi of ``separate(mix, n_src=true count)``: a model trained on
   2-speaker mixtures should still separate 3 speakers with K = 3.
 
@@ -30,6 +33,7 @@ import torch
 from sepcli import registry
 from sepcli.data import Corpus, MixingConfig, make_mixture
 from sepcli.metrics import pit_si_snr, si_snr
+from sepcli.models.deep_clustering import embedding_shares
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "librispeech-8k"
@@ -68,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                               min_speakers=max(args.counts))
 
     shares: dict[int, list[np.ndarray]] = {c: [] for c in args.counts}
+    own: dict[int, list[int]] = {c: [] for c in args.counts}  # the model's own estimate
     silh: dict[int, list[np.ndarray]] = {c: [] for c in args.counts}
     sisnri: dict[int, list[float]] = {c: [] for c in args.counts if c >= 2}
     t0 = time.perf_counter()
@@ -77,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.per_count):
             mix, ref, _info = make_mixture(corpus, rng, mixing)
             mix_t = torch.from_numpy(mix)[None]  # [1, T]
-            emb = model.active_embeddings(mix_t)[0]  # [N, D]
-            shares[count].append(model._shares(torch.from_numpy(emb)).numpy())
+            emb, energy = model.active_bins(mix_t)[0]  # [N, D], [N]
+            shares[count].append(embedding_shares(emb, energy, cfg.auto_power))
+            own[count].append(model.count_from_bins(emb, energy))
             silh[count].append(model.silhouettes(emb))
             if count >= 2 and not args.no_separation:
                 est = model.separate(mix_t, n_src=count)[0].numpy()  # [S, T]
@@ -96,6 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     n_max = cfg.auto_max_src
     print(f"{args.split} speakers: {', '.join(corpus.speakers)}; {args.per_count} mixtures per count, "
           f"{args.segment:g} s each ({elapsed:.0f} s)")
+    confusion = np.zeros((len(args.counts), n_max), dtype=int)
+    for row, count in enumerate(args.counts):
+        for est in own[count]:
+            confusion[row, est - 1] += 1
+    correct = [int(confusion[row, c - 1]) if c <= n_max else 0 for row, c in enumerate(args.counts)]
+    acc = sum(correct) / confusion.sum()
+    print(f"\nthe model's own count (auto_method {cfg.auto_method!r}): accuracy {100 * acc:.1f}%")
+    print("  true \\ est " + " ".join(f"{k:>5d}" for k in range(1, n_max + 1)))
+    for row, count in enumerate(args.counts):
+        print(f"  {count:>10d} " + " ".join(f"{v:>5d}" for v in confusion[row]))
+    results["model_method"] = {
+        "auto_method": cfg.auto_method, "accuracy": acc,
+        "per_count": {str(c): correct[r] / max(1, len(own[c])) for r, c in enumerate(args.counts)},
+        "confusion": confusion.tolist(),
+    }
     for thr in thresholds:
         confusion = np.zeros((len(args.counts), n_max), dtype=int)  # [true, estimated 1..n_max]
         for row, count in enumerate(args.counts):

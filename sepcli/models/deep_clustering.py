@@ -52,12 +52,17 @@ from sepcli.registry import register, register_preset
 
 log = logging.getLogger(__name__)
 
-AUTO_METHODS = ("eigen", "silhouette")
+AUTO_METHODS = ("eigen", "silhouette", "logistic")
 """Speaker-count estimators for ``n_src="auto"`` (see :meth:`DeepClustering.count_speakers`)."""
 
 # Floor inside the log of the magnitude: keeps digital silence finite
 # (log(1e-8) ≈ -18) instead of -inf.
 _LOG_EPS = 1e-8
+
+COUNT_FEATURE_FLOOR = 1e-4
+"""Floor inside the log of the eigenvalue shares that ``auto_method="logistic"``
+reads (:func:`count_features`): the smallest shares carry information (how far
+the embeddings spread), but an exact zero must stay finite."""
 
 
 @dataclass
@@ -82,8 +87,13 @@ class DeepClusteringConfig:
     kmeans_n_init: int = 3
     kmeans_power: float = 0.0  # fit weight of a bin: |mixture bin| ** kmeans_power (0: unweighted)
     auto_max_src: int = 4  # upper bound of the estimate for n_src="auto"
-    auto_method: str = "eigen"  # how n_src="auto" counts: "eigen" or "silhouette"
+    auto_method: str = "eigen"  # how n_src="auto" counts: "eigen", "silhouette" or "logistic"
     auto_threshold: float = 0.1  # "eigen": eigenvalue share that counts as a speaker
+    auto_power: float = 0.0  # "eigen"/"logistic": shares weigh each bin by |mixture bin| ** auto_power
+    # "logistic": [C, D + 1] rows of a multinomial logistic regression over
+    # count_features (last column the intercept); row c scores c + 1 speakers.
+    # Fitted by fit_count_classifier on training speakers' mixtures.
+    auto_logistic: list | None = None
     auto_silhouette: float = 0.2  # "silhouette": best score below this means one speaker
     auto_silhouette_bins: int = 2000  # "silhouette": bins scored (random subsample; cost is quadratic)
 
@@ -114,6 +124,20 @@ class DeepClusteringConfig:
         need(self.auto_silhouette_bins >= 2 * self.auto_max_src,
              "auto_silhouette_bins must be at least 2 * auto_max_src")
         need(self.kmeans_max_bins >= self.auto_max_src, "kmeans_max_bins must be at least auto_max_src")
+        need(isinstance(self.auto_power, (int, float)) and not isinstance(self.auto_power, bool)
+             and 0.0 <= self.auto_power <= 4.0,
+             f"auto_power must be a number in [0, 4], got {self.auto_power!r}")
+        if self.auto_logistic is not None:
+            try:
+                coef = np.asarray(self.auto_logistic, dtype=np.float64)
+            except (TypeError, ValueError):
+                coef = np.zeros(0)
+            need(coef.ndim == 2 and coef.shape[0] >= 2 and coef.shape[1] == self.emb_dim + 1
+                 and bool(np.isfinite(coef).all()),
+                 f"auto_logistic must be finite [C >= 2, emb_dim + 1 = {self.emb_dim + 1}] rows of numbers")
+            self.auto_logistic = coef.tolist()  # plain lists: JSON in checkpoints and cards
+        need(self.auto_method != "logistic" or self.auto_logistic is not None,
+             "auto_method 'logistic' needs auto_logistic (fit it with fit_count_classifier)")
 
     @property
     def n_freq(self) -> int:
@@ -375,25 +399,36 @@ class DeepClustering(nn.Module):
         above ``auto_threshold``. ``"silhouette"``: the K in 2..auto_max_src
         whose k-means clustering has the best silhouette
         (:meth:`silhouettes`), or 1 if even that is below ``auto_silhouette``.
+        ``"logistic"``: the most likely count under the classifier
+        ``auto_logistic`` over :func:`count_features` of the shares.
         Clipped to ``[1, auto_max_src]``; digital silence counts as 1.
 
         Shape: [B, T] -> B ints.
         """
         seed = self.config.kmeans_seed if seed is None else int(seed)
-        return [self._count(emb, seed) for emb in self.active_embeddings(mix)]
+        return [self.count_from_bins(emb, energy, seed) for emb, energy in self.active_bins(mix)]
 
-    def active_embeddings(self, mix: torch.Tensor) -> list[np.ndarray]:
-        """Embeddings of each mixture's non-silent bins (the ones clustering and
-        counting look at). Shape: [B, T] -> B arrays [N_b, D] (float32)."""
+    def active_bins(self, mix: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each mixture's non-silent bins (the ones clustering and counting look
+        at): their embeddings and mixture energies |X|^2.
+
+        Shape: [B, T] -> B pairs (emb [N_b, D] float32, energy [N_b] float64).
+        """
         mix = self._as_batch(mix)
         with torch.no_grad():
             spec = self.stft(mix)  # [B, F, K]
             emb = self.embed(mix)  # [B, K, F, D]
             weight = self.silence_weight(spec)  # [B, K, F]
-        dim = emb.shape[-1]
-        emb = emb.reshape(mix.shape[0], -1, dim).float().cpu().numpy()  # [B, KF, D]
-        active = weight.reshape(mix.shape[0], -1).cpu().numpy() > 0  # [B, KF]
-        return [emb[b][active[b]] for b in range(mix.shape[0])]
+        batch, dim = mix.shape[0], emb.shape[-1]
+        emb = emb.reshape(batch, -1, dim).float().cpu().numpy()  # [B, KF, D]
+        active = weight.reshape(batch, -1).cpu().numpy() > 0  # [B, KF]
+        energy = spec.abs().square().transpose(1, 2).reshape(batch, -1).double().cpu().numpy()  # [B, KF]
+        return [(emb[b][active[b]], energy[b][active[b]]) for b in range(batch)]
+
+    def active_embeddings(self, mix: torch.Tensor) -> list[np.ndarray]:
+        """Embeddings of each mixture's non-silent bins (:meth:`active_bins`
+        without the energies). Shape: [B, T] -> B arrays [N_b, D] (float32)."""
+        return [emb for emb, _energy in self.active_bins(mix)]
 
     def silhouettes(self, emb: np.ndarray, seed: int | None = None) -> np.ndarray:
         """Silhouette score of k-means with K = 2 .. auto_max_src clusters.
@@ -423,11 +458,32 @@ class DeepClustering(nn.Module):
             scores[i] = float(silhouette_score(emb, labels))
         return scores
 
-    def _count(self, emb: np.ndarray, seed: int) -> int:
-        """Speaker count from the non-silent embeddings. Shape: emb [N, D] -> int."""
+    def count_from_bins(self, emb: np.ndarray, energy: np.ndarray, seed: int | None = None) -> int:
+        """Speaker count from one mixture's non-silent bins (:meth:`active_bins`)
+        with the config's ``auto_method``; ``seed`` for k-means (silhouette),
+        default ``kmeans_seed``. Shape: emb [N, D], energy [N] -> int."""
+        seed = self.config.kmeans_seed if seed is None else int(seed)
+        if emb.shape[0] == 0:
+            return 1  # digital silence: nothing to count
         if self.config.auto_method == "silhouette":
             return self._count_from_silhouettes(self.silhouettes(emb, seed))
-        return self._count_from_shares(self._shares(torch.from_numpy(emb)))
+        share = embedding_shares(emb, energy, self.config.auto_power)
+        if self.config.auto_method == "logistic":
+            return self.count_from_features(count_features(share[None]))[0]
+        return self._count_from_shares(torch.from_numpy(share))
+
+    def count_from_features(self, features: np.ndarray) -> list[int]:
+        """``auto_method="logistic"``'s decision: the count whose row of
+        ``auto_logistic`` scores highest, clipped to ``[1, auto_max_src]``.
+
+        Shape: features [M, D] (:func:`count_features`) -> M ints.
+        """
+        if self.config.auto_logistic is None:
+            raise SepError("this dpcl model has no speaker-count classifier (auto_logistic)")
+        coef = np.asarray(self.config.auto_logistic, dtype=np.float64)  # [C, D + 1]
+        scores = features @ coef[:, :-1].T + coef[:, -1]  # [M, C]
+        counts = np.argmax(scores, axis=1) + 1
+        return [int(c) for c in np.clip(counts, 1, self.config.auto_max_src)]
 
     def _count_from_silhouettes(self, scores: np.ndarray) -> int:
         if scores.size == 0 or scores.max() < self.config.auto_silhouette:
@@ -435,7 +491,8 @@ class DeepClustering(nn.Module):
         return int(np.argmax(scores)) + 2
 
     def eigen_shares(self, mix: torch.Tensor) -> torch.Tensor:
-        """Eigenvalues of the non-silent embeddings' second moment, as shares.
+        """Eigenvalues of the non-silent embeddings' second moment, as shares
+        (bins weighted by |X| ** ``auto_power``; see :func:`embedding_shares`).
 
         For embeddings that meet the training objective (VVᵀ = YYᵀ) the
         speakers sit on orthonormal directions, so the D×D matrix ``VᵀV / N``
@@ -447,17 +504,9 @@ class DeepClustering(nn.Module):
         Shape: [B, T] -> [B, D], descending, each row summing to 1 (all zeros
         for digital silence).
         """
-        return torch.stack([self._shares(torch.from_numpy(emb)) for emb in self.active_embeddings(mix)])
-
-    @staticmethod
-    def _shares(emb: torch.Tensor) -> torch.Tensor:
-        """Shape: [N, D] -> [D] (descending eigenvalue shares; zeros if N = 0)."""
-        emb = emb.detach().double().cpu()
-        if emb.shape[0] == 0:
-            return torch.zeros(emb.shape[1], dtype=torch.float64)
-        moment = emb.T @ emb / emb.shape[0]  # [D, D]
-        eig = torch.linalg.eigvalsh(moment).clamp_min(0).flip(0)  # descending
-        return eig / eig.sum().clamp_min(1e-12)
+        power = self.config.auto_power
+        return torch.stack([torch.from_numpy(embedding_shares(emb, energy, power))
+                            for emb, energy in self.active_bins(mix)])
 
     def _count_from_shares(self, share: torch.Tensor) -> int:
         count = int((share > self.config.auto_threshold).sum())
@@ -546,7 +595,7 @@ class DeepClustering(nn.Module):
         labels = []
         for b in range(batch):
             if want == "auto":
-                count = self._count(emb_np[b][active_np[b]], seed)
+                count = self.count_from_bins(emb_np[b][active_np[b]], energy_np[b][active_np[b]], seed)
             else:
                 count = int(want)
             counts.append(count)
@@ -563,6 +612,62 @@ class DeepClustering(nn.Module):
         masked = spec.unsqueeze(1) * masks  # [B, S, F, K]
         est = self.istft(masked.reshape(batch * n_out, n_freq, n_frames), length)  # [B*S, T]
         return est.view(batch, n_out, length)
+
+
+def embedding_shares(emb: np.ndarray, energy: np.ndarray | None = None, power: float = 0.0) -> np.ndarray:
+    """Descending eigenvalues of the embeddings' (weighted) second moment
+    ``sum_n w_n v_n v_nᵀ / sum_n w_n``, as shares that sum to 1.
+
+    ``w_n = energy_n ** (power / 2)`` (``energy`` is |X|^2, so the weight is
+    |X| ** power); ``power=0`` weighs every bin the same. All zeros when there
+    are no bins or no weight. Shape: emb [N, D], energy [N] -> [D] float64.
+    """
+    emb = np.asarray(emb, dtype=np.float64)
+    dim = emb.shape[1]
+    if power > 0.0:
+        if energy is None:
+            raise SepError("embedding_shares: power > 0 needs the bins' energies")
+        weight = np.asarray(energy, dtype=np.float64) ** (power / 2.0)  # [N]
+    else:
+        weight = np.ones(emb.shape[0])
+    total = weight.sum()
+    if emb.shape[0] == 0 or not total > 0:
+        return np.zeros(dim)
+    moment = (emb * (weight / total)[:, None]).T @ emb  # [D, D]
+    eig = np.clip(np.linalg.eigvalsh(moment)[::-1], 0.0, None)  # descending
+    return eig / max(float(eig.sum()), 1e-12)
+
+
+def count_features(shares: np.ndarray) -> np.ndarray:
+    """What ``auto_method="logistic"`` reads: the log of every eigenvalue share.
+
+    Logs, because the small shares matter: with more speakers the embeddings
+    spread over more directions, which shows in the tail long before a third
+    share passes any fixed threshold. Shape: [M, D] -> [M, D].
+    """
+    return np.log(np.asarray(shares, dtype=np.float64) + COUNT_FEATURE_FLOOR)
+
+
+def fit_count_classifier(features: np.ndarray, counts: np.ndarray, c: float = 10.0) -> list[list[float]]:
+    """Fit ``auto_logistic``: a multinomial logistic regression (scikit-learn,
+    L2 penalty of inverse strength ``c``) from :func:`count_features` to the
+    true speaker counts, which must cover 1..C with no gaps.
+
+    Shape: features [M, D], counts [M] -> C rows of D + 1 numbers (weights,
+    then the intercept), ready for ``DeepClusteringConfig(auto_logistic=...)``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    features = np.asarray(features, dtype=np.float64)
+    counts = np.asarray(counts).astype(int)
+    classes = np.unique(counts)
+    if features.ndim != 2 or counts.shape != (features.shape[0],):
+        raise SepError(f"fit_count_classifier: features [M, D] and counts [M], got {features.shape} and {counts.shape}")
+    if classes.size < 2 or not np.array_equal(classes, np.arange(1, classes.size + 1)):
+        raise SepError(f"fit_count_classifier: counts must cover 1..C (C >= 2) with no gaps, got {classes.tolist()}")
+    clf = LogisticRegression(C=c, max_iter=20000).fit(features, counts)
+    coef = np.hstack([clf.coef_, clf.intercept_[:, None]])  # [C, D + 1], rows in class order 1..C
+    return coef.tolist()
 
 
 register_preset(
@@ -585,4 +690,5 @@ register_preset(
     layers=2, hidden=128, emb_dim=20, dropout=0.1,
 )
 
-__all__ = ["DeepClustering", "DeepClusteringConfig"]
+__all__ = ["DeepClustering", "DeepClusteringConfig", "count_features", "embedding_shares",
+           "fit_count_classifier"]

@@ -9,7 +9,13 @@ import torch.nn.functional as nnf
 
 from sepcli import registry
 from sepcli.errors import SepError
-from sepcli.models.deep_clustering import DeepClustering, DeepClusteringConfig
+from sepcli.models.deep_clustering import (
+    DeepClustering,
+    DeepClusteringConfig,
+    count_features,
+    embedding_shares,
+    fit_count_classifier,
+)
 
 N_FFT, HOP, N_FREQ = 256, 64, 129
 TINY = dict(layers=1, hidden=16, emb_dim=8)
@@ -363,7 +369,12 @@ def test_bad_mix_raises(mix):
                                        dict(auto_method="guess"), dict(auto_silhouette=2.0),
                                        dict(auto_silhouette_bins=3), dict(kmeans_power=-1.0),
                                        dict(kmeans_power=5.0), dict(kmeans_power="2"),
-                                       dict(kmeans_power=True)])
+                                       dict(kmeans_power=True), dict(auto_power=-1.0),
+                                       dict(auto_method="logistic"),
+                                       dict(auto_logistic=[[0.0] * 9]),  # one class only
+                                       dict(auto_logistic=[[0.0] * 8, [0.0] * 8]),  # D + 1 = 9 columns
+                                       dict(auto_logistic=[[0.0] * 9, [float("nan")] * 9]),
+                                       dict(auto_logistic="fitted")])
 def test_bad_config_raises(overrides):
     with pytest.raises(SepError):
         registry.build("dpcl", {**TINY, **overrides})
@@ -458,6 +469,93 @@ def test_count_is_clipped_to_auto_max_src(monkeypatch):
     assert model.count_speakers(ref.sum(1)) == [2]
 
 
+def test_weighted_shares_are_speaker_energy_shares_for_exact_embeddings(monkeypatch):
+    # Exact one-hot embeddings: with bins weighted by |X|^2 the eigenvalue
+    # shares are each speaker's share of the non-silent bins' energy.
+    model = tiny(auto_power=2.0)
+    ref = noise_sources(1, 3, 4000, seed=16, gains_db=[0.0, -3.0, -6.0])
+    mix = ref.sum(1)
+    monkeypatch.setattr(model, "embed", oracle_embed(ref, TINY["emb_dim"]))
+    energy = ref_stft(mix).abs().square().transpose(1, 2)[0]  # [K, F]
+    active = energy > energy.max() * 10 ** (-40 / 10)
+    per_speaker = torch.bincount(ibm_labels(ref)[0][active], weights=energy[active].double(), minlength=3)
+    want = (per_speaker / per_speaker.sum()).sort(descending=True).values
+    shares = model.eigen_shares(mix)
+    torch.testing.assert_close(shares[0, :3], want)
+    assert shares[0, 3:].abs().max() < 1e-9
+    # power 1 against a dense reference: the weighted second moment formed bin by bin
+    emb, bin_energy = model.active_bins(mix)[0]
+    w = np.sqrt(bin_energy)
+    moment = sum(wi * np.outer(v, v) for wi, v in zip(w, emb.astype(np.float64))) / w.sum()
+    eig = np.sort(np.linalg.eigvalsh(moment))[::-1]
+    np.testing.assert_allclose(embedding_shares(emb, bin_energy, 1.0), eig / eig.sum(), atol=1e-12)
+    with pytest.raises(SepError):
+        embedding_shares(emb, None, 2.0)
+
+
+def _synthetic_counting_set(n_per_count: int, seed: int, dim: int = 8):
+    """Share vectors of embeddings drawn like a trained model's: S speakers on
+    orthonormal directions with speaker-dependent spread, random levels."""
+    rng = np.random.default_rng(seed)
+    shares, counts = [], []
+    for count in (1, 2, 3):
+        for _ in range(n_per_count):
+            basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0]
+            n_bins = rng.integers(300, 600)
+            owner = rng.choice(count, size=n_bins, p=rng.dirichlet(np.full(count, 3.0)))
+            emb = basis[:, owner].T + rng.uniform(0.1, 0.4) * rng.standard_normal((n_bins, dim))
+            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+            energy = rng.exponential(size=n_bins)
+            shares.append(embedding_shares(emb, energy, 2.0))
+            counts.append(count)
+    return np.stack(shares), np.array(counts)
+
+
+def test_logistic_counter_predicts_like_scikit_learn_and_counts_held_out_mixtures():
+    from sklearn.linear_model import LogisticRegression
+
+    shares, counts = _synthetic_counting_set(60, seed=0)
+    feats = count_features(shares)
+    coef = fit_count_classifier(feats, counts, c=10.0)
+    assert np.asarray(coef).shape == (3, TINY["emb_dim"] + 1)
+    model = tiny(auto_method="logistic", auto_logistic=coef, auto_power=2.0)
+    # the config's decision rule against scikit-learn's own predict
+    test_shares, test_counts = _synthetic_counting_set(40, seed=1)
+    test_feats = count_features(test_shares)
+    reference = LogisticRegression(C=10.0, max_iter=20000).fit(feats, counts)
+    assert model.count_from_features(test_feats) == reference.predict(test_feats).tolist()
+    # and it counts mixtures it was not fitted on
+    assert np.mean(np.array(model.count_from_features(test_feats)) == test_counts) > 0.9
+
+
+def test_logistic_counter_end_to_end_and_on_digital_silence(monkeypatch):
+    shares, counts = _synthetic_counting_set(60, seed=2)
+    coef = fit_count_classifier(count_features(shares), counts)
+    model = tiny(auto_method="logistic", auto_logistic=coef, auto_power=2.0)
+    for n_src, gains_db in [(1, [0.0]), (2, [0.0, -3.0]), (3, [0.0, -2.0, -4.0])]:
+        ref = noise_sources(1, n_src, 4000, seed=40 + n_src, gains_db=gains_db)
+        mix = ref.sum(1)
+        monkeypatch.setattr(model, "embed", oracle_embed(ref, TINY["emb_dim"], noise=0.25, seed=n_src))
+        assert model.count_speakers(mix) == [n_src]
+        assert model.separate(mix, n_src="auto").shape == (1, n_src, 4000)
+    monkeypatch.undo()
+    assert model.count_speakers(torch.zeros(1, 4000)) == [1]
+    clipped = tiny(auto_method="logistic", auto_logistic=coef, auto_max_src=2)
+    assert max(clipped.count_from_features(count_features(shares))) == 2
+
+
+def test_fit_count_classifier_refuses_gaps_and_bad_shapes():
+    feats = np.zeros((4, 8))
+    with pytest.raises(SepError, match="1..C"):
+        fit_count_classifier(feats, np.array([1, 1, 3, 3]))
+    with pytest.raises(SepError, match="1..C"):
+        fit_count_classifier(feats, np.array([2, 2, 2, 2]))
+    with pytest.raises(SepError, match="features"):
+        fit_count_classifier(feats, np.array([1, 2, 1]))
+    with pytest.raises(SepError, match="classifier"):
+        tiny().count_from_features(feats)
+
+
 # ---------------------------------------------------------------------------- registry
 
 
@@ -473,7 +571,9 @@ def test_presets_are_registered():
 
 
 def test_save_load_round_trip(tmp_path):
-    model = tiny(dropout=0.2, silence_db=35.0, kmeans_seed=3)
+    coef = np.random.default_rng(5).standard_normal((3, TINY["emb_dim"] + 1)).tolist()
+    model = tiny(dropout=0.2, silence_db=35.0, kmeans_seed=3, auto_method="logistic", auto_logistic=coef,
+                 auto_power=2.0)
     gen = torch.Generator().manual_seed(13)
     model.set_normalization(torch.randn(N_FREQ, generator=gen), torch.rand(N_FREQ, generator=gen) + 0.5)
     path = tmp_path / "dpcl.safetensors"
