@@ -38,7 +38,7 @@ PAPER = ("convtasnet-paper", {"family": "convtasnet", "model": {}, "segment": 4.
 
 
 def measure(name: str, family: str, model_cfg: dict, segment: float, batch_size: int,
-            steps: int, warmup: int, valid: bool, compile_step: bool = False) -> dict:
+            steps: int, warmup: int, valid: bool, compile_step: bool = False, amp_cpu: bool = False) -> dict:
     torch.manual_seed(0)
     model = registry.build(family, model_cfg)
     sr, n_src = model.config.sample_rate, model.config.n_src
@@ -53,7 +53,9 @@ def measure(name: str, family: str, model_cfg: dict, segment: float, batch_size:
     for i in range(warmup + steps):
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(mix, ref)
+        # what `sep train --amp-cpu` does on a CPU with native bfloat16
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp_cpu):
+            loss = loss_fn(mix, ref)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
@@ -62,7 +64,7 @@ def measure(name: str, family: str, model_cfg: dict, segment: float, batch_size:
     step = sum(times) / len(times)
     out = {
         "name": name, "family": family, "params": registry.count_parameters(model),
-        "segment_s": segment, "batch_size": batch_size, "step_s": step, "compile": compile_step,
+        "segment_s": segment, "batch_size": batch_size, "step_s": step, "compile": compile_step, "amp_cpu": amp_cpu,
         "train_audio_sec_per_sec": segment * batch_size / step,
     }
     if valid:
@@ -83,6 +85,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--no-valid", action="store_true", help="do not time model.separate")
     ap.add_argument("--compile", action="store_true", help="torch.compile the step (sep train --compile)")
+    ap.add_argument("--amp-cpu", action="store_true",
+                    help="bfloat16 autocast on the CPU (sep train --amp-cpu; needs native bfloat16 to pay off)")
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,7 +105,7 @@ def main() -> None:
     print(f"{'model':<24}{'params':>9}{'batch x s':>11}{'step s':>9}{'train s/s':>11}{'separate s/s':>14}")
     for name, family, model_cfg, segment, batch in jobs:
         r = measure(name, family, model_cfg, segment, batch, args.steps, args.warmup, not args.no_valid,
-                    args.compile)
+                    args.compile, args.amp_cpu)
         results.append(r)
         sep = r.get("separate_audio_sec_per_sec")
         print(f"{name:<24}{r['params'] / 1e6:>8.2f}M{batch:>5} x {segment:<3g}{r['step_s']:>9.2f}"

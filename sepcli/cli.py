@@ -437,6 +437,9 @@ def mix_cmd(
               help="Minutes between checkpoints within an epoch.")
 @click.option("--log-every", type=click.IntRange(min=1), help="Steps between log lines.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (default on).")
+@click.option("--amp-cpu/--no-amp-cpu", default=None,
+              help="bfloat16 products on CPUs with native bfloat16 (AVX512-BF16/AMX): ~1.4x faster "
+                   "Conv-TasNet steps with --compile (default off; validation stays float32).")
 @click.option("--compile/--no-compile", "compile_step", default=None,
               help="torch.compile the training step: slower start, faster steps (Conv-TasNet on CPU: ~1.7x).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
@@ -454,7 +457,7 @@ def train_cmd(
     epoch_size: int | None, valid_size: int | None, lr: float | None, max_epochs: int | None,
     patience: int | None, early_stop: int | None, clip: float | None, speed_perturb: str | None,
     seed: int | None, workers: int | None, checkpoint_minutes: float | None, log_every: int | None,
-    amp: bool | None, compile_step: bool | None, settings: tuple[str, ...], device: str | None,
+    amp: bool | None, amp_cpu: bool | None, compile_step: bool | None, settings: tuple[str, ...], device: str | None,
     threads: int | None,
     max_steps: int | None, max_minutes: float | None, quiet: bool, force: bool,
 ) -> None:
@@ -493,7 +496,7 @@ def train_cmd(
         speed_perturb=_range_option(speed_perturb, "--speed-perturb", allow_none=True)
         if speed_perturb is not None else None,
         seed=seed, workers=workers, checkpoint_minutes=checkpoint_minutes, log_every=log_every, amp=amp,
-        compile=compile_step,
+        amp_cpu=amp_cpu, compile=compile_step,
     )
     if speed_perturb is not None and options["speed_perturb"] is None:
         options["speed_perturb"] = "none"  # an explicit "none" must override the recipe

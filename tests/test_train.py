@@ -436,3 +436,39 @@ def test_keep_epochs_exports_every_epochs_weights(data, tmp_path):
     assert last.keys() <= kept.keys()
     assert all(torch.equal(kept[k].float(), v.float()) for k, v in last.items())
     assert "keep_epochs" in training.RESUMABLE_KEYS  # may be switched on when resuming
+
+
+# ----------------------------------------------------------------------------- bfloat16 on CPU
+
+
+@register("toy-amp", ToyConfig)
+class AmpProbeNet(ToyNet):
+    """ToyNet that records, on every forward, whether it ran in training mode
+    and under which CPU autocast dtype (None: no autocast)."""
+
+    calls: list = []
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        enabled = torch.is_autocast_enabled("cpu")
+        type(self).calls.append((self.training, torch.get_autocast_dtype("cpu") if enabled else None))
+        return super().forward(mix)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_cpu_trains_in_bfloat16_where_native_and_validates_in_float32(data, tmp_path, monkeypatch, caplog,
+                                                                           native):
+    import sepcli.engine
+
+    monkeypatch.setattr(sepcli.engine, "native_bfloat16", lambda: native)
+    AmpProbeNet.calls.clear()
+    cfg = toy_config(data, family="toy-amp", amp_cpu=True, max_epochs=1)
+    result = training.train(cfg, tmp_path / "run", progress=False, device="cpu")
+    assert result.reason == "finished" and np.isfinite(result.best_si_snri)
+    train_calls = {dtype for is_training, dtype in AmpProbeNet.calls if is_training}
+    valid_calls = {dtype for is_training, dtype in AmpProbeNet.calls if not is_training}
+    assert train_calls == ({torch.bfloat16} if native else {None})
+    assert valid_calls == {None}
+    assert native or "no native bfloat16" in caplog.text
+    AmpProbeNet.calls.clear()
+    training.train(toy_config(data, family="toy-amp", max_epochs=1), tmp_path / "off", progress=False, device="cpu")
+    assert {dtype for _t, dtype in AmpProbeNet.calls} == {None}  # default: off
