@@ -267,7 +267,8 @@ def stitch_check(args: argparse.Namespace) -> list[dict]:
         men = [s for s in test if genders.get(s) == "M"]
         women = [s for s in test if genders.get(s) == "F"]
         pairs = [(men[0], women[0]), (women[1], women[2])]
-    sep = Separator(args.model, device=args.device, segment=args.segment, overlap=args.overlap)
+    sep = Separator(args.model, device=args.device, segment=args.segment, overlap=args.overlap,
+                    n_src=args.num_speakers)
     seconds = args.minutes[0] * 60
     # the same model over the whole recording in one chunk (--unchunked)
     one = Separator(args.model, device=args.device, segment=seconds + 1.0, overlap=args.overlap) if args.unchunked else None
@@ -284,10 +285,19 @@ def stitch_check(args: argparse.Namespace) -> list[dict]:
         t0 = time.perf_counter()
         est = sep.separate(mix, RATE, stats=stats)  # [2, T]
         wall = time.perf_counter() - t0
+        shares = [round(float(v), 4) for v in (est.astype(np.float64) ** 2).sum(1) / max((est.astype(np.float64) ** 2).sum(), 1e-30)]
+        if est.shape[0] != 2:
+            # --num-speakers auto opened another track: report it, score nothing
+            rows.append({"speakers": [a, b], "genders": [genders.get(a), genders.get(b)], "minutes": seconds / 60,
+                         "segment_s": sep.segment, "tracks": int(est.shape[0]), "track_energy_shares": shares,
+                         "chunks": stats.chunks, "rtf": wall / seconds})
+            print(f"{a}({genders.get(a)}) + {b}({genders.get(b)}): {est.shape[0]} tracks, energy shares {shares}; "
+                  "not scored", flush=True)
+            continue
         scores = piece_scores(est, ref, mix)
         row = {
             "speakers": [a, b], "genders": [genders.get(a), genders.get(b)], "minutes": seconds / 60,
-            "segment_s": sep.segment, **scores,
+            "segment_s": sep.segment, "tracks": 2, "track_energy_shares": shares, **scores,
             # the figure: one whole-file SI-SNRi against the mean of per-piece ones
             "difference_db": scores["pieces_si_snri"] - scores["whole_si_snri"],
             # what swaps alone cost: the same pieces, the same estimate, one permutation for all
@@ -342,6 +352,10 @@ def main() -> None:
                    help="--stitch-check: also separate each recording in one pass (no chunks; memory grows "
                         "with the length) and score it the same way")
     p.add_argument("--device", default="auto", help="device for --stitch-check")
+    p.add_argument("--num-speakers", default=None,
+                   help="--stitch-check: tracks to separate into (default the model's; 'auto' lets a clustering "
+                        "model count each chunk, and recordings that come out with other than 2 tracks are "
+                        "reported, not scored)")
     p.add_argument("--seed", type=int, default=0, help="recording construction seed")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--workdir", default=None, help="folder for temporary files (default: system temp)")
