@@ -408,7 +408,7 @@ class Separator:
         self.model, self.model_name = _load_model(model, self.device)
         self.precision: str = engine.set_precision(self.model, precision, self.device, self.model_name)
         if segment is None:
-            segment = _check_segment(getattr(self.model, "default_segment", DEFAULT_SEGMENT))
+            segment = _check_segment(getattr(self.model, "default_segment", None) or DEFAULT_SEGMENT)
         config = getattr(self.model, "config", None)
         rate = getattr(config, "sample_rate", None)
         if not isinstance(rate, int) or rate <= 0:

@@ -363,6 +363,19 @@ def test_segment_defaults_to_the_models_own() -> None:
     assert Separator(dpcl, device="cpu", segment=2.5).segment == 2.5  # an explicit value wins
     with pytest.raises(SepError, match="positive"):
         Separator(dpcl, device="cpu", segment=0)
+    # Conv-TasNet: its config's segment, saved with the weights; none means the library's
+    tiny = dict(N=16, L=16, B=8, H=16, Sc=8, X=2, R=1)
+    assert Separator(registry.build("convtasnet", **tiny), device="cpu").segment == api.DEFAULT_SEGMENT
+    long_chunks = registry.build("convtasnet", **tiny, segment=30.0)
+    assert Separator(long_chunks, device="cpu").segment == 30.0
+    with pytest.raises(SepError, match="segment"):
+        registry.build("convtasnet", **tiny, segment=-1.0)
+
+
+def test_conv_tasnet_segment_survives_the_checkpoint(tmp_path: Path) -> None:
+    model = registry.build("convtasnet", N=16, L=16, B=8, H=16, Sc=8, X=2, R=1, segment=12.0)
+    registry.save_model(model, tmp_path / "m.safetensors")
+    assert Separator(tmp_path / "m.safetensors", device="cpu").segment == 12.0
 
 
 def test_precision_sets_the_products_and_stays_close_to_float32() -> None:

@@ -61,6 +61,10 @@ class ConvTasNetConfig:
     causal: bool = False
     norm: str = "auto"  # "auto": gLN if non-causal, cLN if causal
     mask_activation: str = "sigmoid"  # "sigmoid" | "relu" | "softmax" (over sources)
+    # Inference setting: chunk seconds sep separate uses unless told otherwise
+    # (None: sepcli.api.DEFAULT_SEGMENT). Trained models may need long chunks:
+    # on short ones the shipped convtasnet swapped speakers between chunks.
+    segment: float | None = None
 
     def __post_init__(self) -> None:
         # ValueError is turned into SepError by registry.make_config.
@@ -80,6 +84,9 @@ class ConvTasNetConfig:
             raise ValueError(
                 f"mask_activation must be one of {', '.join(_MASKS)}, got {self.mask_activation!r}"
             )
+        if self.segment is not None and (isinstance(self.segment, bool) or not isinstance(self.segment, (int, float))
+                                         or not self.segment > 0):
+            raise ValueError(f"segment must be a positive number of seconds or null, got {self.segment!r}")
 
     @property
     def norm_type(self) -> str:
@@ -251,6 +258,12 @@ class ConvTasNet(nn.Module):
     (default: ``forward`` up to rounding) or ``torch.bfloat16`` (~1.6x faster
     on CPUs with native bfloat16; output within ~45 dB of float32).
     """
+
+    @property
+    def default_segment(self) -> float | None:
+        """Chunk seconds for :class:`sepcli.api.Separator` (``config.segment``;
+        None: the library default)."""
+        return self.config.segment
 
     def __init__(self, config: ConvTasNetConfig | None = None) -> None:
         super().__init__()
