@@ -102,61 +102,41 @@ def main(argv: list[str] | None = None) -> int:
     n_max = cfg.auto_max_src
     print(f"{args.split} speakers: {', '.join(corpus.speakers)}; {args.per_count} mixtures per count, "
           f"{args.segment:g} s each ({elapsed:.0f} s)")
-    confusion = np.zeros((len(args.counts), n_max), dtype=int)
-    for row, count in enumerate(args.counts):
-        for est in own[count]:
-            confusion[row, est - 1] += 1
-    correct = [int(confusion[row, c - 1]) if c <= n_max else 0 for row, c in enumerate(args.counts)]
-    acc = sum(correct) / confusion.sum()
-    print(f"\nthe model's own count (auto_method {cfg.auto_method!r}): accuracy {100 * acc:.1f}%")
-    print("  true \\ est " + " ".join(f"{k:>5d}" for k in range(1, n_max + 1)))
-    for row, count in enumerate(args.counts):
-        print(f"  {count:>10d} " + " ".join(f"{v:>5d}" for v in confusion[row]))
-    results["model_method"] = {
-        "auto_method": cfg.auto_method, "accuracy": acc,
-        "per_count": {str(c): correct[r] / max(1, len(own[c])) for r, c in enumerate(args.counts)},
-        "confusion": confusion.tolist(),
-    }
-    for thr in thresholds:
-        confusion = np.zeros((len(args.counts), n_max), dtype=int)  # [true, estimated 1..n_max]
+
+    def tally(title: str, estimates: dict[int, list[int]], mark: str = "") -> dict:
+        """Print and return the confusion matrix [true, estimated 1..n_max] of per-mixture counts."""
+        confusion = np.zeros((len(args.counts), n_max), dtype=int)
         for row, count in enumerate(args.counts):
-            for share in shares[count]:
-                est = max(1, min(n_max, int((share > thr).sum())))
-                confusion[row, est - 1] += 1
+            for est in estimates[count]:
+                confusion[row, min(max(est, 1), n_max) - 1] += 1
         correct = [int(confusion[row, c - 1]) if c <= n_max else 0 for row, c in enumerate(args.counts)]
         acc = sum(correct) / confusion.sum()
-        mark = "  <- model's auto_threshold" if thr == cfg.auto_threshold else ""
-        print(f"\nthreshold {thr:g}: accuracy {100 * acc:.1f}%{mark}")
+        print(f"\n{title}: accuracy {100 * acc:.1f}%{mark}")
         print("  true \\ est " + " ".join(f"{k:>5d}" for k in range(1, n_max + 1)))
         for row, count in enumerate(args.counts):
             print(f"  {count:>10d} " + " ".join(f"{v:>5d}" for v in confusion[row]))
-        results["thresholds"][f"{thr:g}"] = {
+        return {
             "accuracy": acc,
-            "per_count": {str(c): correct[r] / max(1, len(shares[c])) for r, c in enumerate(args.counts)},
+            "per_count": {str(c): correct[r] / max(1, len(estimates[c])) for r, c in enumerate(args.counts)},
             "confusion": confusion.tolist(),
         }
-    def show(title: str, confusion: np.ndarray, acc: float) -> None:
-        print(f"\n{title}: accuracy {100 * acc:.1f}%")
-        print("  true \\ est " + " ".join(f"{k:>5d}" for k in range(1, n_max + 1)))
-        for row, count in enumerate(args.counts):
-            print(f"  {count:>10d} " + " ".join(f"{v:>5d}" for v in confusion[row]))
 
+    results["model_method"] = {
+        "auto_method": cfg.auto_method,
+        **tally(f"the model's own count (auto_method {cfg.auto_method!r})", own),
+    }
+    for thr in thresholds:
+        mark = "  <- model's auto_threshold" if thr == cfg.auto_threshold else ""
+        results["thresholds"][f"{thr:g}"] = tally(
+            f"threshold {thr:g}", {c: [int((sh > thr).sum()) for sh in shares[c]] for c in args.counts}, mark
+        )
     # the other estimator: best-silhouette K, or 1 below a minimum score
     results["silhouette"] = {}
     for smin in sorted({float(cfg.auto_silhouette), *args.silhouette_mins}):
-        confusion = np.zeros((len(args.counts), n_max), dtype=int)
-        for row, count in enumerate(args.counts):
-            for sc in silh[count]:
-                est = 1 if sc.size == 0 or sc.max() < smin else int(np.argmax(sc)) + 2
-                confusion[row, min(est, n_max) - 1] += 1
-        correct = [int(confusion[row, c - 1]) if c <= n_max else 0 for row, c in enumerate(args.counts)]
-        acc = sum(correct) / confusion.sum()
-        show(f"silhouette, minimum {smin:g}", confusion, acc)
-        results["silhouette"][f"{smin:g}"] = {
-            "accuracy": acc,
-            "per_count": {str(c): correct[r] / max(1, len(silh[c])) for r, c in enumerate(args.counts)},
-            "confusion": confusion.tolist(),
-        }
+        results["silhouette"][f"{smin:g}"] = tally(f"silhouette, minimum {smin:g}", {
+            c: [1 if sc.size == 0 or sc.max() < smin else int(np.argmax(sc)) + 2 for sc in silh[c]]
+            for c in args.counts
+        })
     print("\nmedian silhouette for K = 2..%d:" % n_max)
     for count in args.counts:
         med = np.median(np.stack(silh[count]), axis=0)

@@ -285,7 +285,8 @@ def stitch_check(args: argparse.Namespace) -> list[dict]:
         t0 = time.perf_counter()
         est = sep.separate(mix, RATE, stats=stats)  # [2, T]
         wall = time.perf_counter() - t0
-        shares = [round(float(v), 4) for v in (est.astype(np.float64) ** 2).sum(1) / max((est.astype(np.float64) ** 2).sum(), 1e-30)]
+        energy = (est.astype(np.float64) ** 2).sum(axis=1)  # [S]
+        shares = [round(float(v), 4) for v in energy / max(energy.sum(), 1e-30)]
         if est.shape[0] != 2:
             # --num-speakers auto opened another track: report it, score nothing
             rows.append({"speakers": [a, b], "genders": [genders.get(a), genders.get(b)], "minutes": seconds / 60,

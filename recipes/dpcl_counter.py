@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -35,10 +33,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "recipes"))
 
+from ship import update_shipped  # noqa: E402
 from sepcli import registry  # noqa: E402
 from sepcli.data import Corpus, MixingConfig, make_mixture  # noqa: E402
-from sepcli.errors import SepError  # noqa: E402
 from sepcli.models.deep_clustering import count_features, embedding_shares, fit_count_classifier  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "librispeech-8k"
@@ -67,37 +66,6 @@ def confusion(est: list[int], truth: np.ndarray, counts: list[int], n_max: int) 
     for e, t in zip(est, truth, strict=True):
         table[counts.index(int(t)), min(e, n_max) - 1] += 1
     return table
-
-
-def update_shipped(name: str, changes: dict) -> str:
-    """Apply inference-setting ``changes`` to shipped model ``name``: rewrite its
-    weights file (same tensors, new config; atomic) and its card's config and
-    SHA-256. Returns the new SHA-256."""
-    path = registry.models_dir() / f"{name}.safetensors"
-    model = registry.load_file(path)
-    model.config = dataclasses.replace(model.config, **changes)
-    # float16 storage, as shipped: the float32 copy holds exactly the stored values
-    sha = registry.save_model(model, path, dtype=torch.float16, force=True)
-    reloaded = registry.load_file(path)
-    if any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values(),
-                                                  strict=True)):
-        raise SepError(f"{path}: the weights changed on rewrite")
-    config = dataclasses.asdict(model.config)
-    card_path = path.with_suffix(".json")
-    card = json.loads(card_path.read_text())
-    card["config"], card["sha256"] = config, sha
-    tmp = card_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, card_path)
-    md_path = path.with_suffix(".md")
-    md = md_path.read_text()
-    md = re.sub(r"^- \*\*Configuration:\*\* `.*`$", lambda _m: f"- **Configuration:** `{json.dumps(config, sort_keys=True)}`",
-                md, count=1, flags=re.M)
-    md = re.sub(r"SHA-256 `[0-9a-f]{64}`", f"SHA-256 `{sha}`", md, count=1)
-    tmp = md_path.with_suffix(".md.tmp")
-    tmp.write_text(md)
-    os.replace(tmp, md_path)
-    return sha
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from sepcli import __version__, registry
 from sepcli.api import separate_files
 from sepcli.evaluate import evaluate_set
 from sepcli.bench import cpu_name
+from sepcli.errors import SepError
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLIT = ROOT / "recipes" / "splits" / "librispeech-8k.json"
@@ -94,6 +96,40 @@ def set_config(model: torch.nn.Module, items: list[str]) -> None:
     model.config = dataclasses.replace(model.config, **changes)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write a card file via a temporary file and a rename: never half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def update_shipped(name: str, changes: dict) -> str:
+    """Apply inference-setting ``changes`` to shipped model ``name``: rewrite its
+    weights file (same tensors, new config; atomic) and its card's config and
+    SHA-256. Returns the new SHA-256."""
+    path = registry.models_dir() / f"{name}.safetensors"
+    model = registry.load_file(path)
+    model.config = dataclasses.replace(model.config, **changes)
+    # float16 storage, as shipped: the float32 copy holds exactly the stored values
+    sha = registry.save_model(model, path, dtype=torch.float16, force=True)
+    reloaded = registry.load_file(path)
+    if any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values(),
+                                                  strict=True)):
+        raise SepError(f"{path}: the weights changed on rewrite")
+    config = dataclasses.asdict(model.config)
+    card_path = path.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["config"], card["sha256"] = config, sha
+    write_atomic(card_path, json.dumps(card, indent=2) + "\n")
+    md_path = path.with_suffix(".md")
+    md = md_path.read_text()
+    md = re.sub(r"^- \*\*Configuration:\*\* `.*`$", lambda _m: f"- **Configuration:** `{json.dumps(config, sort_keys=True)}`",
+                md, count=1, flags=re.M)
+    md = re.sub(r"SHA-256 `[0-9a-f]{64}`", f"SHA-256 `{sha}`", md, count=1)
+    write_atomic(md_path, md)
+    return sha
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="training run folder (holds best.safetensors, log.jsonl)")
@@ -148,11 +184,8 @@ def main() -> None:
     }
     if args.test3 is not None:
         card["quality_3spk"] = _score(dest, args.test3, 3, args.threads)
-    card_path = dest.with_suffix(".json")
-    tmp = card_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, card_path)
-    (dest.with_suffix(".md")).write_text(render_markdown(card))
+    write_atomic(dest.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
+    write_atomic(dest.with_suffix(".md"), render_markdown(card))
     print(json.dumps({k: card[k] for k in ("name", "params", "sha256")} | {
         "si_snri": quality["si_snri"], "sdri": quality["sdri"]}, indent=2))
 

@@ -470,7 +470,7 @@ class DeepClustering(nn.Module):
         share = embedding_shares(emb, energy, self.config.auto_power)
         if self.config.auto_method == "logistic":
             return self.count_from_features(count_features(share[None]))[0]
-        return self._count_from_shares(torch.from_numpy(share))
+        return self._count_from_shares(share)
 
     def count_from_features(self, features: np.ndarray) -> list[int]:
         """``auto_method="logistic"``'s decision: the count whose row of
@@ -508,7 +508,7 @@ class DeepClustering(nn.Module):
         return torch.stack([torch.from_numpy(embedding_shares(emb, energy, power))
                             for emb, energy in self.active_bins(mix)])
 
-    def _count_from_shares(self, share: torch.Tensor) -> int:
+    def _count_from_shares(self, share: np.ndarray) -> int:
         count = int((share > self.config.auto_threshold).sum())
         return max(1, min(self.config.auto_max_src, count))
 
