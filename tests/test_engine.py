@@ -221,6 +221,54 @@ def test_speakers_stay_apart_across_a_pause_longer_than_the_overlap(monkeypatch:
     assert max(errors()) > 0.1  # without signatures the order after the pause is a coin toss
 
 
+class SmearingOracle(ShufflingOracle):
+    """Like ShufflingOracle, but each chunk's first ``smear`` samples (the overlap
+    with the previous chunk) are badly separated and lean the wrong way: each
+    track holds 40% of its own source and 60% of the other's there. The tracks
+    still add up to the mixture."""
+
+    def __init__(self, sources: np.ndarray, segment: int, overlap: float, smear: int, seed: int = 0) -> None:
+        super().__init__(sources, segment, overlap, seed=seed)
+        self.smear = smear
+
+    def __call__(self, mix: np.ndarray) -> np.ndarray:
+        k = self.k
+        out = super().__call__(mix).astype(np.float64)  # [B, S, n]
+        for b in range(out.shape[0]):
+            start, n = self.plan[k + b]
+            src = self.sources[:, start : start + n].astype(np.float64)  # [S, n]
+            _, perm = pit_si_snr(out[b], src)  # the track that holds each source
+            gain = (out[b] * src[perm]).sum(1) / (src[perm] ** 2).sum(1)  # the oracle's gain and sign
+            f = self.smear
+            out[b, :, :f] = gain[:, None] * (0.4 * src[perm, :f] + 0.6 * src[perm[::-1], :f])
+        return out.astype(np.float32)
+
+
+def test_voice_signatures_overrule_a_misleading_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a model separates the overlap badly, the overlap's inner products
+    favour the wrong order; the voices' spectral shapes over the chunk keep the
+    right one. Outside the overlaps the output then equals the sources."""
+    src = on_off_sources(2, 20_000, block=100, seed=8)
+    segment, overlap = 2_000, 0.25
+    fade = round(segment * overlap)
+    single = np.ones(src.shape[1], dtype=bool)  # samples of one chunk's clean part only
+    for s, n in chunk_starts(src.shape[1], segment, overlap):
+        single[s : s + fade] = False
+    single[-segment:] = False  # the end-aligned last chunk overlaps more
+
+    def error() -> tuple[float, int]:
+        stats = EngineStats()
+        y = separate_array(src.sum(axis=0), SmearingOracle(src, segment, overlap, smear=fade, seed=2),
+                           segment=segment, overlap=overlap, stats=stats)
+        return float(np.abs(match_global(y, src) - src)[:, single].max()), stats.overruled
+
+    err, overruled = error()
+    assert err < 2e-5 and overruled >= 1
+    monkeypatch.setattr(engine, "SIGNATURE_WEIGHT", 0.01)  # the overlap decides: it swaps
+    err, overruled = error()
+    assert err > 0.1 and overruled == 0
+
+
 def test_tracks_can_appear_later_with_auto_counts() -> None:
     """A clustering model with n_src="auto" may give 1 track while only one
     person talks and 2 later; the second track opens silent and stays aligned."""
