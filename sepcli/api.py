@@ -330,7 +330,7 @@ def _save_plot(path: Path, specs: list[np.ndarray], titles: list[str], sample_ra
     fig = Figure(figsize=(10, 1.8 * len(specs) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(specs), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, d, title in zip(axes, db, titles):
+    for ax, d, title in zip(axes, db, titles, strict=True):
         im = ax.imshow(
             d, origin="lower", aspect="auto", cmap="magma", vmin=top - 80, vmax=top,
             extent=(0.0, duration, 0.0, fmax / 1000),
@@ -690,7 +690,7 @@ class Separator:
                 for block in sf.blocks(str(path), blocksize=_IO_BLOCK, dtype="float32", always_2d=True):
                     mix_spec.feed(block.mean(axis=1, dtype=np.float32))  # [n, C] -> [n]
                 specs.append(mix_spec.finish())
-            for temp, writer in zip(temps, writers):
+            for temp, writer in zip(temps, writers, strict=True):
                 spec = _Spectrogram(info.sample_rate, info.frames) if plot else None
                 for y in _resampled_blocks(temp.blocks(), self.sample_rate, info.sample_rate, info.frames):
                     if gain != 1.0:

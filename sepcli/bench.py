@@ -207,7 +207,7 @@ def naive_chunk_seconds(
         for i in range(n_chunks):
             end = window + i * chunk
             seg = mix[None, end - window : end]
-            _, dt = timer(lambda: model(seg)[..., -chunk:].cpu())
+            _, dt = timer(lambda seg=seg: model(seg)[..., -chunk:].cpu())
             times.append(dt)
     return times
 
@@ -247,7 +247,7 @@ def bench_chunk(
     cpu0 = time.process_time()
     for i in range(n_full):
         piece = mix[i * chunk : (i + 1) * chunk]
-        y, dt = timer(lambda: streamer.process(piece))
+        y, dt = timer(lambda piece=piece: streamer.process(piece))
         outs.append(y)
         times.append(dt)
     cpu = time.process_time() - cpu0
@@ -343,7 +343,7 @@ def run_bench(
             receptive_field_ms=1000.0 * net.receptive_field / sr, offline_model=None,
             offline_random_weights=False, offline_rtf=None, torch_version=torch.__version__,
         )
-        for ms, chunk in zip(chunk_ms, chunks):
+        for chunk in chunks:
             say(f"streaming in {1000 * chunk / sr:g} ms chunks")
             result.results.append(bench_chunk(net, mix, ref, chunk, timer, naive_chunks=naive_chunks))
         if offline_model is not False:

@@ -379,7 +379,7 @@ def make_mixture(
     )
     seg = None if cfg.segment is None else int(round(cfg.segment * sr))
     srcs, offsets = [], []
-    for u, f in zip(utts, speeds):
+    for u, f in zip(utts, speeds, strict=True):
         n = int(corpus.lengths[u])
         # Read just enough input for `seg` output samples after the speed change.
         need = n if seg is None else min(n, int(math.ceil(seg * f)) + 32)
@@ -579,7 +579,7 @@ class MixtureSetDataset(torch.utils.data.Dataset):
                     skipped += 1
                     continue
                 if max(durs) - min(durs) > tolerance:
-                    desc = ", ".join(f"{p.parent.name}/{p.name} {d:.3f} s" for p, d in zip(paths, durs))
+                    desc = ", ".join(f"{p.parent.name}/{p.name} {d:.3f} s" for p, d in zip(paths, durs, strict=True))
                     log.warning("skipping mixture %s: files differ in length (%s)", stem, desc)
                     skipped += 1
                     continue

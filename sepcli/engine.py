@@ -523,7 +523,7 @@ class ChunkedSeparator:
                 f"expected [{len(chunks)}, S, {length}]"
             )
         with _one_blas_thread():
-            for (start, _), m, e in zip(chunks, mix, est):
+            for (start, _), m, e in zip(chunks, mix, est, strict=True):
                 self._add_chunk(start, m, e)
 
     def _add_chunk(self, start: int, mix: np.ndarray, est: np.ndarray) -> None:

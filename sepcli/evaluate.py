@@ -332,7 +332,7 @@ def evaluate_set(
     if not mixes:
         raise SepError(f"{mix_dir}: no audio files")
     src_files = [_audio_files(d) for d in src_dirs]
-    for d, files in zip(src_dirs, src_files):
+    for d, files in zip(src_dirs, src_files, strict=True):
         absent = [n for n in mixes if n not in files]
         if absent:
             raise SepError(

@@ -196,7 +196,7 @@ class _RunningNorm:
             gram = torch.mm(x_b, x_bT, out=ws.gram).tolist()  # [K+1, K+1]
             rows = [(row[K], row[k]) for k, row in enumerate(gram[:K])]  # (sum, sum of squares)
         else:
-            rows = list(zip(x.sum(1).tolist(), torch.linalg.vecdot(x, x).tolist()))
+            rows = list(zip(x.sum(1).tolist(), torch.linalg.vecdot(x, x).tolist(), strict=True))
         total, total_sq, count = self.sum, self.sumsq, self.count
         channels, eps, sqrt = self.channels, self.eps, math.sqrt
         out = ws.coef  # [r_0 .. r_K-1, mr_0 .. mr_K-1]
@@ -337,7 +337,7 @@ class _Block:
         torch.addcmul(mr, h, r, out=views[-1])  # normalised; gain and bias are in the taps
         z = ws.z
         torch.addcmul(self.b_d, views[0], self.taps[0], out=z)
-        for view, tap in zip(views[1:], self.taps[1:]):
+        for view, tap in zip(views[1:], self.taps[1:], strict=True):
             z.addcmul_(view, tap)
         self.cache.advance(K)
         if start < self.pad:
@@ -910,7 +910,7 @@ def stream_pcm(
         def emit(y: np.ndarray, last: bool = False) -> None:
             nonlocal held, written
             if ups is not None:
-                y = np.stack([up.resample_chunk(np.ascontiguousarray(t), last=last) for up, t in zip(ups, y)])
+                y = np.stack([up.resample_chunk(np.ascontiguousarray(t), last=last) for up, t in zip(ups, y, strict=True)])
             held = np.concatenate((held, y), axis=1) if held.shape[1] else y
             if last:
                 held = held[:, : max(0, n_in - written)]
@@ -920,7 +920,7 @@ def stream_pcm(
             else:
                 cut = max(0, min(held.shape[1] - hold, n_in - written))
             if cut:
-                for w, t in zip(writers, held[:, :cut]):
+                for w, t in zip(writers, held[:, :cut], strict=True):
                     w.write(t)
                 written += cut
                 held = held[:, cut:]

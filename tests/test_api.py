@@ -322,8 +322,8 @@ def test_parallel_jobs_give_the_same_outputs(tmp_path: Path, tiny_ckpt: Path) ->
     one = separate_files([tmp_path / "in"], tmp_path / "j1", model=str(tiny_ckpt), device="cpu")
     two = separate_files([tmp_path / "in"], tmp_path / "j2", model=str(tiny_ckpt), device="cpu", jobs=2)
     assert one.ok == two.ok == 2
-    for r1, r2 in zip(one.results, two.results):
-        for a, b in zip(r1.outputs, r2.outputs):
+    for r1, r2 in zip(one.results, two.results, strict=True):
+        for a, b in zip(r1.outputs, r2.outputs, strict=True):
             assert Path(a).read_bytes() == Path(b).read_bytes()
 
 

@@ -252,7 +252,7 @@ def test_voice_signatures_overrule_a_misleading_overlap(monkeypatch: pytest.Monk
     segment, overlap = 2_000, 0.25
     fade = round(segment * overlap)
     single = np.ones(src.shape[1], dtype=bool)  # samples of one chunk's clean part only
-    for s, n in chunk_starts(src.shape[1], segment, overlap):
+    for s, _ in chunk_starts(src.shape[1], segment, overlap):
         single[s : s + fade] = False
     single[-segment:] = False  # the end-aligned last chunk overlaps more
 

@@ -78,7 +78,7 @@ def test_estimates_at_another_rate_are_resampled(tmp_path, sep_log):
     refs, ests, mix, order = make_mixture(tmp_path)
     # Band-limited errors only (white noise would lose its top band in the round trip).
     rng = np.random.default_rng(9)
-    for p, k in zip(ests, order):
+    for p, k in zip(ests, order, strict=True):
         write(p, read_audio(refs[k])[0] + 0.05 * speechlike(rng, N))
     base = evaluate.evaluate_files(refs, ests, mix)
     hi = [write(tmp_path / f"hi{j}.wav", resample(read_audio(p)[0], SR, 16000), 16000) for j, p in enumerate(ests)]

@@ -12,7 +12,7 @@ def dense_loss(emb: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     if weight is None:
         weight = torch.ones(emb.shape[:2], dtype=emb.dtype)
     items = []
-    for v, y, w in zip(emb, target, weight):
+    for v, y, w in zip(emb, target, weight, strict=True):
         diff = v @ v.T - y @ y.T  # [TF, TF]
         pair_w = w[:, None] * w[None, :]  # [TF, TF]
         items.append((pair_w * diff.square()).sum() / w.sum().square())

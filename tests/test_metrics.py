@@ -52,7 +52,7 @@ def test_batched_shapes_match_loop():
     est = ref + 0.5 * RNG.standard_normal(ref.shape)
     out = metrics.si_snr(est[None], ref[None])  # [1, 3]
     assert out.shape == (1, 3)
-    np.testing.assert_allclose(out[0], [si_snr_reference(e, r) for e, r in zip(est, ref)], atol=1e-9)
+    np.testing.assert_allclose(out[0], [si_snr_reference(e, r) for e, r in zip(est, ref, strict=True)], atol=1e-9)
     assert isinstance(metrics.si_snr(est[0], ref[0]), float)
 
 

@@ -152,7 +152,7 @@ def test_validation_score_is_si_snri_of_the_estimates(data):
 
     total, count = training.validate(Oracle(), valid_set, batch_size=len(items))
     want = []
-    for (mix, ref), e in zip(items, est):
+    for (mix, ref), e in zip(items, est, strict=True):
         mix, ref, e = mix.double().numpy(), ref.double().numpy(), e.double().numpy()
         want.append(np.mean([si_snr(e[k], ref[k]) - si_snr(mix, ref[k]) for k in range(2)]))
     assert count == len(items)

@@ -546,7 +546,7 @@ class FoldedInference:
         left, right = self.model.frame_padding(mix.shape[-1])
         x = F.pad(mix.to(self.w_enc_t.device, self.dtype), (left, right))  # [B, T_pad]
         out = torch.empty(x.shape[0], self.config.n_src, x.shape[1], dtype=torch.float32, device=x.device)
-        for item, y in zip(x, out):  # [T_pad], [S, T_pad]
+        for item, y in zip(x, out, strict=True):  # [T_pad], [S, T_pad]
             y.copy_(self._one(item))
         return out[..., left : left + mix.shape[-1]]  # [B, S, T]
 

@@ -120,8 +120,8 @@ def test_presets_use_the_right_norms_everywhere():
     dil = [b.dconv.dilation[0] for b in causal.separator.blocks]
     assert dil == [1, 2, 4, 8, 16, 32, 64, 128] * 3
     assert all(b.dconv.groups == 512 for b in causal.separator.blocks)
-    assert all(b.pad_left == 2 * d and b.pad_right == 0 for b, d in zip(causal.separator.blocks, dil))
-    assert all(b.pad_left == b.pad_right == d for b, d in zip(plain.separator.blocks, dil))
+    assert all(b.pad_left == 2 * d and b.pad_right == 0 for b, d in zip(causal.separator.blocks, dil, strict=True))
+    assert all(b.pad_left == b.pad_right == d for b, d in zip(plain.separator.blocks, dil, strict=True))
 
 
 def test_config_validation():
@@ -284,7 +284,7 @@ def test_depthwise_conv_fast_form_matches_conv1d(dilation, taps):
     y = depthwise_conv(conv, x)
     grads = torch.autograd.grad((y * g).sum(), (x, conv.weight, conv.bias))
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
-    for a, b in zip(grads, grads_ref):
+    for a, b in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 

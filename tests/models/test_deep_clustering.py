@@ -486,7 +486,7 @@ def test_weighted_shares_are_speaker_energy_shares_for_exact_embeddings(monkeypa
     # power 1 against a dense reference: the weighted second moment formed bin by bin
     emb, bin_energy = model.active_bins(mix)[0]
     w = np.sqrt(bin_energy)
-    moment = sum(wi * np.outer(v, v) for wi, v in zip(w, emb.astype(np.float64))) / w.sum()
+    moment = sum(wi * np.outer(v, v) for wi, v in zip(w, emb.astype(np.float64), strict=True)) / w.sum()
     eig = np.sort(np.linalg.eigvalsh(moment))[::-1]
     np.testing.assert_allclose(embedding_shares(emb, bin_energy, 1.0), eig / eig.sum(), atol=1e-12)
     with pytest.raises(SepError):
