@@ -204,6 +204,25 @@ def talker_track(speaker: str, seconds: float, rng: np.random.Generator) -> np.n
     return track
 
 
+def recording(a: str, b: str, seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stitching check's two-talker recording of speakers a and b, peak at most 0.9.
+    Shape: (ref [2, T], mix [T])."""
+    rng = np.random.default_rng(seed)
+    ref = np.stack([talker_track(a, seconds, rng), talker_track(b, seconds, rng)])  # [2, T]
+    mix = ref.sum(axis=0)
+    peak = np.abs(mix).max()
+    if peak > 0.9:
+        ref *= 0.9 / peak
+        mix *= 0.9 / peak
+    return ref, mix
+
+
+def speaker_pairs(split: str) -> list[tuple[str, str]]:
+    """Every pair of the split's held-out speakers."""
+    ids = json.loads(SPLIT.read_text())[split]
+    return [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]]
+
+
 def piece_scores(est: np.ndarray, ref: np.ndarray, mix: np.ndarray, seconds: float = 10.0) -> dict:
     """Score a separated recording as a whole and per piece.
 
@@ -257,16 +276,16 @@ def stitch_check(args: argparse.Namespace) -> list[dict]:
     from sepcli.api import Separator
     from sepcli.engine import EngineStats
 
-    test = json.loads(SPLIT.read_text())["test"]
+    test = json.loads(SPLIT.read_text())[args.split]
     genders = speakers_by_gender()
     if args.speakers:
         pairs = [tuple(args.speakers)]
     elif args.all_pairs:
-        pairs = [(a, b) for i, a in enumerate(test) for b in test[i + 1 :]]
+        pairs = speaker_pairs(args.split)
     else:
         men = [s for s in test if genders.get(s) == "M"]
         women = [s for s in test if genders.get(s) == "F"]
-        pairs = [(men[0], women[0]), (women[1], women[2])]
+        pairs = [(men[0], women[0]), tuple(women[1:3] if len(women) > 2 else women[:2])]
     sep = Separator(args.model, device=args.device, segment=args.segment, overlap=args.overlap,
                     n_src=args.num_speakers)
     seconds = args.minutes[0] * 60
@@ -274,13 +293,7 @@ def stitch_check(args: argparse.Namespace) -> list[dict]:
     one = Separator(args.model, device=args.device, segment=seconds + 1.0, overlap=args.overlap) if args.unchunked else None
     rows = []
     for a, b in pairs:
-        rng = np.random.default_rng(args.seed)
-        ref = np.stack([talker_track(a, seconds, rng), talker_track(b, seconds, rng)])  # [2, T]
-        mix = ref.sum(axis=0)
-        peak = np.abs(mix).max()
-        if peak > 0.9:
-            ref *= 0.9 / peak
-            mix *= 0.9 / peak
+        ref, mix = recording(a, b, seconds, args.seed)
         stats = EngineStats()
         t0 = time.perf_counter()
         est = sep.separate(mix, RATE, stats=stats)  # [2, T]
@@ -348,7 +361,10 @@ def main() -> None:
     p.add_argument("--stitch-check", action="store_true", help="run the stitching check (needs --model)")
     p.add_argument("--model", help="trained model (name or .safetensors) for --stitch-check")
     p.add_argument("--speakers", nargs=2, metavar="ID", help="speaker pair for --stitch-check")
-    p.add_argument("--all-pairs", action="store_true", help="--stitch-check: every pair of test speakers")
+    p.add_argument("--all-pairs", action="store_true", help="--stitch-check: every pair of the split's speakers")
+    p.add_argument("--split", default="test", choices=["test", "valid"],
+                   help="--stitch-check: held-out speakers to build recordings from (default test; "
+                        "tune on valid, report on test)")
     p.add_argument("--unchunked", action="store_true",
                    help="--stitch-check: also separate each recording in one pass (no chunks; memory grows "
                         "with the length) and score it the same way")
