@@ -217,9 +217,14 @@ def recording(a: str, b: str, seconds: float, seed: int) -> tuple[np.ndarray, np
     return ref, mix
 
 
+def split_speakers(split: str) -> list[str]:
+    """The held-out speakers of a split ('test' or 'valid')."""
+    return json.loads(SPLIT.read_text())[split]
+
+
 def speaker_pairs(split: str) -> list[tuple[str, str]]:
     """Every pair of the split's held-out speakers."""
-    ids = json.loads(SPLIT.read_text())[split]
+    ids = split_speakers(split)
     return [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]]
 
 
@@ -276,15 +281,15 @@ def stitch_check(args: argparse.Namespace) -> list[dict]:
     from sepcli.api import Separator
     from sepcli.engine import EngineStats
 
-    test = json.loads(SPLIT.read_text())[args.split]
+    held_out = split_speakers(args.split)
     genders = speakers_by_gender()
     if args.speakers:
         pairs = [tuple(args.speakers)]
     elif args.all_pairs:
         pairs = speaker_pairs(args.split)
     else:
-        men = [s for s in test if genders.get(s) == "M"]
-        women = [s for s in test if genders.get(s) == "F"]
+        men = [s for s in held_out if genders.get(s) == "M"]
+        women = [s for s in held_out if genders.get(s) == "F"]
         pairs = [(men[0], women[0]), tuple(women[1:3] if len(women) > 2 else women[:2])]
     sep = Separator(args.model, device=args.device, segment=args.segment, overlap=args.overlap,
                     n_src=args.num_speakers)

@@ -32,9 +32,9 @@ chunk of its own length. For each chunk:
    a stretch poorly, the two chunks split the overlap differently and its
    inner products can point the wrong way, while the voices' spectral shapes
    over the whole chunk still tell them apart (on the valid speakers' 10-min
-   recordings, the weight cut the chunks left in the other order from 487 to
-   58 with 4-s chunks, and from 12 to 1 and 67 to 21 with Conv-TasNet's and
-   Deep Clustering's 30-s chunks; :data:`SIGNATURE_WEIGHT`). Tracks that are
+   recordings, 10-s pieces left in the other order fell from 129 to 9 with
+   4-s chunks, and from 45 to 20 and 150 to 51 with Conv-TasNet's and Deep
+   Clustering's 30-s chunks; :data:`SIGNATURE_WEIGHT`). Tracks that are
    silent in the overlap, and pauses of everyone longer than the overlap,
    leave the signatures alone to decide. They separate voices with different
    spectral envelopes (most male/female pairs and many same-gender ones), not
@@ -90,16 +90,17 @@ of estimates that cancel to within -30 dB."""
 QUIET_OVERLAP = 1e-3
 """An overlap region whose mixture power is below this fraction (-30 dB) of the
 stream's average chunk power carries no evidence for alignment: voice
-signatures alone decide (:func:`voice_signatures`). They also break ties
-between tracks that are silent in an otherwise informative overlap."""
+signatures alone decide (:func:`voice_signatures`). In an informative overlap
+they are added to its evidence (:data:`SIGNATURE_WEIGHT`)."""
 
 SIGNATURE_WEIGHT = 4.0
 """Weight of the voice-signature similarity (``exp(-distance)``, in (0, 1]) against
 the overlap's inner products (fractions of the overlap's energy, at most about
 1) in the alignment score. Chosen on 10-minute two-talker recordings of the
-valid speakers (never the test ones): swapped chunks over 0.01, 0.3, 1, 2, 4
-and 10 were lowest at 4 and 10 for both shipped models and both 4-s and 30-s
-chunks (the README's stitching section has the figures)."""
+valid speakers (never the test ones) with ``bench/stitch_alignment.py``: of
+0.01, 0.3, 1, 2, 4 and 10, 4 is within one swapped 10-s piece of the best for
+both shipped models at 30-s chunks and for Conv-TasNet at 4-s chunks (the
+README's stitching section has the figures)."""
 SIGNATURE_FFT = 256
 SIGNATURE_BANDS = 32
 SIGNATURE_MEMORY = 4000
