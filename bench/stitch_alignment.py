@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from separate_long import RATE, piece_scores, recording, speaker_pairs  # noqa: E402
+from separate_long import piece_scores, recording, speaker_pairs  # noqa: E402
 
 
 def chunk_outputs(sep, mix: np.ndarray, cache: Path | None) -> np.ndarray:

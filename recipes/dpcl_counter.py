@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "recipes"))
 
 from ship import update_shipped  # noqa: E402
+
 from sepcli import registry  # noqa: E402
 from sepcli.data import Corpus, MixingConfig, make_mixture  # noqa: E402
 from sepcli.models.deep_clustering import count_features, embedding_shares, fit_count_classifier  # noqa: E402

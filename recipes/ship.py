@@ -27,9 +27,9 @@ import torch
 
 from sepcli import __version__, registry
 from sepcli.api import separate_files
-from sepcli.evaluate import evaluate_set
 from sepcli.bench import cpu_name
 from sepcli.errors import SepError
+from sepcli.evaluate import evaluate_set
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLIT = ROOT / "recipes" / "splits" / "librispeech-8k.json"

@@ -31,8 +31,8 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

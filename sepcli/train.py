@@ -39,12 +39,13 @@ import signal
 import sys
 import tempfile
 import time
-import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
+import tomllib
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -473,7 +474,12 @@ def build_datasets(cfg: TrainConfig, sample_rate: int, n_src: int) -> tuple[Any,
     ``valid`` speakers, or the whole ``valid`` corpus, for validation).
     """
     from sepcli.data import (
-        Corpus, DynamicMixDataset, MixtureSetDataset, find_speakers, is_mixture_set, select_split,
+        Corpus,
+        DynamicMixDataset,
+        MixtureSetDataset,
+        find_speakers,
+        is_mixture_set,
+        select_split,
     )
 
     if not cfg.train:

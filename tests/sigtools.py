@@ -5,7 +5,6 @@ different formula (the correlation coefficient) from :mod:`sepcli.metrics`.
 """
 from __future__ import annotations
 
-
 import numpy as np
 from scipy.signal import butter, sosfilt
 

@@ -15,7 +15,6 @@ from safetensors.torch import save_file
 from sepcli import registry
 from sepcli.errors import SepError
 
-
 TINY = dict(N=8, L=4, B=6, H=10, Sc=5, P=3, X=3, R=2)
 
 

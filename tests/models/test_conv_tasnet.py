@@ -17,7 +17,6 @@ from sepcli.models.conv_tasnet import (
     GlobalLayerNorm,
 )
 
-
 TINY = dict(N=8, L=4, B=6, H=10, Sc=5, P=3, X=3, R=2)
 
 
