@@ -44,8 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
+
 import numpy as np
-import tomllib
 import torch
 import torch.distributed as dist
 from torch import nn
