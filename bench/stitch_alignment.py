@@ -1,6 +1,6 @@
 """How much the voice signatures should weigh in chunk alignment (issue 5).
 
-Replays the engine's stitching with different ``engine.SIGNATURE_WEIGHT``
+Replays the engine's stitching with different ``signature_weight`` (``engine.SIGNATURE_WEIGHT``)
 values on the stitching check's 10-minute two-talker recordings (see
 ``bench/separate_long.py``), without re-running the model: each chunk's
 model output is computed once and cached, then fed back through the real
@@ -91,8 +91,8 @@ def main() -> None:
             est = chunk_outputs(sep, mix, cache)
             line = []
             for w in args.weights:
-                engine.SIGNATURE_WEIGHT = w
-                y = engine.separate_array(mix, Replay(est), segment=sep.segment_samples, overlap=sep.overlap)
+                y = engine.separate_array(mix, Replay(est), segment=sep.segment_samples, overlap=sep.overlap,
+                                          signature_weight=w)
                 sc = piece_scores(y, ref, mix)
                 swap_cost = sc["pieces_si_snri"] - sc["pieces_one_perm_si_snri"]
                 t = totals[w]

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -409,6 +410,9 @@ class ChunkedSeparator:
         align: reorder each chunk's sources to match the previous output.
         n_src: minimum number of output tracks (also the count given to a
             wrapped ``nn.Module``'s ``separate``).
+        signature_weight: weight of the voice signatures against the overlap's
+            evidence when aligning (:data:`SIGNATURE_WEIGHT`; 0 aligns on the
+            overlap alone, as other toolkits do).
     """
 
     def __init__(
@@ -421,8 +425,12 @@ class ChunkedSeparator:
         rescale: bool = True,
         align: bool = True,
         n_src: int | str | None = None,
+        signature_weight: float = SIGNATURE_WEIGHT,
     ) -> None:
         self.hop, self.fade = chunk_plan(segment, overlap)
+        if not (math.isfinite(signature_weight) and signature_weight >= 0):
+            raise SepError(f"signature_weight must be a finite number >= 0, got {signature_weight!r}")
+        self.signature_weight = float(signature_weight)
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise SepError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.segment = int(segment)
@@ -561,7 +569,7 @@ class ChunkedSeparator:
                 # spectral shape rarely does (see SIGNATURE_WEIGHT).
                 dist = ((self._sig[:, None, :] - sig[None, :, :]) ** 2).mean(axis=-1)  # [S_ref, S_est]
                 known = (self._sig_w[:, None] > 0) & (sig_w[None, :] > 0)
-                voice = SIGNATURE_WEIGHT * np.where(known, np.exp(-dist), 0.0)  # [S_ref, S_est]
+                voice = self.signature_weight * np.where(known, np.exp(-dist), 0.0)  # [S_ref, S_est]
                 overlap_energy = float(np.sum(np.square(mix[:shared], dtype=np.float64)))
                 average = self._power_sum / max(1, self._power_n)
                 if overlap_energy > QUIET_OVERLAP * average * shared:
@@ -618,6 +626,7 @@ def separate_stream(
     align: bool = True,
     n_src: int | str | None = None,
     stats: EngineStats | None = None,
+    signature_weight: float = SIGNATURE_WEIGHT,
 ) -> Iterator[np.ndarray]:
     """Separate a stream of mono blocks chunk by chunk, in bounded memory.
 
@@ -631,7 +640,7 @@ def separate_stream(
     """
     eng = ChunkedSeparator(
         fn, segment=segment, overlap=overlap, batch_size=batch_size,
-        rescale=rescale, align=align, n_src=n_src,
+        rescale=rescale, align=align, n_src=n_src, signature_weight=signature_weight,
     )
     if stats is not None:
         eng.stats = stats
@@ -655,6 +664,7 @@ def separate_array(
     align: bool = True,
     n_src: int | str | None = None,
     stats: EngineStats | None = None,
+    signature_weight: float = SIGNATURE_WEIGHT,
 ) -> np.ndarray:
     """Whole-array convenience over :func:`separate_stream`.
 
@@ -667,6 +677,7 @@ def separate_array(
         separate_stream(
             [x], fn, segment=segment, overlap=overlap, batch_size=batch_size,
             rescale=rescale, align=align, n_src=n_src, stats=stats,
+            signature_weight=signature_weight,
         )
     )
     if not parts:

@@ -199,26 +199,25 @@ def test_stitching_whole_file_score_matches_per_piece_scores() -> None:
     assert gap(align=False)[0] > 3.0  # the criterion does catch swaps
 
 
-def test_speakers_stay_apart_across_a_pause_longer_than_the_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_speakers_stay_apart_across_a_pause_longer_than_the_overlap() -> None:
     """Both voices silent through whole overlap regions: nothing to match there,
     so the voice signatures (spectral shape) carry the order across the pause."""
     src = on_off_sources(2, 40_000, block=100, seed=6)
     src[:, 15_000:22_000] = 0.0  # a mutual pause spanning several chunk borders
     segment, overlap = 2_000, 0.25
 
-    def errors() -> list[float]:
+    def errors(signature_weight: float = engine.SIGNATURE_WEIGHT) -> list[float]:
         out = []
         for seed in range(6):
             stats = EngineStats()
             y = separate_array(src.sum(axis=0), ShufflingOracle(src, segment, overlap, seed=seed),
-                               segment=segment, overlap=overlap, stats=stats)
+                               segment=segment, overlap=overlap, stats=stats, signature_weight=signature_weight)
             assert stats.by_signature >= 1
             out.append(float(np.abs(match_global(y, src) - src).max()))
         return out
 
     assert max(errors()) < 2e-5
-    monkeypatch.setattr(engine, "SIGNATURE_WEIGHT", 0.0)
-    assert max(errors()) > 0.1  # without signatures the order after the pause is a coin toss
+    assert max(errors(signature_weight=0.0)) > 0.1  # without signatures the order after the pause is a coin toss
 
 
 class SmearingOracle(ShufflingOracle):
@@ -244,7 +243,7 @@ class SmearingOracle(ShufflingOracle):
         return out.astype(np.float32)
 
 
-def test_voice_signatures_overrule_a_misleading_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_voice_signatures_overrule_a_misleading_overlap() -> None:
     """Where a model separates the overlap badly, the overlap's inner products
     favour the wrong order; the voices' spectral shapes over the chunk keep the
     right one. Outside the overlaps the output then equals the sources."""
@@ -256,17 +255,22 @@ def test_voice_signatures_overrule_a_misleading_overlap(monkeypatch: pytest.Monk
         single[s : s + fade] = False
     single[-segment:] = False  # the end-aligned last chunk overlaps more
 
-    def error() -> tuple[float, int]:
+    def error(signature_weight: float = engine.SIGNATURE_WEIGHT) -> tuple[float, int]:
         stats = EngineStats()
         y = separate_array(src.sum(axis=0), SmearingOracle(src, segment, overlap, smear=fade, seed=2),
-                           segment=segment, overlap=overlap, stats=stats)
+                           segment=segment, overlap=overlap, stats=stats, signature_weight=signature_weight)
         return float(np.abs(match_global(y, src) - src)[:, single].max()), stats.overruled
 
     err, overruled = error()
     assert err < 2e-5 and overruled >= 1
-    monkeypatch.setattr(engine, "SIGNATURE_WEIGHT", 0.01)  # the overlap decides: it swaps
-    err, overruled = error()
+    err, overruled = error(signature_weight=0.01)  # the overlap decides: it swaps
     assert err > 0.1 and overruled == 0
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf")])
+def test_signature_weight_must_be_finite_and_non_negative(weight: float) -> None:
+    with pytest.raises(SepError, match="signature_weight"):
+        separate_array(np.zeros(100, dtype=np.float32), lambda m: m[:, None], segment=50, signature_weight=weight)
 
 
 def test_tracks_can_appear_later_with_auto_counts() -> None:
