@@ -772,13 +772,21 @@ def train(
     level = pkg_log.level
     if not d.main:
         pkg_log.setLevel(max(level, logging.WARNING))  # one copy of the progress lines, from rank 0
+    finished = False
     try:
-        return _train(config, out, d, t_call, resume=resume, overrides=overrides or {},
-                      recipe_text=recipe_text, init=init, device=device, threads=threads,
-                      max_steps=max_steps, max_minutes=max_minutes, force=force, progress=progress)
+        result = _train(config, out, d, t_call, resume=resume, overrides=overrides or {},
+                        recipe_text=recipe_text, init=init, device=device, threads=threads,
+                        max_steps=max_steps, max_minutes=max_minutes, force=force, progress=progress)
+        finished = True
+        return result
     finally:
         pkg_log.setLevel(level)
         if d.owned and dist.is_initialized():
+            if finished:
+                # Rank 0 still writes the last checkpoint after the others are done; a rank that
+                # tears its gloo connections down meanwhile can abort rank 0 (SIGABRT seen in CI).
+                # After an error the peers may never arrive, so only a clean finish waits.
+                dist.barrier()
             dist.destroy_process_group()
 
 

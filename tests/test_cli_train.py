@@ -183,7 +183,9 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(data, tm
            "-m", "sepcli", *tiny_args(data, tmp_path / "ddp", "--batch-size", "2", *common)]
     # no time limit asserted: a cold first run (fresh clone, no bytecode yet) is slow
     done = subprocess.run(cmd, env=env(), capture_output=True, timeout=300)
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    err = done.stderr.decode()
+    # Both ends of stderr: the launcher's summary is at the tail, the rank's own message at the head.
+    assert done.returncode == 0, f"stdout: {done.stdout.decode()[-1500:]}\nstderr: {err[:3000]}\n...\n{err[-1500:]}"
     assert done.stdout.decode().count("Training finished") == 1  # rank 0 reports, rank 1 is silent
     single = torch.load(tmp_path / "single" / "last.pt", weights_only=True)
     ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
