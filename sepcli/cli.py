@@ -555,7 +555,7 @@ def train_cmd(
               help="Where the model runs; auto uses CUDA when present.")
 @click.option("--segment", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SEC",
               help="Chunk length in seconds; longer inputs are processed chunk by chunk. "
-                   "Default: the model's (30 for dpcl, 4 for the others).")
+                   "Default: the model's (30 for the shipped models, 4 for untrained presets).")
 @click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.25, show_default=True,
               metavar="F", help="Fraction of each chunk shared with the next (cross-fade and "
                                 "speaker-order alignment; 0 disables alignment).")
