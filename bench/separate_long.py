@@ -292,7 +292,7 @@ def stitch_check(args: argparse.Namespace) -> list[dict]:
         women = [s for s in held_out if genders.get(s) == "F"]
         pairs = [(men[0], women[0]), tuple(women[1:3] if len(women) > 2 else women[:2])]
     sep = Separator(args.model, device=args.device, segment=args.segment, overlap=args.overlap,
-                    n_src=args.num_speakers)
+                    n_src=args.num_speakers, passes=args.passes)
     seconds = args.minutes[0] * 60
     # the same model over the whole recording in one chunk (--unchunked)
     one = Separator(args.model, device=args.device, segment=seconds + 1.0, overlap=args.overlap) if args.unchunked else None
@@ -378,6 +378,8 @@ def main() -> None:
                    help="--stitch-check: tracks to separate into (default the model's; 'auto' lets a clustering "
                         "model count each chunk, and recordings that come out with other than 2 tracks are "
                         "reported, not scored)")
+    p.add_argument("--passes", type=int, default=None,
+                   help="--stitch-check: forward passes averaged per chunk (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="recording construction seed")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--workdir", default=None, help="folder for temporary files (default: system temp)")

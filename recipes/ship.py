@@ -11,6 +11,9 @@ Run by hand after training (it needs the test sets, which `sep mix` builds from
         --speakers-split recipes/splits/librispeech-8k.json --split test --seed 2
     python recipes/ship.py runs/convtasnet --name convtasnet --recipe recipes/convtasnet.toml
     python recipes/ship.py runs/dpcl --name dpcl --recipe recipes/dpcl.toml --test3 data/test3
+
+After changing an inference setting of a shipped model (``update_shipped``),
+score it again in place: ``python recipes/ship.py --rescore convtasnet``.
 """
 from __future__ import annotations
 
@@ -130,11 +133,49 @@ def update_shipped(name: str, changes: dict) -> str:
     return sha
 
 
+def quality_table(q: dict) -> list[str]:
+    """The card's quality paragraph and table (Markdown lines) for a ``_score`` result."""
+    lines = [
+        f"Measured with `sep separate` + `sep evaluate --set {q['test_set']}` on {q['n']} "
+        "two-speaker mixtures at 8 kHz built wsj0-2mix-style (0-5 dB relative level, cut to "
+        "the shorter source) from the test speakers below:",
+        "",
+        "| metric | mean | median | 10th percentile |",
+        "|---|---|---|---|",
+    ]
+    for key in ("si_snri", "sdri", "si_snr", "sdr"):
+        s = q["stats"][key]
+        label = {"si_snri": "SI-SNRi", "sdri": "SDRi", "si_snr": "SI-SNR", "sdr": "SDR"}[key]
+        lines.append(f"| {label} | {s['mean']:.2f} dB | {s['median']:.2f} dB | {s['p10']:.2f} dB |")
+    return lines
+
+
+def rescore_shipped(name: str, test2: Path, threads: int) -> dict:
+    """Score shipped model ``name`` again as it is now (after an inference-setting change,
+    :func:`update_shipped`) and replace its card's quality (JSON, and the Markdown table,
+    keeping every other section). Returns the new quality."""
+    path = registry.models_dir() / f"{name}.safetensors"
+    quality = _score(path, test2, None, threads)
+    card_path = path.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["quality"] = quality
+    write_atomic(card_path, json.dumps(card, indent=2) + "\n")
+    md_path = path.with_suffix(".md")
+    md = md_path.read_text()
+    start = md.index("Measured with `sep separate`")
+    end = md.index("\n\n", md.index("| SDR |", start))
+    write_atomic(md_path, md[:start] + "\n".join(quality_table(quality)) + md[end:])
+    return quality
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path, help="training run folder (holds best.safetensors, log.jsonl)")
-    ap.add_argument("--name", required=True, help="shipped name, e.g. convtasnet")
-    ap.add_argument("--recipe", required=True, help="recipe that trained it (for the card)")
+    ap.add_argument("run", type=Path, nargs="?", help="training run folder (holds best.safetensors, log.jsonl)")
+    ap.add_argument("--name", help="shipped name, e.g. convtasnet")
+    ap.add_argument("--recipe", help="recipe that trained it (for the card)")
+    ap.add_argument("--rescore", metavar="NAME",
+                    help="only score shipped model NAME again as it is now and replace its card's quality "
+                         "(after recipes/ship.py's update_shipped changed an inference setting)")
     ap.add_argument("--test2", type=Path, default=ROOT / "data" / "test2", help="2-speaker test set")
     ap.add_argument("--test3", type=Path, default=None, help="3-speaker test set (clustering models)")
     ap.add_argument("--hardware", default=None, help="what it trained on (default: this CPU)")
@@ -147,6 +188,12 @@ def main() -> None:
                     help="change an inference setting of the config before shipping, e.g. "
                          "auto_threshold=0.12 as tuned on the valid split (repeatable; JSON values)")
     args = ap.parse_args()
+    if args.rescore:
+        quality = rescore_shipped(args.rescore, args.test2, args.threads)
+        print(json.dumps({"name": args.rescore, "si_snri": quality["si_snri"], "sdri": quality["sdri"]}, indent=2))
+        return
+    if args.run is None or not args.name or not args.recipe:
+        ap.error("RUN, --name and --recipe are needed to ship (or --rescore NAME)")
 
     src = args.weights or args.run / "best.safetensors"
     model = registry.load_file(src)
@@ -206,17 +253,8 @@ def render_markdown(card: dict) -> str:
         "",
         "## Quality (held-out speakers, never trained or tuned on)",
         "",
-        f"Measured with `sep separate` + `sep evaluate --set {q['test_set']}` on {q['n']} "
-        "two-speaker mixtures at 8 kHz built wsj0-2mix-style (0-5 dB relative level, cut to "
-        "the shorter source) from the test speakers below:",
-        "",
-        "| metric | mean | median | 10th percentile |",
-        "|---|---|---|---|",
+        *quality_table(q),
     ]
-    for key in ("si_snri", "sdri", "si_snr", "sdr"):
-        s = q["stats"][key]
-        label = {"si_snri": "SI-SNRi", "sdri": "SDRi", "si_snr": "SI-SNR", "sdr": "SDR"}[key]
-        lines.append(f"| {label} | {s['mean']:.2f} dB | {s['median']:.2f} dB | {s['p10']:.2f} dB |")
     if "quality_3spk" in card:
         q3 = card["quality_3spk"]
         lines += ["", f"Three-speaker mixtures (`--num-speakers 3`, {q3['n']} mixtures, "

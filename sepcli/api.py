@@ -113,6 +113,7 @@ class BatchResult:
     results: list[SeparationResult]
     model: str = ""
     precision: str = "float32"  # of the matrix products (Separator.precision)
+    passes: int = 1  # forward passes averaged (Separator.passes)
 
     @property
     def ok(self) -> int:
@@ -130,6 +131,7 @@ class BatchResult:
         return {
             "model": self.model,
             "precision": self.precision,
+            "passes": self.passes,
             "ok": self.ok,
             "skipped": self.skipped,
             "failed": self.failed,
@@ -390,6 +392,12 @@ class Separator:
             tracks within ~45 dB SI-SNR of float32. Other models run float32;
             asking them for ``"bfloat16"`` raises SepError. The resolved choice
             is :attr:`precision`.
+        passes: forward passes averaged per chunk (test-time augmentation:
+            sign flips and sub-frame delays, :func:`sepcli.engine.pass_transforms`);
+            ``None`` for the model's ``default_passes`` (the shipped ``convtasnet``
+            sets 4: +0.55 dB SI-SNRi on the valid speakers for four times the
+            time), else 1. Each pass costs one forward. Needs a fixed number of
+            speakers (not ``n_src="auto"``).
     """
 
     def __init__(
@@ -402,6 +410,7 @@ class Separator:
         n_src: int | str | None = None,
         batch_size: int | None = None,
         precision: str = "auto",
+        passes: int | None = None,
     ) -> None:
         self.device = engine.resolve_device(device)
         if segment is not None:
@@ -427,7 +436,17 @@ class Separator:
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise SepError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size)
-        self.fn = engine.model_fn(self.model, self.device, self.n_src)
+        if passes is None:
+            passes = getattr(self.model, "default_passes", None) or 1
+        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+            raise SepError(f"passes must be a positive integer, got {passes!r}")
+        if passes > 1 and self.n_src == "auto":
+            raise SepError("averaging several passes needs a fixed number of speakers, not 'auto'")
+        self.passes: int = passes
+        transforms = engine.pass_transforms(
+            passes, int(getattr(self.model, "frame_hop", 1)), signs=not getattr(self.model, "sign_invariant", False)
+        )
+        self.fn = engine.averaged_fn(engine.model_fn(self.model, self.device, self.n_src), transforms)
         if self.n_src is not None:
             # Fail now, once, rather than on every file: models with a fixed
             # number of outputs refuse another count.
@@ -894,6 +913,7 @@ def separate_files(
     threads: int | None = None,
     events: BatchEvents | None = None,
     precision: str = "auto",
+    passes: int | None = None,
 ) -> BatchResult:
     """Separate many files (what ``sep separate`` runs).
 
@@ -921,7 +941,7 @@ def separate_files(
         except ImportError:
             raise SepError("--plot needs matplotlib: pip install 'sepcli[plot]'") from None
     spec = dict(model=model, device=device, segment=segment, overlap=overlap, n_src=n_src, batch_size=batch_size,
-                precision=precision)
+                precision=precision, passes=passes)
     sep = Separator(**spec)  # model and option errors surface here, once
     found, problems = find_audio_files(inputs, exclude=[out])
 
@@ -962,7 +982,7 @@ def separate_files(
         r = SeparationResult(input=arg, status="failed", error=msg)
         final.append(r)
         events.file_done(base + j, r)
-    return BatchResult(final, model=sep.model_name, precision=sep.precision)
+    return BatchResult(final, model=sep.model_name, precision=sep.precision, passes=sep.passes)
 
 
 def _run_parallel(

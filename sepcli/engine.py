@@ -68,7 +68,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -371,6 +371,79 @@ def model_fn(
             return y.detach().float().cpu().numpy()
 
     return fn
+
+
+def pass_transforms(passes: int, frame_hop: int = 1, signs: bool = True) -> list[tuple[int, int]]:
+    """The input transforms of :func:`averaged_fn`: ``(delay, sign)`` per pass.
+
+    Pass 0 is the input itself. With ``signs``, passes alternate the input's
+    sign (a separator should be odd: ``f(-x) = -f(x)``; a trained one only
+    nearly is). Each further pair (or each further pass without ``signs``)
+    delays the input by a fraction of the model's frame hop (1/2, 1/4, 3/4,
+    1/8, ...: the encoder's frames then fall between those of pass 0). Give
+    ``signs=False`` for models whose output cannot change with the sign
+    (magnitude-spectrogram masks). Delays are whole samples; a hop too short
+    to split repeats delay 0.
+    """
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise SepError(f"passes must be a positive integer, got {passes!r}")
+    if isinstance(frame_hop, bool) or not isinstance(frame_hop, int) or frame_hop < 1:
+        raise SepError(f"frame_hop must be a positive integer, got {frame_hop!r}")
+
+    def fraction(j: int) -> float:  # van der Corput: 0, 1/2, 1/4, 3/4, 1/8, ...
+        f, base = 0.0, 0.5
+        while j:
+            f += base * (j & 1)
+            j >>= 1
+            base /= 2
+        return f
+
+    per_delay = 2 if signs else 1
+    return [(int(round(frame_hop * fraction(k // per_delay))) % frame_hop,
+             -1 if signs and k % 2 else 1) for k in range(passes)]
+
+
+def averaged_fn(fn: SeparateFn, transforms: Sequence[tuple[int, int]]) -> SeparateFn:
+    """Average ``fn`` over transformed copies of its input (test-time augmentation).
+
+    Each pass runs ``fn`` on the input delayed by ``delay`` samples (zeros in
+    front) and multiplied by ``sign``, undoes both on the output, and reorders
+    its sources to match pass 0 (largest summed inner products per item, as
+    the chunk alignment does: a permutation-invariant model may order them
+    differently per pass). The mean of the passes is the output. For a model
+    that is exactly odd and shift-equivariant every pass is the same and the
+    mean changes nothing; a trained model's errors differ between passes and
+    partly cancel (``pass_transforms``; README: quality gains per model).
+
+    Shape: mix ``[B, T]`` -> ``[B, S, T]`` float32.
+    """
+    transforms = [(int(d), int(g)) for d, g in transforms]
+    if not transforms or any(d < 0 or g not in (-1, 1) for d, g in transforms):
+        raise SepError(f"transforms must be (delay >= 0, sign +-1) pairs, got {transforms!r}")
+    if len(transforms) == 1 and transforms[0] == (0, 1):
+        return fn
+
+    def averaged(mix: np.ndarray) -> np.ndarray:
+        x = np.asarray(mix, dtype=np.float32)
+        n = x.shape[-1]
+        total: np.ndarray | None = None
+        first: np.ndarray | None = None
+        for delay, sign in transforms:
+            xt = np.pad(x, ((0, 0), (delay, 0))) if delay else x  # [B, T + delay]
+            y = _to_numpy(fn(xt * sign if sign < 0 else xt)).astype(np.float32)  # [B, S, T + delay]
+            y = y[..., delay : delay + n] * sign  # [B, S, T]
+            if first is None:
+                first, total = y, y.copy()
+                continue
+            if y.shape != first.shape:
+                raise SepError(f"passes gave different shapes: {first.shape} and {y.shape}; "
+                               "averaging needs a fixed number of speakers")
+            score = np.einsum("bit,bjt->bij", first, y)  # [B, S_first, S_y]
+            for b in range(y.shape[0]):
+                total[b] += y[b, pit_permutation(score[b])]
+        return total / len(transforms)
+
+    return averaged
 
 
 def _as_fn(fn: SeparateFn | torch.nn.Module, n_src: int | str | None) -> SeparateFn:
@@ -693,6 +766,7 @@ __all__ = [
     "ChunkedSeparator",
     "EngineStats",
     "SeparateFn",
+    "averaged_fn",
     "available_cpus",
     "chunk_plan",
     "chunk_starts",
@@ -703,6 +777,7 @@ __all__ = [
     "separate_array",
     "separate_stream",
     "native_bfloat16",
+    "pass_transforms",
     "set_precision",
     "set_threads",
     "voice_signatures",

@@ -15,6 +15,7 @@ import torch
 from sepcli import api, registry
 from sepcli.api import Separator, find_audio_files, separate, separate_files
 from sepcli.errors import SepError
+from sepcli.metrics import si_snr
 
 torch.set_num_threads(1)
 
@@ -62,6 +63,10 @@ class CountingByLevel(torch.nn.Module):
 def noise(seconds: float, rate: int, channels: int = 1, level: float = 0.3, seed: int = 0) -> np.ndarray:
     x = level * np.random.default_rng(seed).standard_normal((int(seconds * rate), channels))
     return np.clip(x, -1, 1).astype(np.float32)
+
+
+def si_snr_db(est: np.ndarray, ref: np.ndarray) -> float:
+    return float(si_snr(est, ref))
 
 
 def write(path: Path, x: np.ndarray, rate: int) -> Path:
@@ -370,6 +375,50 @@ def test_segment_defaults_to_the_models_own() -> None:
     assert Separator(long_chunks, device="cpu").segment == 30.0
     with pytest.raises(SepError, match="segment"):
         registry.build("convtasnet", **tiny, segment=-1.0)
+
+
+def test_passes_default_to_the_models_own_and_survive_the_checkpoint(tmp_path: Path) -> None:
+    tiny = dict(N=16, L=16, B=8, H=16, Sc=8, X=2, R=1)
+    assert Separator(registry.build("convtasnet", **tiny), device="cpu").passes == 1
+    model = registry.build("convtasnet", **tiny, passes=2)
+    assert model.default_passes == 2 and model.frame_hop == 8
+    registry.save_model(model, tmp_path / "m.safetensors")
+    assert Separator(tmp_path / "m.safetensors", device="cpu").passes == 2
+    assert Separator(tmp_path / "m.safetensors", device="cpu", passes=1).passes == 1  # an explicit value wins
+    assert Separator(FirstIsMix(), device="cpu").passes == 1  # a model without default_passes
+    for bad in (0, 1.5, True):
+        with pytest.raises(SepError, match="passes"):
+            Separator(model, device="cpu", passes=bad)
+    with pytest.raises(SepError, match="passes"):
+        registry.build("convtasnet", **tiny, passes=0)
+
+
+def test_two_passes_are_the_mean_of_the_model_and_its_sign_flipped_copy() -> None:
+    torch.manual_seed(3)
+    model = registry.build("convtasnet", N=16, L=16, B=8, H=16, Sc=8, X=2, R=1).eval()
+    x = noise(0.5, 8000, seed=5)[:, 0]  # [T]
+    with torch.inference_mode():
+        t = torch.from_numpy(x)[None]
+        plus, minus = model(t)[0].numpy(), -model(-t)[0].numpy()  # [S, T]
+    straight = plus[0] @ minus[0] + plus[1] @ minus[1]
+    crossed = plus[0] @ minus[1] + plus[1] @ minus[0]
+    mean = 0.5 * (plus + (minus if straight >= crossed else minus[::-1]))
+    # One chunk, so the engine only fits levels: compare up to each track's gain.
+    y = Separator(model, device="cpu", segment=1.0, passes=2, precision="float32").separate(x, 8000)
+    for est, ref in zip(y, mean, strict=True):
+        assert si_snr_db(est, ref) > 60
+    assert min(si_snr_db(y[i], plus[i]) for i in range(2)) < 60  # and not one pass
+
+
+def test_passes_need_a_fixed_speaker_count_and_dpcl_passes_only_delay() -> None:
+    dpcl = registry.build("dpcl", hidden=8, layers=1, emb_dim=4, kmeans_n_init=1, kmeans_max_bins=500).eval()
+    with pytest.raises(SepError, match="fixed number"):
+        Separator(dpcl, device="cpu", n_src="auto", passes=2)
+    # Masks from magnitudes: a sign flip changes nothing, so dpcl's passes are all delays.
+    x = torch.from_numpy(noise(0.5, 8000, seed=6)[:, 0])[None]  # [1, T]
+    with torch.inference_mode():
+        torch.testing.assert_close(-dpcl.separate(-x, n_src=2), dpcl.separate(x, n_src=2))
+    assert dpcl.sign_invariant and dpcl.frame_hop == dpcl.config.hop
 
 
 def test_conv_tasnet_segment_survives_the_checkpoint(tmp_path: Path) -> None:

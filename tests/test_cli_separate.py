@@ -50,6 +50,7 @@ def test_cli_defaults_match_the_library() -> None:
     assert defaults["overlap"] == api.DEFAULT_OVERLAP
     assert defaults["filename"] == api.DEFAULT_FILENAME
     assert defaults["precision"] == "auto"
+    assert defaults["passes"] is None  # the model's default_passes, else 1
     assert tuple(next(p for p in separate_cmd.params if p.name == "precision").type.choices) == api.PRECISIONS
 
 
@@ -97,6 +98,24 @@ def test_json_summary_on_stdout(tmp_path: Path, tiny_ckpt: str) -> None:
     assert json.loads(r.stdout)["precision"] == "float32"
     r = run(str(src), "--model", tiny_ckpt, "--out", str(tmp_path / "o3"), "--json", "--precision", "bfloat16")
     assert json.loads(r.stdout)["precision"] == "bfloat16"
+
+
+
+def test_passes_average_the_model_and_show_in_the_summary(tmp_path: Path, tiny_ckpt: str) -> None:
+    src = write(tmp_path / "x.wav", seconds=1.0)
+    tracks = {}
+    for n in (1, 2):
+        r = run(str(src), "--model", tiny_ckpt, "--out", str(tmp_path / f"p{n}"), "--json", "--passes", str(n),
+                "--float", "-q")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["passes"] == n
+        tracks[n] = np.stack([sf.read(tmp_path / f"p{n}" / "x" / f"s{i}.wav", dtype="float32")[0] for i in (1, 2)])
+    # The same as the library's two-pass Separator, and not the one-pass output.
+    want = api.Separator(tiny_ckpt, device="cpu", passes=2).separate(sf.read(src, dtype="float32")[0], 8000)
+    np.testing.assert_allclose(tracks[2], want, rtol=0, atol=1e-6)
+    assert np.abs(tracks[2] - tracks[1]).max() > 1e-3
+    r = CliRunner().invoke(main, ["separate", str(src), "--model", tiny_ckpt, "--passes", "0"])
+    assert r.exit_code == 2 and "passes" in r.output
 
 
 def test_quiet_prints_nothing_on_success(tmp_path: Path, tiny_ckpt: str) -> None:

@@ -427,3 +427,76 @@ def test_stitching_runs_numpy_blas_on_one_thread() -> None:
         engine.ChunkedSeparator._add_chunk = original
     inside = seen[1::2]  # _add_chunk's views (probe's come first, then the chunk is added)
     assert inside and all(t == [1] * len(t) for t in inside)
+
+
+# ----------------------------------------------------------------------------- averaged passes
+
+
+def test_pass_transforms_alternate_signs_then_split_the_hop() -> None:
+    assert engine.pass_transforms(1, 16) == [(0, 1)]
+    assert engine.pass_transforms(8, 16) == [(0, 1), (0, -1), (8, 1), (8, -1), (4, 1), (4, -1), (12, 1), (12, -1)]
+    assert engine.pass_transforms(4, 64, signs=False) == [(0, 1), (32, 1), (16, 1), (48, 1)]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(SepError, match="passes"):
+            engine.pass_transforms(bad, 16)
+    with pytest.raises(SepError, match="frame_hop"):
+        engine.pass_transforms(2, 0)
+
+
+@pytest.mark.parametrize("passes", [2, 3, 8])
+def test_averaged_passes_change_nothing_for_an_odd_shift_equivariant_model(passes: int) -> None:
+    # Fixed gains are odd and commute with delays: every pass is the same, so a
+    # delay cropped one sample off (or a sign not undone) would show here.
+    x = np.random.default_rng(0).standard_normal((3, 999)).astype(np.float32)  # [B, T]
+
+    def gains(m: np.ndarray) -> np.ndarray:
+        return np.stack([0.7 * m, 0.3 * m], axis=1)  # [B, 2, T]
+
+    y = engine.averaged_fn(gains, engine.pass_transforms(passes, 16))(x)
+    np.testing.assert_allclose(y, gains(x), rtol=0, atol=1e-6)
+    assert y.shape == (3, 2, 999) and y.dtype == np.float32
+
+
+def test_sign_passes_keep_exactly_the_odd_part_of_the_model() -> None:
+    # f(x) = [a x + e x^2, (1 - a) x - e x^2]: the mean of f(x) and -f(-x) is the
+    # odd part [a x, (1 - a) x], a dense formula the average must hit.
+    x = 0.5 * np.random.default_rng(1).standard_normal((2, 4000)).astype(np.float32)
+
+    def f(m: np.ndarray) -> np.ndarray:
+        even = 0.05 * m**2
+        return np.stack([0.8 * m + even, 0.2 * m - even], axis=1)
+
+    y = engine.averaged_fn(f, engine.pass_transforms(2, 16))(x)
+    odd = np.stack([0.8 * x, 0.2 * x], axis=1)
+    np.testing.assert_allclose(y, odd, rtol=0, atol=1e-6)
+    assert np.abs(f(x) - odd).max() > 0.1  # one pass is far from it
+
+
+def test_each_pass_is_put_in_the_order_of_the_first() -> None:
+    # A permutation-invariant model may order its outputs differently per pass:
+    # here the order follows the sign of the input's sum, per batch item.
+    x = np.random.default_rng(2).standard_normal((4, 500)).astype(np.float32)
+    x[::2] += 0.5  # items 0 and 2 sum positive, 1 and 3 negative (checked below)
+    x[1::2] -= 0.5
+    assert list(np.sign(x.sum(axis=1))) == [1, -1, 1, -1]
+
+    def flips(m: np.ndarray) -> np.ndarray:
+        y = np.stack([0.9 * m, 0.1 * m], axis=1)
+        neg = m.sum(axis=1) < 0
+        y[neg] = y[neg, ::-1]
+        return y
+
+    y = engine.averaged_fn(flips, engine.pass_transforms(4, 8))(x)
+    np.testing.assert_allclose(y, flips(x), rtol=0, atol=1e-6)
+    unaligned = 0.5 * (flips(x) - flips(-x))
+    assert np.abs(unaligned - flips(x)).max() > 0.5  # without alignment they would mix
+
+
+def test_averaged_passes_need_a_fixed_number_of_sources() -> None:
+    def by_length(m: np.ndarray) -> np.ndarray:
+        return np.zeros((m.shape[0], 2 + m.shape[1] % 2, m.shape[1]), np.float32)
+
+    with pytest.raises(SepError, match="fixed number"):
+        engine.averaged_fn(by_length, [(0, 1), (1, 1)])(np.ones((1, 10), np.float32))
+    with pytest.raises(SepError, match="transforms"):
+        engine.averaged_fn(by_length, [(0, 2)])

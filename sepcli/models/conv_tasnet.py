@@ -65,6 +65,10 @@ class ConvTasNetConfig:
     # (None: sepcli.api.DEFAULT_SEGMENT). Trained models may need long chunks:
     # on short ones the shipped convtasnet swapped speakers between chunks.
     segment: float | None = None
+    # Inference setting: forward passes sep separate averages (sign flips and
+    # sub-frame delays, sepcli.engine.pass_transforms; None: 1). Costs one
+    # forward per pass; chosen per shipped model on the valid speakers.
+    passes: int | None = None
 
     def __post_init__(self) -> None:
         # ValueError is turned into SepError by registry.make_config.
@@ -87,6 +91,9 @@ class ConvTasNetConfig:
         if self.segment is not None and (isinstance(self.segment, bool) or not isinstance(self.segment, (int, float))
                                          or not self.segment > 0):
             raise ValueError(f"segment must be a positive number of seconds or null, got {self.segment!r}")
+        if self.passes is not None and (isinstance(self.passes, bool) or not isinstance(self.passes, int)
+                                        or self.passes < 1):
+            raise ValueError(f"passes must be a positive integer or null, got {self.passes!r}")
 
     @property
     def norm_type(self) -> str:
@@ -264,6 +271,16 @@ class ConvTasNet(nn.Module):
         """Chunk seconds for :class:`sepcli.api.Separator` (``config.segment``;
         None: the library default)."""
         return self.config.segment
+
+    @property
+    def default_passes(self) -> int | None:
+        """Forward passes :class:`sepcli.api.Separator` averages (``config.passes``; None: 1)."""
+        return self.config.passes
+
+    @property
+    def frame_hop(self) -> int:
+        """Encoder frame shift in samples (L/2): the unit of the averaged passes' delays."""
+        return self.config.stride
 
     def __init__(self, config: ConvTasNetConfig | None = None) -> None:
         super().__init__()

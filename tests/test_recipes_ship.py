@@ -1,0 +1,67 @@
+"""recipes/ship.py: scoring a shipped model again in place after an inference-setting change."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from sepcli import registry
+from sepcli.api import Separator
+from sepcli.metrics import pit_si_snr, si_snr
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "recipes"))
+spec = importlib.util.spec_from_file_location("recipes_ship", REPO / "recipes" / "ship.py")
+ship = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ship)
+
+TINY = dict(N=16, L=16, B=8, H=16, Sc=8, X=2, R=1)
+
+
+def test_rescore_replaces_only_the_quality_and_matches_an_independent_score(tmp_path: Path, monkeypatch) -> None:
+    models = tmp_path / "models"
+    monkeypatch.setenv("SEP_MODELS_DIR", str(models))
+    torch.manual_seed(0)
+    model = registry.build("convtasnet", **TINY)
+    sha = registry.save_model(model, models / "tiny.safetensors", dtype=torch.float16)
+    card = {"name": "tiny", "config": dataclasses.asdict(model.config), "sha256": sha,
+            "quality": {"si_snri": 99.0}, "notes": "kept"}
+    (models / "tiny.json").write_text(json.dumps(card))
+    (models / "tiny.md").write_text(
+        "# Model card: `tiny`\n\n## Quality (held-out speakers, never trained or tuned on)\n\n"
+        "Measured with `sep separate` + `sep evaluate --set old` on 9 mixtures:\n\n"
+        "| metric | mean | median | 10th percentile |\n|---|---|---|---|\n"
+        "| SI-SNRi | 99.00 dB | 99.00 dB | 99.00 dB |\n| SDR | 99.00 dB | 99.00 dB | 99.00 dB |\n\n"
+        "## Training\n\nhand-written section that must survive\n"
+    )
+    test = tmp_path / "test2"
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        ref = 0.1 * rng.standard_normal((2, 8000)).astype(np.float32)
+        for folder, x in (("s1", ref[0]), ("s2", ref[1]), ("mix", ref.sum(0))):
+            (test / folder).mkdir(parents=True, exist_ok=True)
+            sf.write(test / folder / f"{name}.wav", x, 8000, subtype="FLOAT")
+    ship.update_shipped("tiny", {"passes": 2})
+    quality = ship.rescore_shipped("tiny", test, threads=1)
+
+    sep = Separator("tiny", device="cpu")
+    assert sep.passes == 2  # scored as it ships now
+    expect = []
+    for name in ("a", "b"):
+        mix = sf.read(test / "mix" / f"{name}.wav", dtype="float32")[0]
+        ref = np.stack([sf.read(test / s / f"{name}.wav", dtype="float32")[0] for s in ("s1", "s2")])
+        values, _ = pit_si_snr(sep.separate(mix, 8000), ref)
+        expect.append(np.mean(values - si_snr(np.stack([mix, mix]), ref)))
+    assert quality["n"] == 2 and abs(quality["si_snri"] - round(float(np.mean(expect)), 2)) <= 0.011
+    saved = json.loads((models / "tiny.json").read_text())
+    assert saved["quality"] == quality and saved["notes"] == "kept" and saved["config"]["passes"] == 2
+    md = (models / "tiny.md").read_text()
+    assert "99.00" not in md and f"| SI-SNRi | {quality['stats']['si_snri']['mean']:.2f} dB" in md
+    assert "| SDR |" in md and "hand-written section that must survive" in md
+    assert md.count("## Training") == 1
