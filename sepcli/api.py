@@ -392,11 +392,11 @@ class Separator:
             tracks within ~45 dB SI-SNR of float32. Other models run float32;
             asking them for ``"bfloat16"`` raises SepError. The resolved choice
             is :attr:`precision`.
-        passes: forward passes averaged per chunk (test-time augmentation:
-            sign flips and sub-frame delays, :func:`sepcli.engine.pass_transforms`);
-            ``None`` for the model's ``default_passes`` (the shipped ``convtasnet``
-            sets 4: +0.55 dB SI-SNRi on the valid speakers for four times the
-            time), else 1. Each pass costs one forward. Needs a fixed number of
+        passes: forward passes averaged per chunk (test-time augmentation: the
+            input delayed by fractions of the model's ``frame_hop``,
+            :func:`sepcli.engine.pass_transforms` without sign flips); ``None``
+            for the model's ``default_passes`` (the shipped ``convtasnet`` sets 4),
+            else 1. Each pass costs one forward. Needs a fixed number of
             speakers (not ``n_src="auto"``).
     """
 
@@ -443,9 +443,9 @@ class Separator:
         if passes > 1 and self.n_src == "auto":
             raise SepError("averaging several passes needs a fixed number of speakers, not 'auto'")
         self.passes: int = passes
-        transforms = engine.pass_transforms(
-            passes, int(getattr(self.model, "frame_hop", 1)), signs=not getattr(self.model, "sign_invariant", False)
-        )
+        # Delays only: sign-flipped passes helped on short mixtures but cost up to 1 dB on
+        # 10-minute recordings, because the trained models are not polarity-symmetric (README).
+        transforms = engine.pass_transforms(passes, int(getattr(self.model, "frame_hop", 1)), signs=False)
         self.fn = engine.averaged_fn(engine.model_fn(self.model, self.device, self.n_src), transforms)
         if self.n_src is not None:
             # Fail now, once, rather than on every file: models with a fixed

@@ -564,9 +564,9 @@ def train_cmd(
               help="Matrix products of Conv-TasNet (gLN): bfloat16 is ~1.6x faster on CPUs with "
                    "native bfloat16 and within ~45 dB of float32; auto picks it there.")
 @click.option("--passes", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Forward passes averaged per chunk (sign-flipped and sub-frame-delayed copies of "
-                   "the input): each costs one more forward, errors partly cancel. Default: the "
-                   "model's (4 for the shipped convtasnet, 1 otherwise); 1 is the fastest.")
+              help="Forward passes averaged per chunk (copies of the input delayed by fractions of "
+                   "the model's frame hop): each costs one more forward, errors partly cancel. "
+                   "Default: the model's (4 for the shipped convtasnet, 1 otherwise); 1 is the fastest.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Files separated at once, each with (CPU cores / N) threads.")
 @click.option("--threads", type=click.IntRange(min=1), metavar="N",

@@ -289,6 +289,10 @@ class MixingConfig:
     likely (e.g. ``(2, 3)``); the reference keeps ``n_src`` rows and those past
     the drawn count are silent. None: all ``n_src`` talk. For models whose loss
     takes silent references (deep clustering), to train on several counts.
+    ``random_polarity``: flip each source's sign with probability 1/2 (the
+    mixture is still their sum). Speech waveforms are asymmetric and a corpus
+    tends to keep one polarity, so a model trained without it can separate
+    a sign-flipped recording much worse (README, "Passes").
     """
 
     n_src: int = 2
@@ -299,6 +303,7 @@ class MixingConfig:
     level_range: tuple[float, float] = (-30.0, -20.0)
     sampling: str = "duration"
     n_active: tuple[int, ...] | None = None
+    random_polarity: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_src, int) or self.n_src < 1:
@@ -407,9 +412,13 @@ def make_mixture(
         pads.append(pad)
     gains = _gains_db(rng, cfg)
     ref *= (10.0 ** (gains / 20.0)).astype(np.float32)[:, None]
+    level_db = rng.uniform(*cfg.level_range)
+    if cfg.random_polarity:
+        # Drawn last and only when asked, so mixtures without it stay the ones earlier runs saw.
+        ref *= rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=cfg.n_src)[:, None]
     mix = ref.sum(0)  # [T]
     rms = float(np.sqrt(np.mean(np.square(mix, dtype=np.float64)))) or 1.0
-    scale = 10.0 ** (rng.uniform(*cfg.level_range) / 20.0) / rms
+    scale = 10.0 ** (level_db / 20.0) / rms
     peak = float(np.abs(ref).sum(0).max()) * scale
     if peak > 0.9:
         scale *= 0.9 / peak  # no clipping in the mixture or any source

@@ -97,6 +97,7 @@ class TrainConfig:
     speed_perturb: list | None = field(default_factory=lambda: [0.95, 1.05])
     snr_range: list = field(default_factory=lambda: [0.0, 5.0])
     level_range: list = field(default_factory=lambda: [-30.0, -20.0])
+    random_polarity: bool = False  # flip each training source's sign with probability 1/2
     sampling: str = "duration"  # "duration" or "speaker"
     mode: str = "min"  # pre-mixed sets: reconcile file lengths by cutting ("min") or padding
     # dynamic mixing: talking speakers per training mixture, e.g. [2, 3] (None: the model's
@@ -135,7 +136,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "data": (
         "train", "valid", "speakers_split", "segment", "epoch_size", "valid_size",
         "valid_segment", "valid_max_seconds", "valid_seed", "speed_perturb", "snr_range",
-        "level_range", "sampling", "mode", "workers", "speaker_counts",
+        "level_range", "random_polarity", "sampling", "mode", "workers", "speaker_counts",
     ),
     "optim": (
         "batch_size", "valid_batch_size", "lr", "weight_decay", "clip", "patience",
@@ -245,6 +246,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise SepError(f"lr_factor must be between 0 and 1, got {cfg.lr_factor!r}")
     if not isinstance(cfg.model, dict):
         raise SepError("model config must be a table of the family's settings")
+    if not isinstance(cfg.random_polarity, bool):
+        raise SepError(f"random_polarity must be true or false, got {cfg.random_polarity!r}")
     if isinstance(cfg.speed_perturb, str) and cfg.speed_perturb.lower() in ("none", "off", "false"):
         cfg.speed_perturb = None
     for name in ("speed_perturb", "snr_range", "level_range"):
@@ -446,14 +449,14 @@ def _trim_log(path: Path, step: int, epoch: int) -> None:
 
 
 def _mixing(cfg: TrainConfig, n_src: int, segment: float, speed: list | None,
-            n_active: list | None = None):
+            n_active: list | None = None, polarity: bool = False):
     from sepcli.data import MixingConfig
 
     return MixingConfig(
         n_src=n_src, segment=segment, snr_range=tuple(cfg.snr_range),
         speed_range=None if speed is None else tuple(speed),
         level_range=tuple(cfg.level_range), sampling=cfg.sampling,
-        n_active=None if n_active is None else tuple(n_active),
+        n_active=None if n_active is None else tuple(n_active), random_polarity=polarity,
     )
 
 
@@ -501,6 +504,9 @@ def build_datasets(cfg: TrainConfig, sample_rate: int, n_src: int) -> tuple[Any,
     if is_mixture_set(cfg.train):
         if cfg.speaker_counts is not None:
             raise SepError("speaker_counts applies to dynamic mixing; the training data is a pre-mixed set")
+        if cfg.random_polarity:
+            raise SepError("random_polarity needs dynamic mixing (a corpus of speaker folders), "
+                           "not a pre-mixed training set")
         train_set = MixtureSetDataset(
             cfg.train, sample_rate, n_src, mode=cfg.mode, segment=cfg.segment, seed=cfg.seed
         )
@@ -509,7 +515,8 @@ def build_datasets(cfg: TrainConfig, sample_rate: int, n_src: int) -> tuple[Any,
         c = corpus(cfg.train, "train", cfg.speakers_split is not None, n_train)
         train_speakers = set(c.speakers)
         train_set = DynamicMixDataset(
-            c, _mixing(cfg, n_train, cfg.segment, cfg.speed_perturb, cfg.speaker_counts), cfg.epoch_size,
+            c, _mixing(cfg, n_train, cfg.segment, cfg.speed_perturb, cfg.speaker_counts, cfg.random_polarity),
+            cfg.epoch_size,
             cfg.seed,
         )
     valid = cfg.valid

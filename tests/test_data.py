@@ -188,6 +188,27 @@ def test_each_reference_is_its_speakers_audio(corpus):
         np.testing.assert_allclose(mix, ref.sum(0), atol=1e-6)
 
 
+def test_random_polarity_flips_whole_sources_and_nothing_else(corpus):
+    plain = DynamicMixDataset(corpus, MixingConfig(n_src=2, segment=0.5), epoch_size=60, seed=5)
+    flip = DynamicMixDataset(corpus, MixingConfig(n_src=2, segment=0.5, random_polarity=True), epoch_size=60, seed=5)
+    signs = []
+    for i in range(60):
+        m0, r0, i0 = plain.mixture(i)
+        m1, r1, i1 = flip.mixture(i)
+        assert i0.utterances == i1.utterances and i0.offsets == i1.offsets  # the flip is drawn last
+        assert np.diff(i0.gains_db) == pytest.approx(np.diff(i1.gains_db))  # relative levels kept
+        s = np.sign(np.sum(r1 * r0, axis=1))  # [S]
+        # each row is +-1 times the unflipped one, up to the level (the mixture's RMS changed)
+        k = np.sum(r1 * (s[:, None] * r0)) / np.sum(r0 * r0)
+        np.testing.assert_allclose(r1, k * s[:, None] * r0, atol=1e-6)
+        if (s == 1).all():
+            np.testing.assert_array_equal(r1, r0)
+        np.testing.assert_allclose(m1, r1.sum(0), atol=1e-6)
+        signs.append(s)
+    signs = np.array(signs)  # [60, S]
+    assert ((signs == -1).mean(axis=0) > 0.25).all() and ((signs == 1).mean(axis=0) > 0.25).all()
+
+
 def test_dynamic_mixing_is_reproducible_and_varies_by_epoch(corpus):
     cfg = MixingConfig(n_src=2, segment=0.5, speed_range=(0.9, 1.1))
     a = DynamicMixDataset(corpus, cfg, epoch_size=10, seed=7)

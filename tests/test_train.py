@@ -499,3 +499,15 @@ def test_amp_cpu_trains_in_bfloat16_where_native_and_validates_in_float32(data, 
     AmpProbeNet.calls.clear()
     training.train(toy_config(data, family="toy-amp", max_epochs=1), tmp_path / "off", progress=False, device="cpu")
     assert {dtype for _t, dtype in AmpProbeNet.calls} == {None}  # default: off
+
+
+def test_random_polarity_is_for_dynamic_mixing_only(data, tmp_path):
+    with pytest.raises(SepError, match="random_polarity"):
+        toy_config(data, random_polarity="yes")
+    build_mixture_set(data["corpus"], tmp_path / "fixed", 4, segment=0.25, seed=0)
+    with pytest.raises(SepError, match="dynamic mixing"):
+        training.train(toy_config(data, train=str(tmp_path / "fixed"), valid=str(tmp_path / "fixed"),
+                                  random_polarity=True), tmp_path / "run", progress=False)
+    result = training.train(toy_config(data, random_polarity=True), tmp_path / "run2", progress=False, max_steps=2)
+    assert result.step == 2
+    assert training.load_checkpoint(tmp_path / "run2")["config"]["random_polarity"] is True

@@ -65,9 +65,9 @@ class ConvTasNetConfig:
     # (None: sepcli.api.DEFAULT_SEGMENT). Trained models may need long chunks:
     # on short ones the shipped convtasnet swapped speakers between chunks.
     segment: float | None = None
-    # Inference setting: forward passes sep separate averages (sign flips and
-    # sub-frame delays, sepcli.engine.pass_transforms; None: 1). Costs one
-    # forward per pass; chosen per shipped model on the valid speakers.
+    # Inference setting: forward passes sep separate averages (the input delayed
+    # by fractions of the hop L/2, sepcli.engine.pass_transforms; None: 1). Costs
+    # one forward per pass; chosen per shipped model on the valid speakers.
     passes: int | None = None
 
     def __post_init__(self) -> None:

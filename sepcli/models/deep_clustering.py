@@ -172,10 +172,6 @@ class DeepClustering(nn.Module):
     --stitch-check --model dpcl``) 16-30 s chunks removed the swaps and scored
     about 1 dB higher per piece; see the README."""
 
-    sign_invariant: bool = True
-    """Masks come from magnitudes, so ``f(-x) = -f(x)`` exactly: averaged passes
-    (:func:`sepcli.engine.pass_transforms`) only delay the input."""
-
     @property
     def frame_hop(self) -> int:
         """STFT frame shift in samples: the unit of the averaged passes' delays."""
