@@ -1008,7 +1008,10 @@ def _run_parallel(
             except queue_mod.Empty:
                 return
             if isinstance(item, logging.LogRecord):
-                logging.getLogger(item.name).handle(item)
+                logger = logging.getLogger(item.name)
+                # handle() skips the level check that the worker's own logger had not made (-q)
+                if logger.isEnabledFor(item.levelno):
+                    logger.handle(item)
             elif item[0] == "started":
                 events.file_started(item[1], item[2])
             elif item[0] == "progress":

@@ -123,6 +123,15 @@ def test_quiet_prints_nothing_on_success(tmp_path: Path, tiny_ckpt: str) -> None
     assert r.exit_code == 0 and r.stdout == "" and r.stderr == ""
 
 
+def test_quiet_silences_warnings_from_parallel_jobs_too(tmp_path: Path, tiny_ckpt: str) -> None:
+    # Stereo inputs log a downmix warning in the worker processes.
+    files = [str(write(tmp_path / f"{k}.wav", channels=2, seed=k)) for k in range(2)]
+    r = run(*files, "--model", tiny_ckpt, "--out", str(tmp_path / "o"), "--jobs", "2", "--threads", "1")
+    assert r.exit_code == 0 and r.stderr.count("downmixed") == 2  # shown without -q
+    r = run(*files, "--model", tiny_ckpt, "--out", str(tmp_path / "q"), "--jobs", "2", "--threads", "1", "-q")
+    assert r.exit_code == 0 and r.stdout == "" and r.stderr == ""
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
