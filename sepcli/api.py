@@ -342,8 +342,7 @@ def _save_plot(path: Path, specs: list[np.ndarray], titles: list[str], sample_ra
         ax.set_ylabel("kHz")
     axes[-1].set_xlabel("time (s)")
     fig.colorbar(im, ax=list(axes), label="dB", shrink=0.8)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = audio.temp_path_for(path)
     try:
         fig.savefig(tmp, format="png", dpi=100)
         if path.exists() and not force:

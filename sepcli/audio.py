@@ -43,6 +43,7 @@ DEFAULT_BLOCK_FRAMES = 65536
 # open() would have given them; the umask is read once, at import.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+NEW_FILE_MODE = 0o666 & ~_UMASK
 
 
 @dataclass(frozen=True)
@@ -325,7 +326,7 @@ def temp_path_for(path: str | os.PathLike) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.chmod(tmp, NEW_FILE_MODE)
     return Path(tmp)
 
 

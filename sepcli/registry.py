@@ -43,7 +43,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,7 @@ from typing import Any
 import torch
 
 from sepcli import __version__
+from sepcli.audio import NEW_FILE_MODE, temp_path_for
 from sepcli.errors import SepError
 
 log = logging.getLogger(__name__)
@@ -221,10 +221,10 @@ def save_model(
         meta.update({str(k): str(v) for k, v in extra.items()})
     meta["digest"] = _digest(meta, tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_path_for(path)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, NEW_FILE_MODE)  # save_file recreates the file as 0600: weights are often shared
         atomic_replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -37,7 +37,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ import torch.distributed as dist
 from torch import nn
 
 from sepcli import __version__, registry
+from sepcli.audio import temp_path_for
 from sepcli.errors import SepError
 
 log = logging.getLogger(__name__)
@@ -371,9 +371,9 @@ def _pick_device(device: str | None, d: _Dist) -> torch.device:
 
 
 def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temp_path_for(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())  # the rename must not land before the data

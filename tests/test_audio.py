@@ -182,7 +182,7 @@ def test_write_audio_default_is_pcm16_and_multichannel(tmp_path):
 
 def test_write_audio_file_mode_follows_umask(tmp_path):
     p = write_audio(tmp_path / "x.wav", tone(100, 8000), 8000)
-    assert stat.S_IMODE(os.stat(p).st_mode) == 0o666 & ~audio._UMASK
+    assert stat.S_IMODE(os.stat(p).st_mode) == audio.NEW_FILE_MODE
 
 
 def test_write_audio_refuses_to_overwrite_without_force(tmp_path):

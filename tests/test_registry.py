@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import stat
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sepcli import registry
+from sepcli import audio, registry
 from sepcli.errors import SepError
 
 TINY = dict(N=8, L=4, B=6, H=10, Sc=5, P=3, X=3, R=2)
@@ -50,6 +51,8 @@ def test_save_load_round_trip_is_exact(tmp_path, mix, causal):
     assert torch.equal(loaded(mix), model(mix))
     assert torch.equal(registry.load_model(path)(mix), model(mix))  # a path works too
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left
+    # an ordinary new file's mode (mkstemp's 0600 would hide shared weights from other users)
+    assert stat.S_IMODE(path.stat().st_mode) == audio.NEW_FILE_MODE
 
 
 def test_checkpoint_metadata(tmp_path):

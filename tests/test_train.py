@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from sepcli import registry
+from sepcli import audio, registry
 from sepcli import train as training
 from sepcli.data import build_mixture_set
 from sepcli.errors import SepError
@@ -212,6 +213,7 @@ def test_checkpoint_is_a_plain_dict_loadable_without_code(data, tmp_path):
         assert key in ck
     assert ck["config"]["family"] == "toy-train" and ck["config"]["model"]["channels"] == 16
     assert not list((tmp_path / "run").glob("*.tmp"))
+    assert stat.S_IMODE((tmp_path / "run" / "last.pt").stat().st_mode) == audio.NEW_FILE_MODE
 
 
 def test_timed_checkpoints_are_written_mid_epoch(data, tmp_path, monkeypatch):
