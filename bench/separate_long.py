@@ -299,6 +299,8 @@ def stitch_check(args: argparse.Namespace) -> list[dict]:
     rows = []
     for a, b in pairs:
         ref, mix = recording(a, b, seconds, args.seed)
+        if args.negate:
+            ref, mix = -ref, -mix  # the same recording with its polarity inverted
         stats = EngineStats()
         t0 = time.perf_counter()
         est = sep.separate(mix, RATE, stats=stats)  # [2, T]
@@ -381,6 +383,8 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=None,
                    help="--stitch-check: forward passes averaged per chunk (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="recording construction seed")
+    p.add_argument("--negate", action="store_true",
+                   help="--stitch-check: invert each recording's sign (are the model's tracks as good?)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--workdir", default=None, help="folder for temporary files (default: system temp)")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
