@@ -114,6 +114,7 @@ class BatchResult:
     model: str = ""
     precision: str = "float32"  # of the matrix products (Separator.precision)
     passes: int = 1  # forward passes averaged (Separator.passes)
+    pass_signs: bool = False  # whether they alternate the input's sign (Separator.pass_signs)
 
     @property
     def ok(self) -> int:
@@ -132,6 +133,7 @@ class BatchResult:
             "model": self.model,
             "precision": self.precision,
             "passes": self.passes,
+            "pass_signs": self.pass_signs,
             "ok": self.ok,
             "skipped": self.skipped,
             "failed": self.failed,
@@ -393,10 +395,15 @@ class Separator:
             is :attr:`precision`.
         passes: forward passes averaged per chunk (test-time augmentation: the
             input delayed by fractions of the model's ``frame_hop``,
-            :func:`sepcli.engine.pass_transforms` without sign flips); ``None``
-            for the model's ``default_passes`` (the shipped ``convtasnet`` sets 4),
-            else 1. Each pass costs one forward. Needs a fixed number of
-            speakers (not ``n_src="auto"``).
+            :func:`sepcli.engine.pass_transforms`); ``None`` for the model's
+            ``default_passes`` (the shipped ``convtasnet`` sets 4), else 1. Each
+            pass costs one forward. Needs a fixed number of speakers (not
+            ``n_src="auto"``).
+        pass_signs: alternate the input's sign between passes (pairs of the
+            same delay), which makes the output odd, ``f(-x) = -f(x)``: the same
+            tracks whatever the recording's polarity. Needs an even ``passes``
+            to be exact. ``None`` for the model's ``default_pass_signs`` (the
+            shipped ``convtasnet`` sets it), else False.
     """
 
     def __init__(
@@ -410,6 +417,7 @@ class Separator:
         batch_size: int | None = None,
         precision: str = "auto",
         passes: int | None = None,
+        pass_signs: bool | None = None,
     ) -> None:
         self.device = engine.resolve_device(device)
         if segment is not None:
@@ -437,13 +445,17 @@ class Separator:
         self.batch_size = int(batch_size)
         if passes is None:
             passes = getattr(self.model, "default_passes", None) or 1
-        # Delays only: sign-flipped passes helped on short mixtures but cost up to 1 dB on
-        # 10-minute recordings, because the trained models are not polarity-symmetric (README).
-        # pass_transforms also validates ``passes``.
-        transforms = engine.pass_transforms(passes, int(getattr(self.model, "frame_hop", 1)), signs=False)
+        if pass_signs is None:
+            pass_signs = bool(getattr(self.model, "default_pass_signs", False))
+        if not isinstance(pass_signs, bool):
+            raise SepError(f"pass_signs must be True, False or None, got {pass_signs!r}")
+        # Sign flips are the model's choice: they pay only for a model trained with
+        # random polarity (README, "Passes"). pass_transforms also validates ``passes``.
+        transforms = engine.pass_transforms(passes, int(getattr(self.model, "frame_hop", 1)), signs=pass_signs)
         if passes > 1 and self.n_src == "auto":
             raise SepError("averaging several passes needs a fixed number of speakers, not 'auto'")
         self.passes: int = passes
+        self.pass_signs: bool = pass_signs
         self.fn = engine.averaged_fn(engine.model_fn(self.model, self.device, self.n_src), transforms)
         if self.n_src is not None:
             # Fail now, once, rather than on every file: models with a fixed
@@ -912,6 +924,7 @@ def separate_files(
     events: BatchEvents | None = None,
     precision: str = "auto",
     passes: int | None = None,
+    pass_signs: bool | None = None,
 ) -> BatchResult:
     """Separate many files (what ``sep separate`` runs).
 
@@ -939,7 +952,7 @@ def separate_files(
         except ImportError:
             raise SepError("--plot needs matplotlib: pip install 'sepcli[plot]'") from None
     spec = dict(model=model, device=device, segment=segment, overlap=overlap, n_src=n_src, batch_size=batch_size,
-                precision=precision, passes=passes)
+                precision=precision, passes=passes, pass_signs=pass_signs)
     sep = Separator(**spec)  # model and option errors surface here, once
     found, problems = find_audio_files(inputs, exclude=[out])
 
@@ -980,7 +993,8 @@ def separate_files(
         r = SeparationResult(input=arg, status="failed", error=msg)
         final.append(r)
         events.file_done(base + j, r)
-    return BatchResult(final, model=sep.model_name, precision=sep.precision, passes=sep.passes)
+    return BatchResult(final, model=sep.model_name, precision=sep.precision, passes=sep.passes,
+                       pass_signs=sep.pass_signs)
 
 
 def _run_parallel(

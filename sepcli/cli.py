@@ -567,6 +567,10 @@ def train_cmd(
               help="Forward passes averaged per chunk (copies of the input delayed by fractions of "
                    "the model's frame hop): each costs one more forward, errors partly cancel. "
                    "Default: the model's (4 for the shipped convtasnet, 1 otherwise); 1 is the fastest.")
+@click.option("--pass-signs/--no-pass-signs", default=None,
+              help="Alternate the input's sign between passes, so the tracks do not depend on the "
+                   "recording's polarity (even --passes). Default: the model's (on for the shipped "
+                   "convtasnet).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Files separated at once, each with (CPU cores / N) threads.")
 @click.option("--threads", type=click.IntRange(min=1), metavar="N",
@@ -584,8 +588,8 @@ def train_cmd(
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-file lines; only errors.")
 def separate_cmd(
     inputs: tuple[str, ...], model: str | None, out: str, num_speakers: str | None, device: str,
-    segment: float | None, overlap: float, precision: str, passes: int | None, jobs: int, threads: int | None,
-    filename: str, as_float: bool, plot: bool, force: bool, as_json: bool, quiet: bool,
+    segment: float | None, overlap: float, precision: str, passes: int | None, pass_signs: bool | None, jobs: int,
+    threads: int | None, filename: str, as_float: bool, plot: bool, force: bool, as_json: bool, quiet: bool,
 ) -> None:
     """Separate recordings into one track per speaker: OUT/<stem>/s1.wav, s2.wav, ...
 
@@ -615,7 +619,7 @@ def separate_cmd(
             inputs, out, model=model, device=device, segment=segment, overlap=overlap,
             n_src=num_speakers, jobs=jobs, threads=threads, force=force, filename=filename,
             subtype="FLOAT" if as_float else "PCM_16", plot=plot, events=report, precision=precision,
-            passes=passes,
+            passes=passes, pass_signs=pass_signs,
         )
     report.summary(batch)
     if as_json:

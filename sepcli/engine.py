@@ -379,12 +379,12 @@ def pass_transforms(passes: int, frame_hop: int = 1, signs: bool = True) -> list
     Pass 0 is the input itself. Each further pass (each further pair with
     ``signs``) delays the input by a fraction of the model's frame hop (1/2,
     1/4, 3/4, 1/8, ...: the encoder's frames then fall between those of pass
-    0). With ``signs``, passes also alternate the input's sign (a separator
-    should be odd, ``f(-x) = -f(x)``). :class:`sepcli.api.Separator` uses
-    delays only: the shipped Conv-TasNet is not polarity-symmetric, and
-    averaging in a sign-flipped pass cost up to 1 dB on 10-minute recordings
-    of the test speakers while helping on short mixtures (README). Delays are whole
-    samples; a hop too short to split repeats delay 0.
+    0). With ``signs``, passes also alternate the input's sign, in pairs of
+    the same delay, so that with an even count the average is exactly odd,
+    ``f(-x) = -f(x)``, as a separator should be. :class:`sepcli.api.Separator`
+    asks for signs where the model does (``default_pass_signs``): they pay
+    only for a model trained with random polarity (README, "Passes"). Delays
+    are whole samples; a hop too short to split repeats delay 0.
     """
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise SepError(f"passes must be a positive integer, got {passes!r}")

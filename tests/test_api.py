@@ -411,6 +411,49 @@ def test_two_passes_are_the_mean_of_the_model_and_its_half_hop_delayed_copy() ->
     assert min(si_snr_db(y[i], plain[i]) for i in range(2)) < 60  # and not one pass
 
 
+def _matched_max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Max |a - b| over the better of the two track orders. Shape: a, b [2, T]."""
+    return min(float(np.abs(a - b).max()), float(np.abs(a - b[::-1]).max()))
+
+
+def test_pass_signs_make_the_output_odd_whatever_the_model() -> None:
+    torch.manual_seed(4)
+    model = registry.build("convtasnet", N=16, L=16, B=8, H=16, Sc=8, X=2, R=1).eval()
+    x = noise(0.5, 8000, seed=6)[:, 0]  # [T]
+    peak = float(np.abs(x).max())
+    odd = Separator(model, device="cpu", segment=1.0, passes=2, pass_signs=True, precision="float32")
+    assert odd.pass_signs and odd.passes == 2
+    # The flipped recording gives the flipped tracks (in either order: PIT).
+    assert _matched_max_diff(odd.separate(-x, 8000), -odd.separate(x, 8000)) <= 1e-5 * peak
+    # A random Conv-TasNet is not odd by itself (its encoder has a ReLU), so the
+    # check above is not vacuous: delays alone leave the polarity dependence.
+    plain = Separator(model, device="cpu", segment=1.0, passes=2, pass_signs=False, precision="float32")
+    assert _matched_max_diff(plain.separate(-x, 8000), -plain.separate(x, 8000)) > 1e-3 * peak
+    # Two passes with signs: the mean of the model and its sign-flipped copy (no delay).
+    with torch.inference_mode():
+        a = model(torch.from_numpy(x)[None])[0].numpy()  # [S, T]
+        b = -model(torch.from_numpy(-x)[None])[0].numpy()  # [S, T]
+    b = b if a[0] @ b[0] + a[1] @ b[1] >= a[0] @ b[1] + a[1] @ b[0] else b[::-1]
+    for est, ref in zip(odd.separate(x, 8000), 0.5 * (a + b), strict=True):
+        assert si_snr_db(est, ref) > 60  # one chunk: the engine only fits levels
+
+
+def test_pass_signs_default_to_the_models_own_and_survive_the_checkpoint(tmp_path: Path) -> None:
+    tiny = dict(N=16, L=16, B=8, H=16, Sc=8, X=2, R=1)
+    assert Separator(registry.build("convtasnet", **tiny), device="cpu").pass_signs is False
+    model = registry.build("convtasnet", **tiny, passes=4, pass_signs=True)
+    assert model.default_pass_signs is True
+    registry.save_model(model, tmp_path / "m.safetensors")
+    sep = Separator(tmp_path / "m.safetensors", device="cpu")
+    assert sep.pass_signs is True and sep.passes == 4
+    assert Separator(tmp_path / "m.safetensors", device="cpu", pass_signs=False).pass_signs is False
+    assert Separator(FirstIsMix(), device="cpu").pass_signs is False  # a model without default_pass_signs
+    with pytest.raises(SepError, match="pass_signs"):
+        Separator(model, device="cpu", pass_signs="yes")
+    with pytest.raises(SepError, match="pass_signs"):
+        registry.build("convtasnet", **tiny, pass_signs=1)
+
+
 def test_passes_need_a_fixed_speaker_count() -> None:
     dpcl = registry.build("dpcl", hidden=8, layers=1, emb_dim=4, kmeans_n_init=1, kmeans_max_bins=500)
     with pytest.raises(SepError, match="fixed number"):

@@ -51,6 +51,7 @@ def test_cli_defaults_match_the_library() -> None:
     assert defaults["filename"] == api.DEFAULT_FILENAME
     assert defaults["precision"] == "auto"
     assert defaults["passes"] is None  # the model's default_passes, else 1
+    assert defaults["pass_signs"] is None  # the model's default_pass_signs, else False
     assert tuple(next(p for p in separate_cmd.params if p.name == "precision").type.choices) == api.PRECISIONS
 
 
@@ -116,6 +117,17 @@ def test_passes_average_the_model_and_show_in_the_summary(tmp_path: Path, tiny_c
     assert np.abs(tracks[2] - tracks[1]).max() > 1e-3
     r = CliRunner().invoke(main, ["separate", str(src), "--model", tiny_ckpt, "--passes", "0"])
     assert r.exit_code == 2 and "passes" in r.output
+    # --pass-signs: what the library's Separator gives with the same setting
+    r = run(str(src), "--model", tiny_ckpt, "--out", str(tmp_path / "ps"), "--json", "--passes", "2",
+            "--pass-signs", "--float", "-q")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["pass_signs"] is True and summary["passes"] == 2
+    signed = np.stack([sf.read(tmp_path / "ps" / "x" / f"s{i}.wav", dtype="float32")[0] for i in (1, 2)])
+    want = api.Separator(tiny_ckpt, device="cpu", passes=2, pass_signs=True).separate(
+        sf.read(src, dtype="float32")[0], 8000)
+    np.testing.assert_allclose(signed, want, rtol=0, atol=1e-6)
+    assert np.abs(signed - tracks[2]).max() > 1e-3  # not the delays-only passes
 
 
 def test_quiet_prints_nothing_on_success(tmp_path: Path, tiny_ckpt: str) -> None:

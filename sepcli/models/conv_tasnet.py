@@ -69,6 +69,11 @@ class ConvTasNetConfig:
     # by fractions of the hop L/2, sepcli.engine.pass_transforms; None: 1). Costs
     # one forward per pass; chosen per shipped model on the valid speakers.
     passes: int | None = None
+    # Inference setting: alternate the input's sign between those passes (pairs of
+    # the same delay, sepcli.engine.pass_transforms). The average is then an odd
+    # function, f(-x) = -f(x): the output no longer depends on the recording's
+    # polarity, which a model trained on one polarity is sensitive to.
+    pass_signs: bool = False
 
     def __post_init__(self) -> None:
         # ValueError is turned into SepError by registry.make_config.
@@ -94,6 +99,8 @@ class ConvTasNetConfig:
         if self.passes is not None and (isinstance(self.passes, bool) or not isinstance(self.passes, int)
                                         or self.passes < 1):
             raise ValueError(f"passes must be a positive integer or null, got {self.passes!r}")
+        if not isinstance(self.pass_signs, bool):
+            raise ValueError(f"pass_signs must be true or false, got {self.pass_signs!r}")
 
     @property
     def norm_type(self) -> str:
@@ -276,6 +283,12 @@ class ConvTasNet(nn.Module):
     def default_passes(self) -> int | None:
         """Forward passes :class:`sepcli.api.Separator` averages (``config.passes``; None: 1)."""
         return self.config.passes
+
+    @property
+    def default_pass_signs(self) -> bool:
+        """Whether :class:`sepcli.api.Separator`'s passes alternate the input's sign
+        (``config.pass_signs``)."""
+        return self.config.pass_signs
 
     @property
     def frame_hop(self) -> int:
