@@ -292,7 +292,7 @@ def stitch_check(args: argparse.Namespace) -> list[dict]:
         women = [s for s in held_out if genders.get(s) == "F"]
         pairs = [(men[0], women[0]), tuple(women[1:3] if len(women) > 2 else women[:2])]
     sep = Separator(args.model, device=args.device, segment=args.segment, overlap=args.overlap,
-                    n_src=args.num_speakers, passes=args.passes)
+                    n_src=args.num_speakers, passes=args.passes, pass_signs=args.pass_signs)
     seconds = args.minutes[0] * 60
     # the same model over the whole recording in one chunk (--unchunked)
     one = Separator(args.model, device=args.device, segment=seconds + 1.0, overlap=args.overlap) if args.unchunked else None
@@ -382,6 +382,8 @@ def main() -> None:
                         "reported, not scored)")
     p.add_argument("--passes", type=int, default=None,
                    help="--stitch-check: forward passes averaged per chunk (default: the model's)")
+    p.add_argument("--pass-signs", action=argparse.BooleanOptionalAction, default=None,
+                   help="--stitch-check: alternate the input's sign between passes (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="recording construction seed")
     p.add_argument("--negate", action="store_true",
                    help="--stitch-check: invert each recording's sign (are the model's tracks as good?)")

@@ -564,8 +564,9 @@ def train_cmd(
               help="Matrix products of Conv-TasNet (gLN): bfloat16 is ~1.6x faster on CPUs with "
                    "native bfloat16 and within ~45 dB of float32; auto picks it there.")
 @click.option("--passes", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Forward passes averaged per chunk (copies of the input delayed by fractions of "
-                   "the model's frame hop): each costs one more forward, errors partly cancel. "
+              help="Forward passes averaged per chunk (the input, its sign-flipped copy with "
+                   "--pass-signs, and copies delayed by fractions of the model's frame hop): each "
+                   "costs one more forward, errors partly cancel. "
                    "Default: the model's (4 for the shipped convtasnet, 1 otherwise); 1 is the fastest.")
 @click.option("--pass-signs/--no-pass-signs", default=None,
               help="Alternate the input's sign between passes, so the tracks do not depend on the "
