@@ -442,6 +442,12 @@ def mix_cmd(
                    "Conv-TasNet steps with --compile (default off; validation stays float32).")
 @click.option("--compile/--no-compile", "compile_step", default=None,
               help="torch.compile the training step: slower start, faster steps (Conv-TasNet on CPU: ~1.7x).")
+@click.option("--teacher", metavar="MODEL",
+              help="Distil from this trained waveform model (shipped name or .safetensors), e.g. a "
+                   "non-causal teacher for a causal student.")
+@click.option("--distill-weight", type=click.FloatRange(0, 1),
+              help="Share of the loss that targets the teacher's estimates instead of the references "
+                   "(default 0.5).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other setting, e.g. --set model.X=4 --set valid_segment=3 (repeatable).")
 @click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")
@@ -457,8 +463,8 @@ def train_cmd(
     epoch_size: int | None, valid_size: int | None, lr: float | None, max_epochs: int | None,
     patience: int | None, early_stop: int | None, clip: float | None, speed_perturb: str | None,
     seed: int | None, workers: int | None, checkpoint_minutes: float | None, log_every: int | None,
-    amp: bool | None, amp_cpu: bool | None, compile_step: bool | None, settings: tuple[str, ...], device: str | None,
-    threads: int | None,
+    amp: bool | None, amp_cpu: bool | None, compile_step: bool | None, teacher: str | None,
+    distill_weight: float | None, settings: tuple[str, ...], device: str | None, threads: int | None,
     max_steps: int | None, max_minutes: float | None, quiet: bool, force: bool,
 ) -> None:
     """Train a separation model: Adam, LR halving on plateau, early stopping, exact resume.
@@ -496,7 +502,7 @@ def train_cmd(
         speed_perturb=_range_option(speed_perturb, "--speed-perturb", allow_none=True)
         if speed_perturb is not None else None,
         seed=seed, workers=workers, checkpoint_minutes=checkpoint_minutes, log_every=log_every, amp=amp,
-        amp_cpu=amp_cpu, compile=compile_step,
+        amp_cpu=amp_cpu, compile=compile_step, teacher=teacher, distill_weight=distill_weight,
     )
     if speed_perturb is not None and options["speed_perturb"] is None:
         options["speed_perturb"] = "none"  # an explicit "none" must override the recipe

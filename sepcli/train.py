@@ -67,6 +67,7 @@ CONFIG = "config.json"
 RECIPE = "recipe.toml"
 MAX_BAD_STEPS = 20  # consecutive non-finite gradients before a run is declared diverged
 NORM_MIXTURES = 200  # training mixtures used by models that fit input statistics
+WAVEFORM_FAMILIES = ("convtasnet",)  # forward(mix) gives waveforms: they can teach or learn from one
 
 
 # ----------------------------------------------------------------------------- config
@@ -120,6 +121,14 @@ class TrainConfig:
     # the convolutions' products in bfloat16, weights, optimiser and validation
     # in float32. Conv-TasNet steps ~1.4x faster with compile (bench/train_throughput.py).
     amp_cpu: bool = False
+    # Knowledge distillation: a trained waveform model (shipped name or .safetensors)
+    # whose outputs are a second target. The loss is (1 - distill_weight) x PIT SI-SNR
+    # against the references + distill_weight x PIT SI-SNR against the teacher's
+    # estimates. Why: a causal student cannot see the future, so the references ask for
+    # what it cannot do; a non-causal teacher's estimates are a reachable target
+    # (README, "Distillation").
+    teacher: str | None = None
+    distill_weight: float = 0.5
     # [run]
     seed: int = 0
     checkpoint_minutes: float = 10.0
@@ -140,7 +149,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "optim": (
         "batch_size", "valid_batch_size", "lr", "weight_decay", "clip", "patience",
-        "lr_factor", "early_stop", "max_epochs", "amp", "amp_cpu",
+        "lr_factor", "early_stop", "max_epochs", "amp", "amp_cpu", "teacher", "distill_weight",
     ),
     "run": ("seed", "checkpoint_minutes", "log_every", "compile", "keep_epochs"),
 }
@@ -161,6 +170,15 @@ def _abs_path(value: str, base: str | os.PathLike | None = None) -> str:
         p = os.path.join(os.fspath(base) if base is not None else os.getcwd(), p)
     out = os.path.normpath(p)
     return out + os.sep if value.endswith(("/", os.sep)) and not out.endswith(os.sep) else out
+
+
+def _teacher_path(value: str, base: str | os.PathLike | None = None) -> str:
+    """A teacher given as a shipped model name becomes that model's file, so a
+    resumed run keeps the teacher it started with (its SHA-256 is checked)."""
+    shipped = registry.shipped_models()
+    if value in shipped and not os.path.exists(os.path.join(base or os.getcwd(), value)):
+        return str(Path(shipped[value]["path"]).resolve())
+    return _abs_path(value, base)
 
 
 def read_recipe(path: str | os.PathLike) -> tuple[dict, str]:
@@ -199,6 +217,8 @@ def read_recipe(path: str | os.PathLike) -> tuple[dict, str]:
     for key in PATH_KEYS:
         if isinstance(flat.get(key), str):
             flat[key] = _abs_path(flat[key], base)
+    if isinstance(flat.get("teacher"), str):
+        flat["teacher"] = _teacher_path(flat["teacher"], base)
     return flat, text
 
 
@@ -262,6 +282,13 @@ def _check_config(cfg: TrainConfig) -> None:
         if isinstance(v, str):
             # Absolute, so a resumed run finds its data from any working directory.
             setattr(cfg, name, _abs_path(v))
+    if cfg.teacher is not None:
+        if not isinstance(cfg.teacher, str) or not cfg.teacher:
+            raise SepError(f"teacher must be a model name or path, got {cfg.teacher!r}")
+        cfg.teacher = _teacher_path(cfg.teacher)
+    w = cfg.distill_weight
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+        raise SepError(f"distill_weight must be between 0 and 1, got {w!r}")
     if cfg.sampling not in ("duration", "speaker"):
         raise SepError(f"sampling must be 'duration' or 'speaker', got {cfg.sampling!r}")
     if cfg.mode not in ("min", "max"):
@@ -680,14 +707,58 @@ def _hms(seconds: float) -> str:
 
 class _LossModule(nn.Module):
     """DDP only synchronises gradients through ``forward``; this routes
-    ``compute_loss`` through it."""
+    ``compute_loss`` through it, and adds the distillation term when a teacher
+    is given (see :func:`distillation_loss`)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, teacher: nn.Module | None = None, weight: float = 0.5) -> None:
         super().__init__()
         self.model = model
+        # Not a submodule: DDP, state_dict and the optimiser must not see it.
+        self._teacher = [teacher] if teacher is not None else []
+        self.weight = float(weight)
 
     def forward(self, mix: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        return self.model.compute_loss(mix, ref)
+        if not self._teacher:
+            return self.model.compute_loss(mix, ref)
+        with torch.no_grad():
+            target = self._teacher[0](mix)  # [B, S, T]
+        return distillation_loss(self.model(mix), ref, target, self.weight)
+
+
+def distillation_loss(est: torch.Tensor, ref: torch.Tensor, teacher_est: torch.Tensor,
+                      weight: float) -> torch.Tensor:
+    """``(1 - weight) * PIT(est, ref) + weight * PIT(est, teacher_est)``, both
+    negative PIT SI-SNR in dB; each term picks its own permutation, so the
+    teacher's output order does not matter.
+
+    est, ref, teacher_est Shape: [B, S, T].
+    """
+    from sepcli.losses import pit_si_snr_loss
+
+    loss_ref, _ = pit_si_snr_loss(est, ref)
+    if weight == 0:
+        return loss_ref
+    loss_teacher, _ = pit_si_snr_loss(est, teacher_est.detach())
+    return (1 - weight) * loss_ref + weight * loss_teacher
+
+
+def load_teacher(path: str, model: nn.Module, family: str, device: torch.device) -> tuple[nn.Module, str]:
+    """The frozen teacher for distillation, and its file's SHA-256.
+
+    Both models must map a mixture to waveforms ([B, T] -> [B, S, T]) with the
+    same number of speakers and sample rate.
+    """
+    teacher = registry.load_model(path, device)
+    for who, fam in (("student", family), ("teacher", teacher.family)):
+        if fam not in WAVEFORM_FAMILIES:
+            raise SepError(f"distillation needs waveform models ({', '.join(WAVEFORM_FAMILIES)}); "
+                           f"the {who} is {fam!r}")
+    for key in ("n_src", "sample_rate"):
+        a, b = getattr(model.config, key), getattr(teacher.config, key)
+        if a != b:
+            raise SepError(f"teacher {path}: {key} is {b}, but the model being trained has {a}")
+    teacher.eval().requires_grad_(False)
+    return teacher, registry.file_sha256(path)
 
 
 class _StopSignal:
@@ -880,6 +951,14 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
             f"speaker_counts needs a model whose loss takes silent references (dpcl); {cfg.family} does not"
         )
 
+    teacher, teacher_sha = None, None
+    if cfg.teacher is not None:
+        teacher, teacher_sha = load_teacher(cfg.teacher, model, cfg.family, dev)
+        if ckpt is not None and ckpt.get("teacher_sha256") not in (None, teacher_sha):
+            raise SepError(f"teacher {cfg.teacher} changed since the run started (SHA-256 differs); "
+                           "restore it to resume")
+        log.info("distilling from %s (weight %g)", cfg.teacher, cfg.distill_weight)
+
     train_set, valid_set, valid_fixed = build_datasets(cfg, sample_rate, n_src)
 
     if ckpt is None and init is None and hasattr(model, "fit_normalization"):
@@ -937,7 +1016,7 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
         if recipe_text:
             _atomic_write_bytes(out / RECIPE, lambda f: f.write(recipe_text.encode()))
 
-    wrapped: nn.Module = _LossModule(model)
+    wrapped: nn.Module = _LossModule(model, teacher, cfg.distill_weight)
     if d.world > 1:
         # static_graph: some weights never get gradients (Conv-TasNet's last
         # residual output feeds nothing); the graph is the same every step.
@@ -995,6 +1074,7 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
             "bad_epochs": bad_epochs,
             "elapsed": elapsed + (time.monotonic() - t_session),
             "world_size": d.world,
+            "teacher_sha256": teacher_sha,
         }
         _atomic_write_bytes(out / LAST, lambda f: torch.save(state, f))
 

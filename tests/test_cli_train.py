@@ -81,6 +81,10 @@ def test_sep_mix_split_cli(data, tmp_path):
     (["train", "--config", "{tmp}/missing.toml", "--out", "{tmp}/r"], "recipe not found"),
     (["train", "--resume", "{tmp}/none"], "no checkpoint"),
     (["train", "--train", "{corpus}", "--out", "{tmp}/r"], "--config RECIPE or --model"),
+    (["train", "--model", "convtasnet", "--train", "{corpus}", "--out", "{tmp}/r",
+      "--teacher", "{tmp}/none.safetensors"], "model file not found"),
+    (["train", "--model", "convtasnet", "--train", "{corpus}", "--out", "{tmp}/r",
+      "--teacher", "convtasnet", "--distill-weight", "2"], "0<=x<=1"),
 ])
 def test_bad_input_is_one_line_error(data, tmp_path, args, message):
     (tmp_path / "empty").mkdir()

@@ -513,3 +513,113 @@ def test_random_polarity_is_for_dynamic_mixing_only(data, tmp_path):
     result = training.train(toy_config(data, random_polarity=True), tmp_path / "run2", progress=False, max_steps=2)
     assert result.step == 2
     assert training.load_checkpoint(tmp_path / "run2")["config"]["random_polarity"] is True
+
+
+# ----------------------------------------------------------------------------- distillation
+
+TINY_CTN = {"N": 8, "L": 4, "B": 4, "H": 8, "Sc": 4, "X": 2, "R": 1}
+
+
+def _neg_si_snr(est: torch.Tensor, ref: torch.Tensor) -> float:
+    """Independent reference: minus the mean SI-SNR (dB) of the better of the two
+    orders, written out for two sources."""
+    def si_snr(e: np.ndarray, r: np.ndarray) -> float:
+        e, r = e - e.mean(), r - r.mean()
+        t = (e @ r) / (r @ r) * r
+        return 10 * np.log10((t @ t) / ((e - t) @ (e - t)))
+
+    total = 0.0
+    for e, r in zip(est.double().numpy(), ref.double().numpy()):
+        total += max(si_snr(e[0], r[0]) + si_snr(e[1], r[1]), si_snr(e[1], r[0]) + si_snr(e[0], r[1])) / 2
+    return -total / est.shape[0]
+
+
+def test_distillation_loss_weighs_two_pit_terms():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(3, 2, 400, generator=g)
+    est = ref + 0.5 * torch.randn(3, 2, 400, generator=g)
+    teacher = ref + 0.2 * torch.randn(3, 2, 400, generator=g)
+    to_ref, to_teacher = _neg_si_snr(est, ref), _neg_si_snr(est, teacher)
+    for w in (0.0, 0.3, 1.0):
+        got = float(training.distillation_loss(est, ref, teacher, w))
+        assert got == pytest.approx((1 - w) * to_ref + w * to_teacher, abs=1e-4)
+    # the teacher's output order does not matter
+    swapped = float(training.distillation_loss(est, ref, teacher[:, [1, 0]], 0.5))
+    assert swapped == pytest.approx(float(training.distillation_loss(est, ref, teacher, 0.5)), abs=1e-5)
+
+
+def test_teacher_is_frozen_and_not_part_of_the_trained_module():
+    torch.manual_seed(0)
+    student = registry.build("convtasnet", {**TINY_CTN, "causal": True, "norm": "cLN"})
+    teacher = registry.build("convtasnet", TINY_CTN).eval().requires_grad_(False)
+    wrapped = training._LossModule(student, teacher, 0.5)
+    assert set(wrapped.state_dict()) == {f"model.{k}" for k in student.state_dict()}
+    mix, ref = torch.randn(2, 400), torch.randn(2, 2, 400)
+    loss = wrapped(mix, ref)
+    with torch.no_grad():
+        target = teacher(mix)
+    expected = training.distillation_loss(student(mix), ref, target, 0.5)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.encoder.weight.grad is not None and student.encoder.weight.grad.abs().sum() > 0
+
+
+def test_distilled_student_moves_towards_its_teacher(data, tmp_path):
+    # With distill_weight=1 the references play no part: the student must come
+    # closer to the teacher's outputs on the mixtures it trains on.
+    build_mixture_set(data["corpus"], tmp_path / "fixed", 8, segment=0.25, seed=0)
+    torch.manual_seed(5)
+    teacher = registry.build("convtasnet", TINY_CTN)
+    registry.save_model(teacher, tmp_path / "teacher.safetensors")
+    torch.manual_seed(6)
+    start = registry.build("convtasnet", {**TINY_CTN, "causal": True, "norm": "cLN"})
+    registry.save_model(start, tmp_path / "student.safetensors")
+    cfg = toy_config(data, family="convtasnet", model={}, train=str(tmp_path / "fixed"),
+                     valid=str(tmp_path / "fixed"), max_epochs=15, lr=1e-2, log_every=2,
+                     teacher=str(tmp_path / "teacher.safetensors"), distill_weight=1.0)
+    training.train(cfg, tmp_path / "run", progress=False, init=tmp_path / "student.safetensors")
+    ck = training.load_checkpoint(tmp_path / "run")
+    assert ck["config"]["teacher"] == str(tmp_path / "teacher.safetensors")
+    assert ck["teacher_sha256"] == registry.file_sha256(tmp_path / "teacher.safetensors")
+    end = registry.build("convtasnet", ck["config"]["model"])
+    end.load_state_dict(ck["model"])
+    mixes = torch.stack([torch.from_numpy(audio.read_audio(p)[0]).float()
+                         for p in sorted((tmp_path / "fixed" / "mix").glob("*.wav"))])
+    with torch.no_grad():
+        target = teacher(mixes)
+        before, after = _neg_si_snr(start(mixes), target), _neg_si_snr(end(mixes), target)
+    assert after < before - 3.0  # at least 3 dB closer to the teacher
+
+
+def test_distillation_settings_are_checked(data, tmp_path):
+    with pytest.raises(SepError, match="distill_weight"):
+        toy_config(data, distill_weight=1.5)
+    torch.manual_seed(0)
+    registry.save_model(registry.build("convtasnet", TINY_CTN), tmp_path / "t2.safetensors")
+    registry.save_model(registry.build("convtasnet", {**TINY_CTN, "n_src": 3}), tmp_path / "t3.safetensors")
+    with pytest.raises(SepError, match="waveform models.*student is 'toy-train'"):
+        training.train(toy_config(data, teacher=str(tmp_path / "t2.safetensors")), tmp_path / "a",
+                       progress=False, max_steps=1)
+    ctn = dict(family="convtasnet", model=TINY_CTN)
+    with pytest.raises(SepError, match="n_src is 3"):
+        training.train(toy_config(data, **ctn, teacher=str(tmp_path / "t3.safetensors")), tmp_path / "b",
+                       progress=False, max_steps=1)
+    with pytest.raises(SepError, match="not found"):
+        training.train(toy_config(data, **ctn, teacher=str(tmp_path / "none.safetensors")), tmp_path / "c",
+                       progress=False, max_steps=1)
+    # a resumed run must distil from the same teacher it started with
+    training.train(toy_config(data, **ctn, teacher=str(tmp_path / "t2.safetensors")), tmp_path / "d",
+                   progress=False, max_steps=1)
+    torch.manual_seed(1)
+    registry.save_model(registry.build("convtasnet", TINY_CTN), tmp_path / "t2.safetensors", force=True)
+    with pytest.raises(SepError, match="teacher .* changed"):
+        training.train(None, tmp_path / "d", resume=True, progress=False, max_steps=2)
+
+
+def test_a_shipped_teacher_name_is_recorded_as_its_file(data):
+    shipped = registry.shipped_models()
+    if "convtasnet" not in shipped:
+        pytest.skip("no shipped convtasnet")
+    cfg = toy_config(data, teacher="convtasnet")
+    assert cfg.teacher == str(Path(shipped["convtasnet"]["path"]).resolve())
