@@ -34,6 +34,21 @@ def pit_si_snr_loss(est: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor,
     return -values.mean(), perm
 
 
+def distillation_loss(est: torch.Tensor, ref: torch.Tensor, teacher_est: torch.Tensor,
+                      weight: float) -> torch.Tensor:
+    """``(1 - weight) * PIT(est, ref) + weight * PIT(est, teacher_est)``, both
+    negative PIT SI-SNR in dB; each term picks its own permutation, so the
+    teacher's output order does not matter.
+
+    est, ref, teacher_est Shape: [B, S, T].
+    """
+    loss_ref, _ = pit_si_snr_loss(est, ref)
+    if weight == 0:
+        return loss_ref
+    loss_teacher, _ = pit_si_snr_loss(est, teacher_est.detach())
+    return (1 - weight) * loss_ref + weight * loss_teacher
+
+
 # ---------------------------------------------------------------- deep clustering loss
 
 

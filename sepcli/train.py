@@ -56,6 +56,7 @@ from torch import nn
 from sepcli import __version__, registry
 from sepcli.audio import temp_path_for
 from sepcli.errors import SepError
+from sepcli.losses import distillation_loss
 
 log = logging.getLogger(__name__)
 
@@ -708,7 +709,7 @@ def _hms(seconds: float) -> str:
 class _LossModule(nn.Module):
     """DDP only synchronises gradients through ``forward``; this routes
     ``compute_loss`` through it, and adds the distillation term when a teacher
-    is given (see :func:`distillation_loss`)."""
+    is given (see :func:`sepcli.losses.distillation_loss`)."""
 
     def __init__(self, model: nn.Module, teacher: nn.Module | None = None, weight: float = 0.5) -> None:
         super().__init__()
@@ -723,23 +724,6 @@ class _LossModule(nn.Module):
         with torch.no_grad():
             target = self._teacher[0](mix)  # [B, S, T]
         return distillation_loss(self.model(mix), ref, target, self.weight)
-
-
-def distillation_loss(est: torch.Tensor, ref: torch.Tensor, teacher_est: torch.Tensor,
-                      weight: float) -> torch.Tensor:
-    """``(1 - weight) * PIT(est, ref) + weight * PIT(est, teacher_est)``, both
-    negative PIT SI-SNR in dB; each term picks its own permutation, so the
-    teacher's output order does not matter.
-
-    est, ref, teacher_est Shape: [B, S, T].
-    """
-    from sepcli.losses import pit_si_snr_loss
-
-    loss_ref, _ = pit_si_snr_loss(est, ref)
-    if weight == 0:
-        return loss_ref
-    loss_teacher, _ = pit_si_snr_loss(est, teacher_est.detach())
-    return (1 - weight) * loss_ref + weight * loss_teacher
 
 
 def load_teacher(path: str, model: nn.Module, family: str, device: torch.device) -> tuple[nn.Module, str]:

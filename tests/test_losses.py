@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sepcli.errors import SepError
-from sepcli.losses import pit_si_snr_loss
+from sepcli.losses import distillation_loss, pit_si_snr_loss
 from tests.sigtools import noise_at_snr, si_snr_reference, speechlike
 
 
@@ -72,3 +72,31 @@ def test_shape_mismatch_is_an_error():
         pit_si_snr_loss(est[:, :1], ref)
     with pytest.raises(SepError, match=r"\[B, S, T\]"):
         pit_si_snr_loss(est[0], ref[0])
+
+
+# ---------------------------------------------------------------- distillation
+
+
+def neg_pit_si_snr_reference(est: torch.Tensor, ref: torch.Tensor) -> float:
+    """Independent reference for two sources: minus the mean SI-SNR (dB) under the
+    better of the two orders. est, ref Shape: [B, 2, T]."""
+    total = 0.0
+    for e, r in zip(est.double().numpy(), ref.double().numpy()):
+        same = si_snr_reference(e[0], r[0]) + si_snr_reference(e[1], r[1])
+        swapped = si_snr_reference(e[1], r[0]) + si_snr_reference(e[0], r[1])
+        total += max(same, swapped) / 2
+    return -total / est.shape[0]
+
+
+def test_distillation_loss_weighs_two_pit_terms():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(3, 2, 400, generator=g)
+    est = ref + 0.5 * torch.randn(3, 2, 400, generator=g)
+    teacher = ref + 0.2 * torch.randn(3, 2, 400, generator=g)
+    to_ref, to_teacher = neg_pit_si_snr_reference(est, ref), neg_pit_si_snr_reference(est, teacher)
+    for w in (0.0, 0.3, 1.0):
+        got = float(distillation_loss(est, ref, teacher, w))
+        assert got == pytest.approx((1 - w) * to_ref + w * to_teacher, abs=1e-4)
+    # the teacher's output order does not matter
+    swapped = float(distillation_loss(est, ref, teacher[:, [1, 0]], 0.5))
+    assert swapped == pytest.approx(float(distillation_loss(est, ref, teacher, 0.5)), abs=1e-5)
