@@ -21,6 +21,7 @@ from tests.test_data import make_corpus
 from tests.test_losses import neg_pit_si_snr_reference
 
 REPO = Path(__file__).resolve().parent.parent
+TINY_CTN = {"N": 8, "L": 4, "B": 4, "H": 8, "Sc": 4, "X": 2, "R": 1}  # a Conv-TasNet that trains in ms
 
 
 @dataclass
@@ -294,9 +295,8 @@ def test_a_non_causal_conv_tasnet_initialises_a_causal_run(data, tmp_path):
     # The route to convtasnet-causal: fine-tune it from the non-causal weights
     # (gLN and cLN hold the same per-channel gains and biases; only padding and
     # statistics differ). The recipe's model settings override the file's.
-    tiny = {"N": 8, "L": 4, "B": 4, "H": 8, "Sc": 4, "X": 2, "R": 1}
     torch.manual_seed(7)
-    src = registry.build("convtasnet", {**tiny, "causal": False, "norm": "gLN"})
+    src = registry.build("convtasnet", {**TINY_CTN, "causal": False, "norm": "gLN"})
     registry.save_model(src, tmp_path / "noncausal.safetensors")
     cfg = toy_config(data, family="convtasnet", model={"causal": True, "norm": "cLN"}, lr=1e-9)
     training.train(cfg, tmp_path / "run", progress=False, max_steps=1, init=tmp_path / "noncausal.safetensors")
@@ -518,8 +518,6 @@ def test_random_polarity_is_for_dynamic_mixing_only(data, tmp_path):
 
 
 # ----------------------------------------------------------------------------- distillation
-
-TINY_CTN = {"N": 8, "L": 4, "B": 4, "H": 8, "Sc": 4, "X": 2, "R": 1}
 
 
 def test_teacher_is_frozen_and_not_part_of_the_trained_module():
