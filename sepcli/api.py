@@ -456,7 +456,9 @@ class Separator:
             raise SepError("averaging several passes needs a fixed number of speakers, not 'auto'")
         self.passes: int = passes
         self.pass_signs: bool = pass_signs
-        self.fn = engine.averaged_fn(engine.model_fn(self.model, self.device, self.n_src), transforms)
+        # A causal model's passes are aligned causally, as its stream is (sep stream).
+        causal = bool(getattr(getattr(self.model, "config", None), "causal", False))
+        self.fn = engine.averaged_fn(engine.model_fn(self.model, self.device, self.n_src), transforms, causal=causal)
         if self.n_src is not None:
             # Fail now, once, rather than on every file: models with a fixed
             # number of outputs refuse another count.

@@ -1,22 +1,23 @@
 """``sep bench``: measured latency of streaming causal Conv-TasNet.
 
 For each chunk size the signal is fed to a :class:`~sepcli.streaming.Streamer`
-chunk by chunk, after a warm-up on the same chunk size, and every ``process``
+(an :class:`~sepcli.streaming.AveragedStreamer` with ``passes > 1``) chunk by chunk, after a warm-up on the same chunk size, and every ``process``
 call is timed (on CUDA with events, synchronised). Reported per chunk size:
 
 * ``p50_ms`` ... ``max_ms``: compute time per chunk;
 * ``rtf``: total compute time / duration of the audio (below 1: faster than real time);
   ``cpu_rtf`` the same with the process's CPU time (on a busy machine, the
   gap to ``rtf`` is time spent waiting for a core);
-* ``algorithmic_latency_ms``: the encoder window L plus the chunk, the delay the
-  method itself imposes before a sample's output can exist;
+* ``algorithmic_latency_ms``: the encoder window L plus the chunk (plus the
+  largest delay of averaged passes), the delay the method itself imposes
+  before a sample's output can exist;
 * ``total_latency_ms``: algorithmic latency plus the p99 compute time;
 * ``max_abs_diff``: the largest difference between the streamed output and
-  the offline causal forward on the same signal (``max_rel_diff``: divided
-  by the offline output's peak);
+  the offline causal forward on the same signal, or the offline average of
+  the passes (``max_rel_diff``: divided by the offline output's peak);
 * ``naive_rtf``: the baseline that re-runs the network over its receptive
   field plus the chunk for every chunk (what toolkits without state do),
-  timed on ``naive_chunks`` chunks with a full context; ``speedup`` =
+  timed on ``naive_chunks`` chunks with a full context (once per pass); ``speedup`` =
   ``naive_rtf / rtf``.
 
 Also measured once: ``offline_rtf``, the throughput of the non-causal model
@@ -39,7 +40,7 @@ import torch
 
 from sepcli import engine, registry
 from sepcli.errors import SepError
-from sepcli.streaming import Streamer
+from sepcli.streaming import Streamer, default_passes, make_streamer, offline
 
 DEFAULT_CHUNKS_MS = (2.0, 4.0, 8.0, 16.0, 32.0)
 DEFAULT_CAUSAL = "convtasnet-causal"  # shipped name
@@ -93,6 +94,8 @@ class BenchResult:
     offline_rtf: float | None
     torch_version: str
     offline_precision: str | None = None
+    passes: int = 1  # forward passes averaged per chunk (the model's default unless asked)
+    pass_signs: bool = False
     results: list[ChunkResult] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -192,11 +195,11 @@ class _Timer:
 
 
 def naive_chunk_seconds(
-    model: torch.nn.Module, mix: torch.Tensor, chunk: int, n_chunks: int, timer: _Timer
+    model: torch.nn.Module, mix: torch.Tensor, chunk: int, n_chunks: int, timer: _Timer, passes: int = 1
 ) -> list[float]:
     """Time the stateless baseline: for each chunk, the network runs over its
-    receptive field plus the chunk and the last ``chunk`` samples are kept.
-    ``mix`` is on the model's device and at least one window long."""
+    receptive field plus the chunk (``passes`` times) and the last ``chunk``
+    samples are kept. ``mix`` is on the model's device and at least one window long."""
     window = model.receptive_field + chunk
     if mix.shape[0] < window + n_chunks * chunk:
         reps = -(-(window + n_chunks * chunk) // mix.shape[0])
@@ -207,7 +210,7 @@ def naive_chunk_seconds(
         for i in range(n_chunks):
             end = window + i * chunk
             seg = mix[None, end - window : end]
-            _, dt = timer(lambda seg=seg: model(seg)[..., -chunk:].cpu())
+            _, dt = timer(lambda seg=seg: [model(seg)[..., -chunk:].cpu() for _ in range(passes)])
             times.append(dt)
     return times
 
@@ -231,11 +234,13 @@ def bench_chunk(
     timer: _Timer,
     *,
     naive_chunks: int = 5,
+    passes: int = 1,
+    signs: bool = False,
 ) -> ChunkResult:
     """Stream ``mix`` (CPU, [T]) in chunks of ``chunk`` samples and compare with
-    ``ref`` ([S, T], the offline causal output, on the CPU)."""
+    ``ref`` ([S, T], the offline causal output, or the offline average of the passes, on the CPU)."""
     sr = streamer_model.config.sample_rate
-    streamer = Streamer(streamer_model, chunk_size=chunk)
+    streamer = make_streamer(streamer_model, chunk_size=chunk, passes=passes, signs=signs)
     n_warm = max(3, int(WARMUP_SECONDS * sr) // chunk)
     for i in range(n_warm):
         streamer.process(mix[(i * chunk) % max(1, mix.shape[0] - chunk) :][:chunk])
@@ -254,13 +259,13 @@ def bench_chunk(
     if n_full * chunk < mix.shape[0]:
         outs.append(streamer.process(mix[n_full * chunk :]))
     outs.append(streamer.flush())
-    est = torch.cat([o.cpu() for o in outs], 1)  # [S, T]
+    est = torch.cat([torch.as_tensor(o).cpu() for o in outs], 1)  # [S, T]
     diff = float((est - ref).abs().max())
     peak = float(ref.abs().max())
     ms = np.asarray(times) * 1000.0
     chunk_ms = 1000.0 * chunk / sr
     p99 = float(np.percentile(ms, 99))
-    alg = 1000.0 * (streamer_model.config.L + chunk) / sr
+    alg = 1000.0 * streamer.algorithmic_latency(chunk) / sr
     rtf = float(ms.sum() / (n_full * chunk_ms))
     result = ChunkResult(
         chunk_ms=chunk_ms, chunk_samples=chunk, chunks=n_full, rtf=rtf, mean_ms=float(ms.mean()),
@@ -271,7 +276,7 @@ def bench_chunk(
     )
     if naive_chunks > 0:
         device_mix = mix.to(streamer_model.encoder.weight.device)
-        naive = np.asarray(naive_chunk_seconds(streamer_model, device_mix, chunk, naive_chunks, timer))
+        naive = np.asarray(naive_chunk_seconds(streamer_model, device_mix, chunk, naive_chunks, timer, passes))
         result.naive_chunks = naive_chunks
         result.naive_ms = float(naive.mean() * 1000.0)
         result.naive_rtf = float(result.naive_ms / chunk_ms)
@@ -290,6 +295,7 @@ def run_bench(
     offline_model: str | torch.nn.Module | None | bool = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    passes: int | None = None,
 ) -> BenchResult:
     """Measure streaming latency (see the module docstring).
 
@@ -306,6 +312,8 @@ def run_bench(
             shipped ``convtasnet``, else ``convtasnet-paper`` (random weights);
             False: skip.
         progress: called with a short message before each measurement.
+        passes: forward passes averaged per chunk (None: the model's default,
+            as ``sep stream`` and ``sep separate`` use; 1 for the paper preset).
     """
     say = progress or (lambda msg: None)
     dev = resolve_device(device)
@@ -327,6 +335,7 @@ def run_bench(
     try:
         net, label, random_weights = load_bench_model(model, dev, seed=seed)
         Streamer(net)  # SepError now if it cannot stream (non-causal, other family)
+        passes, signs = default_passes(net, passes)
         c = net.config
         sr = c.sample_rate
         chunks = [_chunk_samples(float(ms), sr, c.stride) for ms in chunk_ms]
@@ -334,18 +343,23 @@ def run_bench(
         mix = torch.from_numpy(bench_signal(n, sr, seed))  # [T] on the CPU
         timer = _Timer(dev)
         say(f"offline causal forward on {n / sr:g} s (reference output)")
-        with torch.inference_mode():
-            ref = net(mix[None].to(dev))[0].cpu()  # [S, T]
+        if passes == 1:
+            with torch.inference_mode():
+                ref = net(mix[None].to(dev))[0].cpu()  # [S, T]
+        else:
+            ref = torch.from_numpy(offline(net, mix, passes=passes, signs=signs))  # [S, T]
         result = BenchResult(
             device=str(dev), device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
             threads=torch.get_num_threads(), model=label, params=registry.count_parameters(net),
             random_weights=random_weights, sample_rate=sr, duration_s=n / sr, L=c.L, hop=c.stride,
             receptive_field_ms=1000.0 * net.receptive_field / sr, offline_model=None,
             offline_random_weights=False, offline_rtf=None, torch_version=torch.__version__,
+            passes=passes, pass_signs=signs,
         )
         for chunk in chunks:
             say(f"streaming in {1000 * chunk / sr:g} ms chunks")
-            result.results.append(bench_chunk(net, mix, ref, chunk, timer, naive_chunks=naive_chunks))
+            result.results.append(bench_chunk(net, mix, ref, chunk, timer, naive_chunks=naive_chunks,
+                                              passes=passes, signs=signs))
         if offline_model is not False:
             off, off_label, off_random = load_bench_model(offline_model, dev, causal=False, seed=seed)
             if getattr(off.config, "sample_rate", sr) != sr:

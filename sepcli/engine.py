@@ -76,7 +76,7 @@ import numpy as np
 import torch
 
 from sepcli.errors import SepError
-from sepcli.metrics import pit_permutation
+from sepcli.metrics import EXHAUSTIVE_MAX_SRC, permutations, pit_permutation
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,41 @@ def pass_transforms(passes: int, frame_hop: int = 1, signs: bool = True) -> list
              -1 if signs and k % 2 else 1) for k in range(passes)]
 
 
-def averaged_fn(fn: SeparateFn, transforms: Sequence[tuple[int, int]]) -> SeparateFn:
+class CausalAlign:
+    """Causal speaker-order alignment of one pass's output to a reference pass.
+
+    At every sample ``t`` the pass's sources take the order that maximises
+    their summed inner products with the reference's over samples ``0..t``
+    (ties: the order they came in). The decision at ``t`` uses nothing after
+    ``t``, so averaging passes of a causal model stays causal, and fed block
+    by block it decides as in one piece: the running sums carry over and are
+    added in the same order (:class:`sepcli.streaming.AveragedStreamer`
+    relies on this). Exhaustive over the orders, so at most
+    ``EXHAUSTIVE_MAX_SRC`` sources.
+
+    Shape: ref ``[S, n]``, est ``[S, n]`` -> ``[S, n]`` (est's rows reordered per sample).
+    """
+
+    def __init__(self, n_src: int) -> None:
+        if n_src > EXHAUSTIVE_MAX_SRC:
+            raise SepError(f"causal alignment of passes handles at most {EXHAUSTIVE_MAX_SRC} sources, got {n_src}")
+        self.perms = permutations(n_src)  # [P, S]; row 0 is the identity
+        self.totals = np.zeros(self.perms.shape[0], dtype=np.float64)  # [P] running scores
+
+    def __call__(self, ref: np.ndarray, est: np.ndarray) -> np.ndarray:
+        n_src, n = est.shape
+        if n == 0:
+            return est
+        prods = np.einsum("it,jt->ijt", ref.astype(np.float64), est.astype(np.float64))  # [S, S, n]
+        steps = prods[np.arange(n_src)[None, :], self.perms].sum(axis=1)  # [P, n]
+        # cumsum from the carried totals: the same additions as one long cumsum
+        running = np.cumsum(np.concatenate((self.totals[:, None], steps), axis=1), axis=1)[:, 1:]  # [P, n]
+        self.totals = running[:, -1].copy()
+        order = self.perms[np.argmax(running, axis=0)]  # [n, S]
+        return est[order.T, np.arange(n)[None, :]]  # [S, n]
+
+
+def averaged_fn(fn: SeparateFn, transforms: Sequence[tuple[int, int]], causal: bool = False) -> SeparateFn:
     """Average ``fn`` over transformed copies of its input (test-time augmentation).
 
     Each pass runs ``fn`` on the input delayed by ``delay`` samples (zeros in
@@ -415,6 +449,11 @@ def averaged_fn(fn: SeparateFn, transforms: Sequence[tuple[int, int]]) -> Separa
     that is exactly odd and shift-equivariant every pass is the same and the
     mean changes nothing; a trained model's errors differ between passes and
     partly cancel (``pass_transforms``; README: quality gains per model).
+
+    A delay puts zeros in front, so a causal ``fn`` stays causal. With
+    ``causal`` the reordering is causal too (:class:`CausalAlign`, decided
+    per sample from the samples so far): the average of a causal model's
+    passes can then be streamed, equal to this offline result.
 
     Shape: mix ``[B, T]`` -> ``[B, S, T]`` float32.
     """
@@ -439,6 +478,10 @@ def averaged_fn(fn: SeparateFn, transforms: Sequence[tuple[int, int]]) -> Separa
             if y.shape != first.shape:
                 raise SepError(f"passes gave different shapes: {first.shape} and {y.shape}; "
                                "averaging needs a fixed number of speakers")
+            if causal:
+                for b in range(y.shape[0]):
+                    total[b] += CausalAlign(y.shape[1])(first[b], y[b])
+                continue
             score = np.einsum("bit,bjt->bij", first, y)  # [B, S_first, S_y]
             for b in range(y.shape[0]):
                 total[b] += y[b, pit_permutation(score[b])]
@@ -767,6 +810,7 @@ __all__ = [
     "ChunkedSeparator",
     "EngineStats",
     "SeparateFn",
+    "CausalAlign",
     "averaged_fn",
     "available_cpus",
     "chunk_plan",

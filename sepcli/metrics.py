@@ -146,7 +146,7 @@ def pit_permutation(score: np.ndarray) -> np.ndarray:
         raise SepError(f"PIT needs a square [S, S] score matrix, got shape {score.shape}")
     n_src = score.shape[0]
     if n_src <= EXHAUSTIVE_MAX_SRC:
-        perms = _permutations(n_src)  # [P, S]
+        perms = permutations(n_src)  # [P, S]
         totals = score[np.arange(n_src)[None, :], perms].sum(axis=1)  # [P]
         return perms[int(np.argmax(totals))].copy()
     rows, cols = linear_sum_assignment(score, maximize=True)
@@ -158,7 +158,7 @@ def pit_permutation(score: np.ndarray) -> np.ndarray:
 _PERMUTATIONS: dict[int, np.ndarray] = {}
 
 
-def _permutations(n_src: int) -> np.ndarray:
+def permutations(n_src: int) -> np.ndarray:
     """All orders of ``n_src`` sources, cached. A plain dict, not lru_cache:
     torch.compile (training's --compile) warns on lru_cache and skips it."""
     perms = _PERMUTATIONS.get(n_src)
@@ -272,7 +272,7 @@ def pit_from_pairwise_torch(pw: torch.Tensor) -> torch.Tensor:
 
     b, s, _ = pw.shape
     if s <= EXHAUSTIVE_MAX_SRC:
-        perms = torch.from_numpy(_permutations(s)).to(pw.device)  # [P, S]
+        perms = torch.from_numpy(permutations(s)).to(pw.device)  # [P, S]
         idx = perms.T.unsqueeze(0).expand(b, s, perms.shape[0])  # [B, S, P]
         totals = pw.detach().gather(2, idx).sum(1)  # [B, P]: sum_i pw[b, i, perms[p, i]]
         return perms[totals.argmax(dim=1)]  # [B, S]

@@ -609,6 +609,151 @@ class Streamer:
         return self._emit(y.view(S, frames * hop))
 
 
+class AveragedStreamer:
+    """Streaming of a causal Conv-TasNet's averaged passes, equal to their offline average.
+
+    The offline counterpart is what ``sep separate`` runs for a causal model
+    with ``passes > 1``: :func:`sepcli.engine.averaged_fn` with
+    ``causal=True`` over :func:`sepcli.engine.pass_transforms` (see
+    :func:`offline`). Here pass k is a :class:`Streamer` fed the input
+    delayed by its delay (zeros in front, a fraction of a hop) and, with
+    ``signs``, sign-flipped. Its output is shifted back, put in pass 0's
+    speaker order by :class:`sepcli.engine.CausalAlign`, and averaged.
+
+    Costs ``passes`` times the compute of one :class:`Streamer`, and the
+    output waits for the most delayed pass: the algorithmic latency grows by
+    that delay (less than one hop). Same interface as :class:`Streamer`.
+    """
+
+    def __init__(self, model: torch.nn.Module, chunk_size: int | None = None, passes: int = 2,
+                 signs: bool = False) -> None:
+        _check_model(model)
+        from sepcli import engine
+
+        if not isinstance(signs, bool):
+            raise SepError(f"signs must be True or False, got {signs!r}")
+        self.transforms = engine.pass_transforms(passes, model.config.stride, signs=signs)
+        self.passes = len(self.transforms)
+        self.signs = signs
+        self.streamers = [Streamer(model, chunk_size=chunk_size) for _ in self.transforms]
+        first = self.streamers[0]
+        self.model = model
+        self.n_src: int = first.n_src
+        self.sample_rate: int = first.sample_rate
+        self.L: int = first.L
+        self.hop: int = first.hop
+        self.chunk_size = first.chunk_size
+        self.max_delay: int = max(d for d, _ in self.transforms)
+        self._new_align = lambda: engine.CausalAlign(self.n_src)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: the next :meth:`process` starts a new one."""
+        for st in self.streamers:
+            st.reset()
+        self._held = [np.zeros((self.n_src, 0), dtype=np.float32) for _ in self.transforms]  # [S, m] per pass
+        self._to_drop = [d for d, _ in self.transforms]  # the delays' output samples
+        self._aligns = [self._new_align() for _ in self.transforms[1:]]
+        self._started = False
+        self._finished = False
+        self._io_device: torch.device | None = None  # None: numpy in, numpy out
+        self.samples_in = 0
+        self.samples_out = 0
+
+    @property
+    def receptive_field(self) -> int:
+        """Input samples one output sample depends on (the most delayed pass's)."""
+        return self.model.receptive_field + self.max_delay
+
+    def algorithmic_latency(self, chunk: int | None = None) -> int:
+        """``L + chunk + max delay`` in samples: the most delayed pass's output comes last."""
+        return self.streamers[0].algorithmic_latency(chunk) + self.max_delay
+
+    def process(self, chunk: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        """Feed the next ``n >= 0`` samples; return the output samples that are now final.
+        Shape: [n] or [1, n] -> [S, m] (as :meth:`Streamer.process`)."""
+        if self._finished:
+            raise SepError("the stream was flushed; call reset() to start a new one")
+        # pass 0 is the input itself (no delay, no sign) and checks it first
+        outs = [self.streamers[0].process(chunk)]
+        if not self._started:
+            self._io_device = chunk.device if isinstance(chunk, torch.Tensor) else None
+        x = chunk[0] if chunk.ndim == 2 else chunk  # [n]
+        for st, (delay, sign) in zip(self.streamers[1:], self.transforms[1:], strict=True):
+            xp = -x if sign < 0 else x
+            if not self._started and delay:
+                zeros = np.zeros(delay, x.dtype) if isinstance(x, np.ndarray) else x.new_zeros(delay)
+                xp = np.concatenate((zeros, xp)) if isinstance(x, np.ndarray) else torch.cat((zeros, xp))
+            outs.append(st.process(xp))
+        self._started = True
+        self.samples_in += int(x.shape[0])
+        return self._output(self._gather(outs))
+
+    def flush(self) -> torch.Tensor | np.ndarray:
+        """End the stream and return the rest: ``samples_in`` samples came out in total. Shape: [S, rest]."""
+        if self._finished:
+            raise SepError("the stream was already flushed; call reset() to start a new one")
+        self._finished = True
+        return self._output(self._gather([st.flush() for st in self.streamers]))
+
+    def _gather(self, outs: list[torch.Tensor | np.ndarray]) -> np.ndarray:
+        """Add each pass's new output to its queue; average what all passes have. Returns [S, m]."""
+        for k, (y, (_, sign)) in enumerate(zip(outs, self.transforms, strict=True)):
+            y = y if isinstance(y, np.ndarray) else y.float().cpu().numpy()
+            y = -y if sign < 0 else y
+            if self._to_drop[k]:
+                drop = min(self._to_drop[k], y.shape[1])
+                self._to_drop[k] -= drop
+                y = y[:, drop:]
+            self._held[k] = np.concatenate((self._held[k], y), axis=1) if self._held[k].shape[1] else y
+        m = min(h.shape[1] for h in self._held)
+        first = self._held[0][:, :m]
+        total = first.astype(np.float32, copy=True)  # [S, m]
+        for align, held in zip(self._aligns, self._held[1:], strict=True):
+            total += align(first, held[:, :m])
+        self._held = [h[:, m:] for h in self._held]
+        self.samples_out += m
+        return total / self.passes
+
+    def _output(self, y: np.ndarray) -> torch.Tensor | np.ndarray:
+        return y if self._io_device is None else torch.from_numpy(y).to(self._io_device)
+
+
+def make_streamer(
+    model: torch.nn.Module, chunk_size: int | None = None, passes: int | None = None, signs: bool | None = None
+) -> Streamer | AveragedStreamer:
+    """The streamer of ``passes`` averaged passes (None: the model's default,
+    ``config.passes``, as ``sep separate``): a plain :class:`Streamer` for one."""
+    passes, signs = default_passes(model, passes, signs)
+    if passes == 1:
+        return Streamer(model, chunk_size=chunk_size)
+    return AveragedStreamer(model, chunk_size=chunk_size, passes=passes, signs=signs)
+
+
+def default_passes(model: torch.nn.Module, passes: int | None = None, signs: bool | None = None) -> tuple[int, bool]:
+    """``(passes, signs)`` with None filled in from the model's inference defaults (as :class:`sepcli.api.Separator`)."""
+    if passes is None:
+        passes = getattr(model, "default_passes", None) or 1
+    if signs is None:
+        signs = bool(getattr(model, "default_pass_signs", False))
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise SepError(f"passes must be a positive integer, got {passes!r}")
+    return passes, signs
+
+
+def offline(
+    model: torch.nn.Module, mix: torch.Tensor | np.ndarray, passes: int = 1, signs: bool = False
+) -> np.ndarray:
+    """The offline output a stream equals: the causal forward over the whole
+    signal, or the causal average of ``passes`` passes. Shape: [T] -> [S, T] float32."""
+    from sepcli import engine
+
+    x = mix.detach().cpu().numpy() if isinstance(mix, torch.Tensor) else np.asarray(mix)
+    fn = engine.averaged_fn(engine.model_fn(model), engine.pass_transforms(passes, model.config.stride, signs=signs),
+                            causal=True)
+    return fn(x.reshape(1, -1).astype(np.float32))[0]
+
+
 # ----------------------------------------------------------------------------- conveniences
 
 
@@ -636,13 +781,15 @@ def chunk_sizes(n_samples: int, chunk: int | Iterable[int]) -> Iterator[int]:
 
 
 def stream_array(
-    model: torch.nn.Module, mix: torch.Tensor | np.ndarray, chunk: int | Iterable[int]
+    model: torch.nn.Module, mix: torch.Tensor | np.ndarray, chunk: int | Iterable[int], passes: int = 1,
+    signs: bool = False,
 ) -> torch.Tensor | np.ndarray:
-    """Run a whole signal through a :class:`Streamer` chunk by chunk (for tests
-    and benchmarks; equals ``model(mix[None])[0]``). Shape: [T] -> [S, T]."""
+    """Run a whole signal through a :class:`Streamer` (an :class:`AveragedStreamer`
+    for ``passes > 1``) chunk by chunk (for tests and benchmarks; equals
+    :func:`offline`, for one pass ``model(mix[None])[0]``). Shape: [T] -> [S, T]."""
     n = int(mix.shape[-1])
     first = int(chunk) if isinstance(chunk, int) else None
-    streamer = Streamer(model, chunk_size=first)
+    streamer = make_streamer(model, chunk_size=first, passes=passes, signs=signs)
     outs = []
     pos = 0
     for size in chunk_sizes(n, chunk):
@@ -709,6 +856,7 @@ class StreamResult:
     max_ms: float
     gain_db: float = 0.0  # applied to all tracks to avoid clipping (0 or negative)
     message: str = ""
+    passes: int = 1  # averaged passes streamed (AveragedStreamer above 1)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -745,10 +893,10 @@ def _load_causal(model: str | os.PathLike | torch.nn.Module | None, device: str)
 
 
 class _Runner:
-    """Feeds a :class:`Streamer` fixed-size chunks cut from blocks of any size,
+    """Feeds a :class:`Streamer` (or :class:`AveragedStreamer`) fixed-size chunks cut from blocks of any size,
     timing each call; yields the output gathered into blocks of a few thousand samples."""
 
-    def __init__(self, streamer: Streamer, chunk: int) -> None:
+    def __init__(self, streamer: Streamer | AveragedStreamer, chunk: int) -> None:
         self.streamer = streamer
         self.chunk = chunk
         self.times = ChunkTimes(chunk, streamer.sample_rate)
@@ -797,6 +945,7 @@ def stream_file(
     filename: str = "{stem}/s{i}.wav",
     subtype: str = "PCM_16",
     progress: Callable[[int, int], None] | None = None,
+    passes: int | None = None,
 ) -> StreamResult:
     """Separate a file by streaming it through a causal model in chunks of
     ``chunk_ms``, as a live input would arrive; write the same files as
@@ -806,14 +955,17 @@ def stream_file(
 
     The tracks are the causal model's own output, identical to its offline
     forward over the whole file (no per-chunk level fitting, which would need
-    the whole chunk before any output).
+    the whole chunk before any output). ``passes``: forward passes averaged
+    (:class:`AveragedStreamer`; None: the model's default, as ``sep separate``);
+    equal to their offline average (:func:`offline`).
     """
     from sepcli import api
 
     net, name = _load_causal(model, device)
     separator = api.Separator(net, device=device)
     chunk = _chunk_samples(chunk_ms, separator.sample_rate)
-    runner = _Runner(Streamer(separator.model, chunk_size=chunk), chunk)
+    streamer = make_streamer(separator.model, chunk_size=chunk, passes=passes)
+    runner = _Runner(streamer, chunk)
 
     def separate_blocks(blocks: Iterable[np.ndarray], stats: Any = None) -> Iterator[np.ndarray]:
         for y in runner.run(blocks):
@@ -829,7 +981,8 @@ def stream_file(
     return StreamResult(
         input=res.input, status=res.status, outputs=list(res.outputs), model=name, n_src=res.n_src,
         sample_rate=res.sample_rate, frames=res.frames, duration=res.duration, seconds=res.seconds,
-        chunk_ms=runner.times.chunk_ms, gain_db=res.gain_db, message=res.message, **timing,
+        chunk_ms=runner.times.chunk_ms, gain_db=res.gain_db, message=res.message,
+        passes=getattr(streamer, "passes", 1), **timing,
     )
 
 
@@ -858,6 +1011,7 @@ def stream_pcm(
     force: bool = False,
     filename: str = "{stem}/s{i}.wav",
     subtype: str = "FLOAT",
+    passes: int | None = None,
 ) -> StreamResult:
     """Separate raw mono PCM read from a pipe (e.g. ``sys.stdin.buffer``) until
     it ends, one chunk at a time, into ``OUT/<name>/s1.wav`` ... at
@@ -866,7 +1020,7 @@ def stream_pcm(
     The outputs are written as the stream goes (they appear, atomically, when
     it ends). ``subtype="FLOAT"`` (default) cannot clip; with PCM the samples
     beyond full scale are clipped (with a warning), since the peak is unknown
-    until the end.
+    until the end. ``passes`` as in :func:`stream_file`.
     """
     import soxr
 
@@ -887,7 +1041,7 @@ def stream_pcm(
     width = np.dtype(dtype).itemsize
     chunk = _chunk_samples(chunk_ms, sample_rate)  # read size, at the input's rate
     model_chunk = _chunk_samples(chunk_ms, sr_model)
-    streamer = Streamer(net, chunk_size=model_chunk)
+    streamer = make_streamer(net, chunk_size=model_chunk, passes=passes)
     times = ChunkTimes(model_chunk, sr_model)
     resample = sample_rate != sr_model
 
@@ -949,5 +1103,6 @@ def stream_pcm(
     return StreamResult(
         input=name, status="ok", outputs=[str(p) for p in outs], model=model_name, n_src=n_src,
         sample_rate=sample_rate, frames=n_in, duration=n_in / sample_rate,
-        seconds=time.perf_counter() - t_start, chunk_ms=times.chunk_ms, **timing,
+        seconds=time.perf_counter() - t_start, chunk_ms=times.chunk_ms,
+        passes=getattr(streamer, "passes", 1), **timing,
     )

@@ -411,6 +411,18 @@ def test_two_passes_are_the_mean_of_the_model_and_its_half_hop_delayed_copy() ->
     assert min(si_snr_db(y[i], plain[i]) for i in range(2)) < 60  # and not one pass
 
 
+def test_a_causal_models_passes_are_aligned_causally_as_its_stream() -> None:
+    # sep separate and sep stream must agree on what two passes of a causal
+    # model are: the Separator's function is the streaming module's offline average.
+    from sepcli import streaming
+
+    torch.manual_seed(6)
+    model = registry.build("convtasnet", N=16, L=16, B=8, H=16, Sc=8, X=2, R=1, causal=True).eval()
+    x = noise(0.5, 8000, seed=7)[:, 0]  # [T]
+    sep = Separator(model, device="cpu", passes=2, precision="float32")
+    np.testing.assert_allclose(sep.fn(x[None])[0], streaming.offline(model, x, passes=2), rtol=0, atol=1e-6)
+
+
 def _matched_max_diff(a: np.ndarray, b: np.ndarray) -> float:
     """Max |a - b| over the better of the two track orders. Shape: a, b [2, T]."""
     return min(float(np.abs(a - b).max()), float(np.abs(a - b[::-1]).max()))

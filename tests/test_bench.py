@@ -81,3 +81,15 @@ def test_threads_are_restored():
     result = bench.run_bench(tiny(), chunk_ms=[2], duration=0.05, naive_chunks=0, threads=2, offline_model=False)
     assert result.threads == 2 and result.results[0].naive_rtf is None
     assert torch.get_num_threads() == before
+
+
+def test_run_bench_averaged_passes():
+    torch.manual_seed(0)
+    net = registry.build("convtasnet", {**TINY, "L": 8, "causal": True, "passes": 2}).eval()
+    d = bench.run_bench(net, chunk_ms=[2], duration=0.2, naive_chunks=1, offline_model=False).to_dict()
+    assert d["passes"] == 2 and d["pass_signs"] is False  # the model's default
+    (r,) = d["results"]
+    assert r["algorithmic_latency_ms"] == pytest.approx(1000 * (8 + 16 + 2) / 8000)  # L + chunk + hop/2
+    assert r["max_rel_diff"] < 1e-5  # against the offline average of the two passes
+    one = bench.run_bench(net, chunk_ms=[2], duration=0.2, naive_chunks=1, offline_model=False, passes=1)
+    assert one.passes == 1 and one.results[0].algorithmic_latency_ms == pytest.approx(1000 * 24 / 8000)

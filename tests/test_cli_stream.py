@@ -154,3 +154,35 @@ def test_bench_cuda_unavailable(models):
 def test_help_has_example(cmd):
     res = invoke(cmd, "--help")
     assert res.exit_code == 0 and "Example:" in res.output
+
+
+def test_stream_averages_the_models_passes(tmp_path, monkeypatch):
+    """A model whose config asks for 2 passes streams them by default (file and
+    stdin), equal to their offline average; --passes 1 streams one."""
+    from sepcli import streaming
+
+    monkeypatch.setenv("SEP_MODELS_DIR", str(tmp_path / "shipped"))
+    torch.manual_seed(1)
+    model = registry.build("convtasnet", {**TINY, "L": 8, "causal": True, "passes": 2}).eval()
+    registry.save_model(model, tmp_path / "two.safetensors")
+    mix = (0.05 * np.random.default_rng(3).standard_normal(2345)).astype(np.float32)
+    sf.write(tmp_path / "talk.wav", mix, 8000, subtype="FLOAT")
+    two = streaming.offline(model, mix, passes=2)
+    assert np.abs(two - offline(model, mix)).max() > 1e-3 * np.abs(two).max()  # the passes matter
+    for extra, ref, n in (((), two, 2), (("--passes", "1"), offline(model, mix), 1)):
+        out = tmp_path / f"out{n}"
+        res = invoke("stream", str(tmp_path / "talk.wav"), "--model", str(tmp_path / "two.safetensors"), "--out",
+                     str(out), "--float", "--json", *extra)
+        assert res.exit_code == 0, res.output
+        info = json.loads(res.stdout)
+        assert info["passes"] == n
+        est = read_tracks(info["outputs"])
+        scaled = ref * 10 ** (info["gain_db"] / 20)
+        assert np.abs(est - scaled).max() <= TOL * np.abs(scaled).max()
+    res = invoke("stream", "-", "--stdin-rate", "8000", "--stdin-format", "f32le", "--model",
+                 str(tmp_path / "two.safetensors"), "--out", str(tmp_path / "live"), "--json", input=mix.tobytes())
+    assert res.exit_code == 0, res.output
+    est = read_tracks(json.loads(res.stdout)["outputs"])
+    assert np.abs(est - two).max() <= TOL * np.abs(two).max()
+    res = invoke("stream", str(tmp_path / "talk.wav"), "--model", str(tmp_path / "two.safetensors"), "--passes", "0")
+    assert res.exit_code != 0 and "Traceback" not in res.output

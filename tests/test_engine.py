@@ -16,7 +16,7 @@ from sepcli.engine import (
     separate_stream,
 )
 from sepcli.errors import SepError
-from sepcli.metrics import pit_si_snr, si_snr
+from sepcli.metrics import pit_permutation, pit_si_snr, si_snr
 
 torch.set_num_threads(1)
 
@@ -500,3 +500,42 @@ def test_averaged_passes_need_a_fixed_number_of_sources() -> None:
         engine.averaged_fn(by_length, [(0, 1), (1, 1)])(np.ones((1, 10), np.float32))
     with pytest.raises(SepError, match="transforms"):
         engine.averaged_fn(by_length, [(0, 2)])
+
+
+def test_causal_align_matches_per_sample_pit_and_is_blockwise_exact() -> None:
+    # Dense reference: at every t, PIT over the inner products of samples 0..t.
+    rng = np.random.default_rng(5)
+    ref = rng.standard_normal((3, 120))
+    est = ref[[2, 0, 1]] + 2.0 * rng.standard_normal((3, 120))  # noisy and reordered: decisions change over time
+    dense = np.empty_like(est)
+    for t in range(est.shape[1]):
+        perm = pit_permutation(np.einsum("it,jt->ij", ref[:, : t + 1], est[:, : t + 1]))
+        dense[:, t] = est[perm, t]
+    whole = engine.CausalAlign(3)(ref, est)
+    np.testing.assert_array_equal(whole, dense)
+    assert not np.array_equal(whole, est)  # it did reorder
+    align = engine.CausalAlign(3)
+    cuts = [0, 1, 1, 17, 64, 120]
+    parts = [align(ref[:, a:b], est[:, a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    np.testing.assert_array_equal(np.concatenate(parts, axis=1), whole)
+
+
+def test_causal_passes_decide_the_order_from_the_past_only() -> None:
+    # The model swaps its outputs for the whole of one item when its sum is
+    # negative; whole-signal and causal alignment both undo that. A model
+    # whose order changes mid-signal is followed by the causal one from then on.
+    x = np.random.default_rng(6).standard_normal((2, 400)).astype(np.float32)
+
+    def flips(m: np.ndarray) -> np.ndarray:
+        y = np.stack([0.9 * m, 0.1 * m], axis=1)
+        late = m.shape[1] % 2 == 1  # the delayed pass (odd length here) swaps after sample 200
+        if late:
+            y[:, :, 201:] = y[:, ::-1, 201:].copy()
+        return y
+
+    y = engine.averaged_fn(flips, [(0, 1), (1, 1)], causal=True)(x)
+    np.testing.assert_allclose(y[:, :, :150], flips(x)[:, :, :150], rtol=0, atol=1e-6)
+    # after the swap the running sums still favour the old order for a while
+    assert np.abs(y[:, :, 210:220] - flips(x)[:, :, 210:220]).max() > 0.1
+    with pytest.raises(SepError, match="at most"):
+        engine.CausalAlign(engine.EXHAUSTIVE_MAX_SRC + 1)

@@ -235,3 +235,93 @@ def test_silence_gives_finite_output():
     est = stream_array(model, mix, 8)
     assert torch.isfinite(est).all()
     assert_close(est, offline(model, mix))
+
+
+# ----------------------------------------------------------------------------- averaged passes
+
+
+def _passes_reference(model: nn.Module, mix: torch.Tensor, delays: list[int], signs: list[int]) -> np.ndarray:
+    """The average of delayed, sign-flipped forwards, each pass put in pass 0's
+    order per sample by brute force over the running inner products (an
+    independent form of engine.averaged_fn(causal=True))."""
+    n = mix.shape[0]
+    outs = []
+    with torch.no_grad():
+        for d, g in zip(delays, signs, strict=True):
+            y = model(torch.nn.functional.pad(g * mix, (d, 0))[None])[0, :, d : d + n].double().numpy() * g
+            outs.append(y)  # [S, T]
+    first = outs[0]
+    total = first.copy()
+    for y in outs[1:]:
+        keep = np.cumsum((first * y).sum(0))  # running score of the order as it came
+        swap = np.cumsum((first * y[::-1]).sum(0))  # and of the other order (two sources)
+        total += np.where(swap > keep, y[::-1], y)
+    return total / len(outs)
+
+
+@pytest.mark.parametrize("passes,signs", [(2, False), (4, False), (4, True), (3, True)])
+@pytest.mark.parametrize("chunk", ["hop", 1, 7, "hop*3+1", "all"])
+def test_averaged_passes_stream_equal_offline(passes: int, signs: bool, chunk) -> None:
+    model = tiny_causal(seed=2, L=8)  # hop 4: delays 0, 2, 1, 3
+    hop = model.config.stride
+    mix = torch.randn(1003)
+    size = {"hop": hop, "hop*3+1": 3 * hop + 1, "all": mix.shape[0]}.get(chunk, chunk)
+    ref = torch.from_numpy(streaming.offline(model, mix, passes=passes, signs=signs))
+    assert_close(stream_array(model, mix, size, passes=passes, signs=signs), ref)
+    assert float((ref - offline(model, mix)).abs().max()) > 1e-3  # the passes do differ from one
+
+
+def test_offline_average_matches_a_brute_force_reference() -> None:
+    model = tiny_causal(seed=3, L=8)
+    mix = torch.randn(700)
+    ref = _passes_reference(model, mix, [0, 0, 2, 2], [1, -1, 1, -1])
+    assert_close(torch.from_numpy(streaming.offline(model, mix, passes=4, signs=True)), torch.from_numpy(ref).float())
+    ref2 = _passes_reference(model, mix, [0, 2], [1, 1])
+    assert_close(torch.from_numpy(streaming.offline(model, mix, passes=2)), torch.from_numpy(ref2).float())
+    np.testing.assert_allclose(streaming.offline(model, mix), offline(model, mix).numpy(), rtol=0, atol=1e-6)
+
+
+def test_averaged_passes_stay_causal() -> None:
+    """Changing the input from sample t on changes no output before t - L + 1
+    (the encoder window reaches L - 1 samples ahead): neither the delays nor
+    the alignment look further."""
+    model = tiny_causal(seed=4, L=8)
+    mix = torch.randn(900)
+    other = mix.clone()
+    other[500:] = torch.randn(400)
+    a = streaming.offline(model, mix, passes=4, signs=True)
+    b = streaming.offline(model, other, passes=4, signs=True)
+    t = 500 - model.config.L + 1
+    assert np.array_equal(a[:, :t], b[:, :t])
+    assert np.abs(a[:, t : t + 8] - b[:, t : t + 8]).max() > 1e-3
+
+
+def test_averaged_streamer_interface() -> None:
+    model = tiny_causal(seed=5, L=8)
+    hop = model.config.stride
+    streamer = streaming.make_streamer(model, chunk_size=hop, passes=2)
+    assert isinstance(streamer, streaming.AveragedStreamer) and streamer.max_delay == hop // 2
+    assert isinstance(streaming.make_streamer(model), Streamer)  # the model's default: one pass
+    assert streamer.algorithmic_latency() == model.config.L + hop + hop // 2
+    assert streamer.receptive_field == model.receptive_field + hop // 2
+    # numpy in, numpy out; [1, n] accepted; abandoned streams reset cleanly
+    mix = np.random.default_rng(0).standard_normal(333).astype(np.float32)
+    streamer.process(mix[:50])
+    streamer.reset()
+    outs = [streamer.process(mix[None, :100]), streamer.process(mix[100:])]
+    outs.append(streamer.flush())
+    assert all(isinstance(y, np.ndarray) and y.dtype == np.float32 for y in outs)
+    assert streamer.samples_in == streamer.samples_out == 333
+    est = np.concatenate(outs, axis=1)
+    assert_close(torch.from_numpy(est), torch.from_numpy(streaming.offline(model, mix, passes=2)))
+    # torch in, torch out
+    streamer.reset()
+    y = streamer.process(torch.from_numpy(mix))
+    assert isinstance(y, torch.Tensor)
+    with pytest.raises(SepError, match="NaN"):
+        streamer.process(torch.tensor([float("nan")]))
+    streamer.flush()
+    with pytest.raises(SepError, match="flushed"):
+        streamer.process(torch.zeros(4))
+    with pytest.raises(SepError, match="passes"):
+        streaming.make_streamer(model, passes=0)
