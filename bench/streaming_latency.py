@@ -25,7 +25,8 @@ from sepcli.bench import DEFAULT_CHUNKS_MS, BenchResult, run_bench  # noqa: E402
 def markdown(result: BenchResult) -> str:
     weights = " (random weights)" if result.random_weights else ""
     lines = [
-        f"{result.model}{weights}, {result.params / 1e6:.2f}M parameters, {result.device} "
+        f"{result.model}{weights}, {result.params / 1e6:.2f}M parameters, "
+        f"{f'{result.passes} passes averaged, ' if result.passes > 1 else 'one pass, '}{result.device} "
         f"({result.device_name}), {result.threads} thread(s), {result.duration_s:g} s at "
         f"{result.sample_rate} Hz, torch {result.torch_version}",
         "",
@@ -55,11 +56,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--naive-chunks", type=int, default=5)
+    parser.add_argument("--passes", type=int, default=None,
+                        help="forward passes averaged per chunk (default: the model's, as sep stream)")
     parser.add_argument("--json", metavar="FILE", help="also write the full results here")
     args = parser.parse_args()
     result = run_bench(
         args.model, device=args.device, chunk_ms=[float(c) for c in args.chunk_ms.split(",")],
-        threads=args.threads, duration=args.duration, naive_chunks=args.naive_chunks,
+        threads=args.threads, duration=args.duration, naive_chunks=args.naive_chunks, passes=args.passes,
         progress=lambda msg: print(f"... {msg}", file=sys.stderr),
     )
     print(markdown(result))
