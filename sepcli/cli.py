@@ -729,6 +729,12 @@ def stream_cmd(
             f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, max {result.max_ms:.2f} ms; "
             f"real-time factor {result.compute_rtf:.3f}"
         )
+    if result.status == "ok" and result.compute_rtf > 1.0:
+        hint = "--passes 1, " if result.passes > 1 else ""
+        click.echo(
+            f"Warning: slower than real time (compute {result.compute_rtf:.2f}x the audio's duration): "
+            f"live input would fall behind; try {hint}a larger --chunk-ms or more --threads.", err=True,
+        )
 
 
 def _print_bench(result) -> None:

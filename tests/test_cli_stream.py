@@ -186,3 +186,17 @@ def test_stream_averages_the_models_passes(tmp_path, monkeypatch):
     assert np.abs(est - two).max() <= TOL * np.abs(two).max()
     res = invoke("stream", str(tmp_path / "talk.wav"), "--model", str(tmp_path / "two.safetensors"), "--passes", "0")
     assert res.exit_code != 0 and "Traceback" not in res.output
+
+
+def test_stream_warns_when_slower_than_real_time(models, tmp_path, monkeypatch):
+    from sepcli import streaming
+
+    slow = {"chunks": 3, "compute_rtf": 1.5, "p50_ms": 12.0, "p99_ms": 13.0, "max_ms": 14.0}
+    sf.write(tmp_path / "a.wav", 0.01 * np.ones(500), 8000)
+    res = invoke("stream", str(tmp_path / "a.wav"), "--model", models["causal"], "--out", str(tmp_path / "o"))
+    assert res.exit_code == 0 and "slower than real time" not in res.output  # a tiny model is fast
+    monkeypatch.setattr(streaming.ChunkTimes, "summary", lambda self: slow)
+    res = invoke("stream", str(tmp_path / "a.wav"), "--model", models["causal"], "--out", str(tmp_path / "o"),
+                 "--force", "--passes", "2")
+    assert res.exit_code == 0, res.output
+    assert "slower than real time (compute 1.50x" in res.stderr and "--passes 1" in res.stderr
