@@ -573,7 +573,8 @@ def train_cmd(
               help="Forward passes averaged per chunk (the input, its sign-flipped copy with "
                    "--pass-signs, and copies delayed by fractions of the model's frame hop): each "
                    "costs one more forward, errors partly cancel. "
-                   "Default: the model's (4 for the shipped convtasnet, 1 otherwise); 1 is the fastest.")
+                   "Default: the model's (4 for the shipped convtasnet, 2 for convtasnet-causal, 1 for dpcl); "
+                   "1 is the fastest. A causal model's passes stay causal.")
 @click.option("--pass-signs/--no-pass-signs", default=None,
               help="Alternate the input's sign between passes, so the tracks do not depend on the "
                    "recording's polarity (even --passes). Default: the model's (on for the shipped "
