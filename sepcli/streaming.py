@@ -63,7 +63,7 @@ import math
 import os
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -114,65 +114,77 @@ def _check_model(model: torch.nn.Module) -> None:
 
 
 class _Work:
-    """Pre-allocated tensors for steps of K frames, shared by all layers (they
-    run one after the other), so that the steady state allocates almost nothing.
+    """Pre-allocated tensors for steps of K frames in each of G lanes, shared by
+    all layers (they run one after the other), so that the steady state
+    allocates almost nothing. Rows are lane-major: ``R = G*K`` rows, lane g's
+    frames at rows ``g*K .. g*K+K-1``, so every 1x1 conv is one product over
+    all lanes (G = 1 but for :class:`AveragedStreamer`).
 
     ``*_b`` buffers carry an extra last row of ones: ``x_b @ x_b.T`` then holds
-    each frame's sum (last column) and sum of squares (diagonal), which is what
+    each row's sum (last column) and sum of squares (diagonal), which is what
     a cLN needs, in one matrix product.
     """
 
-    def __init__(self, frames: int, dims: dict[str, int], device: torch.device, dtype: torch.dtype) -> None:
-        K, S, N, B, H, Sc = (frames, dims["S"], dims["N"], dims["B"], dims["H"], dims["Sc"])
+    def __init__(
+        self, frames: int, dims: dict[str, int], device: torch.device, dtype: torch.dtype, lanes: int = 1
+    ) -> None:
+        K, G, S, N, B, H, Sc = (frames, lanes, dims["S"], dims["N"], dims["B"], dims["H"], dims["Sc"])
+        R = G * K
         opts = dict(device=device, dtype=dtype)
-        self.frames = K
+        self.frames, self.lanes, self.rows = K, G, R
 
         def with_ones(channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            buf = torch.empty(K + 1, channels, **opts)
-            buf[K] = 1.0
-            return buf, buf[:K], buf.t()
+            buf = torch.empty(R + 1, channels, **opts)
+            buf[R] = 1.0
+            return buf, buf[:R], buf.t()
 
-        self.w_b, self.w, self.w_bT = with_ones(N)  # encoder output [K, N]
-        self.h_b, self.h, self.h_bT = with_ones(H)  # block: after conv_in and PReLU [K, H]
-        self.z_b, self.z, self.z_bT = with_ones(H)  # block: after the depthwise conv and PReLU [K, H]
-        self.wn = torch.empty(K, N, **opts)  # normalised encoder output
-        self.u = torch.empty(K, H, **opts)  # block: normalised z
-        self.acc = torch.empty(K, B + Sc, **opts)  # [residual | skip sum]
+        self.w_b, self.w, self.w_bT = with_ones(N)  # encoder output [R, N]
+        self.h_b, self.h, self.h_bT = with_ones(H)  # block: after conv_in and PReLU [R, H]
+        self.z_b, self.z, self.z_bT = with_ones(H)  # block: after the depthwise conv and PReLU [R, H]
+        self.h3 = self.h.view(G, K, H)
+        self.z3 = self.z.view(G, K, H)
+        self.wn = torch.empty(R, N, **opts)  # normalised encoder output
+        self.u = torch.empty(R, H, **opts)  # block: normalised z
+        self.acc = torch.empty(R, B + Sc, **opts)  # [residual | skip sum]
         self.acc_res = self.acc[:, :B]
         self.acc_skip = self.acc[:, B:]
-        self.mask = torch.empty(K, S * N, **opts)
-        self.mask3 = self.mask.view(K, S, N)
+        self.mask = torch.empty(R, S * N, **opts)
+        self.mask3 = self.mask.view(R, S, N)
+        self.mask4 = self.mask.view(G, K, S, N)
         # masked encoder frames, after the q-1 frames of the previous step (decoder overlap)
         q = dims["q"]
-        self.masked = torch.empty(K + q - 1, S, N, **opts)  # [q-1+K, S, N]
-        self.masked_new = self.masked[q - 1 :]  # [K, S, N]
-        # rows of masked frames whose hop j lands on this step's output hops
-        self.masked_rows = [self.masked[q - 1 - j : q - 1 - j + K].view(K * S, N) for j in range(q)]
-        self.hops = torch.empty(K * S, dims["hop"], **opts)  # [K*S, hop]
-        self.gram = torch.empty(K + 1, K + 1, **opts)
-        self.use_gram = K <= GRAM_MAX_FRAMES
+        self.masked = torch.empty(G, K + q - 1, S, N, **opts)  # [G, q-1+K, S, N]
+        self.masked_new = self.masked[:, q - 1 :]  # [G, K, S, N]
+        # per lane, rows of masked frames whose hop j lands on this step's output hops
+        self.masked_rows = [[self.masked[g, q - 1 - j : q - 1 - j + K].view(K * S, N) for j in range(q)]
+                            for g in range(G)]
+        self.hops = torch.empty(G, K * S, dims["hop"], **opts)  # [G, K*S, hop]
+        self.gram = torch.empty(R + 1, R + 1, **opts)
+        self.use_gram = R <= GRAM_MAX_FRAMES
         code = {torch.float32: "f", torch.float64: "d"}.get(dtype)
-        self.scalar = device.type == "cpu" and code is not None and K <= SCALAR_STATS_MAX_FRAMES
+        self.scalar = device.type == "cpu" and code is not None and R <= SCALAR_STATS_MAX_FRAMES
         if self.scalar:
             # cLN coefficients r and -mean*r, written item by item from Python floats
             # (an array.array takes them faster than numpy) and read as tensors
-            self.coef = array(code, bytes(2 * K * torch.finfo(dtype).bits // 8))
-            coef = torch.frombuffer(self.coef, dtype=dtype).view(2, K)
-            self.r, self.mr = coef[0, :, None], coef[1, :, None]  # [K, 1] views
+            self.coef = array(code, bytes(2 * R * torch.finfo(dtype).bits // 8))
+            coef = torch.frombuffer(self.coef, dtype=dtype).view(2, R)
+            self.r, self.mr = coef[0, :, None], coef[1, :, None]  # [R, 1] views
 
 
 class _RunningNorm:
-    """Running statistics of one cLN over ``channels`` channels.
+    """Running statistics of one cLN over ``channels`` channels, per lane.
 
-    :meth:`coefficients` returns per-frame ``r`` and ``mr`` such that
+    :meth:`coefficients` returns per-row ``r`` and ``mr`` such that
     ``x * r + mr == (x - mean_k) / sqrt(var_k + eps)`` at each frame k, with
-    mean and variance over all channels of every frame from the stream's start
-    (the norm's gain and bias are folded into the next layer).
+    mean and variance over all channels of every frame of the row's lane from
+    the stream's start (the norm's gain and bias are folded into the next
+    layer). Lanes run in lockstep, so they share the frame count.
     """
 
-    def __init__(self, channels: int, eps: float, device: torch.device) -> None:
+    def __init__(self, channels: int, eps: float, device: torch.device, lanes: int = 1) -> None:
         self.channels = channels
         self.eps = eps
+        self.lanes = lanes
         # float64 running sums like the offline cLN (MPS has no float64)
         self.acc = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
         self.device = device
@@ -180,74 +192,83 @@ class _RunningNorm:
         self.reset()
 
     def reset(self) -> None:
-        self.count = 0  # frames seen * channels
-        self.sum = 0.0  # Python floats (float64) on the CPU
-        self.sumsq = 0.0
-        self.carry = torch.zeros(2, dtype=self.acc, device=self.device)  # on an accelerator
+        self.count = 0  # frames seen * channels (each lane)
+        self.sum = [0.0] * self.lanes  # Python floats (float64) on the CPU, per lane
+        self.sumsq = [0.0] * self.lanes
+        self.carry = torch.zeros(self.lanes, 1, 2, dtype=self.acc, device=self.device)  # on an accelerator
 
     def coefficients(
         self, x: torch.Tensor, ws: _Work, x_b: torch.Tensor, x_bT: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Update with the frames of ``x`` (rows 0..K-1 of ``x_b``) and return their
-        coefficients. Shape: x [K, C] -> (r [K, 1], mr [K, 1])."""
+        """Update with the rows of ``x`` (rows 0..R-1 of ``x_b``) and return their
+        coefficients. Shape: x [R, C] -> (r [R, 1], mr [R, 1])."""
         if not (ws.scalar and self.host):
-            return self._vector(x)
-        K = ws.frames
+            return self._vector(x, ws.lanes)
+        K, R = ws.frames, ws.rows
         if ws.use_gram:
-            gram = torch.mm(x_b, x_bT, out=ws.gram).tolist()  # [K+1, K+1]
-            rows = [(row[K], row[k]) for k, row in enumerate(gram[:K])]  # (sum, sum of squares)
+            gram = torch.mm(x_b, x_bT, out=ws.gram).tolist()  # [R+1, R+1]
+            rows = [(row[R], row[i]) for i, row in enumerate(gram[:R])]  # (sum, sum of squares)
         else:
             rows = list(zip(x.sum(1).tolist(), torch.linalg.vecdot(x, x).tolist(), strict=True))
-        total, total_sq, count = self.sum, self.sumsq, self.count
         channels, eps, sqrt = self.channels, self.eps, math.sqrt
-        out = ws.coef  # [r_0 .. r_K-1, mr_0 .. mr_K-1]
-        for k, (s1, s2) in enumerate(rows):
-            total += s1
-            total_sq += s2
-            count += channels
-            mean = total / count
-            var = total_sq / count - mean * mean
-            r = 1.0 / sqrt(var + eps if var > 0.0 else eps)
-            out[k] = r
-            out[K + k] = -mean * r
-        self.sum, self.sumsq, self.count = total, total_sq, count
+        out = ws.coef  # [r_0 .. r_R-1, mr_0 .. mr_R-1]
+        for g in range(ws.lanes):
+            total, total_sq, count = self.sum[g], self.sumsq[g], self.count
+            for i in range(g * K, g * K + K):
+                s1, s2 = rows[i]
+                total += s1
+                total_sq += s2
+                count += channels
+                mean = total / count
+                var = total_sq / count - mean * mean
+                r = 1.0 / sqrt(var + eps if var > 0.0 else eps)
+                out[i] = r
+                out[R + i] = -mean * r
+            self.sum[g], self.sumsq[g] = total, total_sq
+        self.count += K * channels
         return ws.r, ws.mr
 
-    def _vector(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        K = x.shape[0]
+    def _vector(self, x: torch.Tensor, lanes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        R = x.shape[0]
+        K = R // lanes
         xs = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        sums = torch.stack((xs.sum(1), torch.linalg.vecdot(xs, xs)), 1).to(self.acc)  # [K, 2]
-        cum = sums.cumsum(0)  # [K, 2]
+        sums = torch.stack((xs.sum(1), torch.linalg.vecdot(xs, xs)), 1).to(self.acc)  # [R, 2]
+        cum = sums.view(lanes, K, 2).cumsum(1)  # [G, K, 2]
         if self.host:
-            cum += torch.tensor([self.sum, self.sumsq], dtype=self.acc)
-            self.sum, self.sumsq = cum[-1].tolist()
+            cum += torch.tensor([self.sum, self.sumsq], dtype=self.acc).t()[:, None, :]  # [G, 1, 2]
+            last = cum[:, -1].tolist()  # [G][2]
+            self.sum, self.sumsq = [a for a, _ in last], [b for _, b in last]
         else:  # no host round trip on an accelerator
             cum += self.carry
-            self.carry = cum[-1].clone()
+            self.carry = cum[:, -1:].clone()
         steps = torch.arange(1, K + 1, dtype=self.acc, device=x.device)  # [K]
-        count = (steps * self.channels + self.count)[:, None]  # [K, 1]
+        count = (steps * self.channels + self.count)[None, :, None]  # [1, K, 1]
         self.count += K * self.channels
-        stats = cum / count  # [K, 2]: mean, mean of squares
-        mean = stats[:, :1]
-        var = (stats[:, 1:] - mean * mean).clamp_min_(0.0)
+        stats = cum / count  # [G, K, 2]: mean, mean of squares
+        mean = stats[..., :1]
+        var = (stats[..., 1:] - mean * mean).clamp_min_(0.0)
         r = torch.rsqrt(var + self.eps)
-        return r.to(x.dtype), (-mean * r).to(x.dtype)
+        return r.reshape(R, 1).to(x.dtype), (-mean * r).reshape(R, 1).to(x.dtype)
 
 
 class _DepthwiseCache:
-    """The last ``(P-1)*d`` input frames of a causal dilated depthwise conv, in a
-    buffer ``[pad + room, H]`` that new frames are written into. When it is
-    full, its last ``pad`` frames move to the front (a copy of ``pad`` frames
-    every ``room`` frames, ``room >= pad``: at most one frame copied per frame)."""
+    """The last ``(P-1)*d`` input frames of a causal dilated depthwise conv, per
+    lane, in a buffer ``[G, pad + room, H]`` that new frames are written into.
+    When it is full, its last ``pad`` frames move to the front (a copy of
+    ``pad`` frames every ``room`` frames, ``room >= pad``: at most one frame
+    copied per frame)."""
 
-    def __init__(self, offsets: list[int], channels: int, room: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, offsets: list[int], channels: int, room: int, device: torch.device, dtype: torch.dtype, lanes: int = 1
+    ) -> None:
         self.offsets = offsets  # tap p reads the frame offsets[p] before the current one; the last is 0
         self.pad = max(offsets)
         self.channels = channels
+        self.lanes = lanes
         self.device = device
         self.dtype = dtype
         self.room = max(room, self.pad, 1)
-        self.buf = torch.zeros(self.pad + self.room, channels, device=device, dtype=dtype)
+        self.buf = torch.zeros(lanes, self.pad + self.room, channels, device=device, dtype=dtype)
         self.pos = self.pad
         self._views: dict[tuple[int, int], list[torch.Tensor]] = {}
 
@@ -256,15 +277,17 @@ class _DepthwiseCache:
         self.pos = self.pad
 
     def views(self, frames: int) -> list[torch.Tensor]:
-        """Per tap, a [K, H] view of the frames it reads for the next K frames;
-        the last view (offset 0) is where those K frames are to be written."""
-        if self.pos + frames > self.buf.shape[0]:
-            keep = self.buf[self.pos - self.pad : self.pos].clone()  # [pad, H]
+        """Per tap, a [G, K, H] view ([K, H] for one lane) of the frames it reads
+        for the next K frames; the last view (offset 0) is where those K frames
+        are to be written."""
+        if self.pos + frames > self.buf.shape[1]:
+            keep = self.buf[:, self.pos - self.pad : self.pos].clone()  # [G, pad, H]
             if frames > self.room:
                 self.room = frames
-                self.buf = torch.zeros(self.pad + self.room, self.channels, device=self.device, dtype=self.dtype)
+                self.buf = torch.zeros(self.lanes, self.pad + self.room, self.channels, device=self.device,
+                                       dtype=self.dtype)
                 self._views.clear()
-            self.buf[: self.pad] = keep
+            self.buf[:, : self.pad] = keep
             self.pos = self.pad
         key = (self.pos, frames)
         views = self._views.get(key)
@@ -272,7 +295,9 @@ class _DepthwiseCache:
             if len(self._views) >= _MAX_CACHED_VIEWS:
                 self._views.clear()
             p = self.pos
-            views = self._views[key] = [self.buf[p - off : p - off + frames] for off in self.offsets]
+            # one lane: 2-D views, whose element-wise ops are cheaper
+            buf = self.buf[0] if self.lanes == 1 else self.buf
+            views = self._views[key] = [buf[..., p - off : p - off + frames, :] for off in self.offsets]
         return views
 
     def advance(self, frames: int) -> None:
@@ -282,7 +307,7 @@ class _DepthwiseCache:
 class _Block:
     """One ConvBlock with folded weights and its streaming state."""
 
-    def __init__(self, block: torch.nn.Module, res_bias: torch.Tensor, room: int) -> None:
+    def __init__(self, block: torch.nn.Module, res_bias: torch.Tensor, room: int, lanes: int = 1) -> None:
         d = block.dconv.dilation[0]
         P = block.dconv.kernel_size[0]
         dev, dtype = block.dconv.weight.device, block.dconv.weight.dtype
@@ -317,9 +342,9 @@ class _Block:
         self.const_res, self.const_skip = const[:B], const[B:]
         H = w_in.shape[0]
         self.pad = max(offsets)
-        self.norm1 = _RunningNorm(H, block.norm1.eps, dev)
-        self.norm2 = _RunningNorm(H, block.norm2.eps, dev)
-        self.cache = _DepthwiseCache(offsets, H, room, dev, dtype)
+        self.norm1 = _RunningNorm(H, block.norm1.eps, dev, lanes)
+        self.norm2 = _RunningNorm(H, block.norm2.eps, dev, lanes)
+        self.cache = _DepthwiseCache(offsets, H, room, dev, dtype, lanes)
 
     def reset(self) -> None:
         self.norm1.reset()
@@ -327,32 +352,38 @@ class _Block:
         self.cache.reset()
 
     def __call__(self, ws: _Work, start: int) -> None:
-        """Run ``ws.frames`` frames, updating ``ws.acc`` = [residual | skip sum] in
-        place. ``start``: frames before these since the stream start."""
-        K = ws.frames
+        """Run ``ws.frames`` frames of every lane, updating ``ws.acc`` = [residual |
+        skip sum] in place. ``start``: frames before these since the stream start."""
+        K, G = ws.frames, ws.lanes
         h = ws.h
-        torch.addmm(self.b_in, ws.acc_res, self.w_in_t, out=h)  # [K, H]
+        torch.addmm(self.b_in, ws.acc_res, self.w_in_t, out=h)  # [R, H]
         prelu_(h, self.slope1)
         r, mr = self.norm1.coefficients(h, ws, ws.h_b, ws.h_bT)
-        views = self.cache.views(K)
-        torch.addcmul(mr, h, r, out=views[-1])  # normalised; gain and bias are in the taps
+        views = self.cache.views(K)  # [K, H] each, [G, K, H] for several lanes
         z = ws.z
-        torch.addcmul(self.b_d, views[0], self.taps[0], out=z)
+        if G == 1:
+            torch.addcmul(mr, h, r, out=views[-1])  # normalised; gain and bias are in the taps
+            zv = z
+        else:
+            torch.addcmul(mr.view(G, K, 1), ws.h3, r.view(G, K, 1), out=views[-1])
+            zv = ws.z3  # [G, K, H] view of z
+        torch.addcmul(self.b_d, views[0], self.taps[0], out=zv)
         for view, tap in zip(views[1:], self.taps[1:], strict=True):
-            z.addcmul_(view, tap)
+            zv.addcmul_(view, tap)
         self.cache.advance(K)
         if start < self.pad:
-            self._stream_start(z, start)
+            self._stream_start(zv, start)
         prelu_(z, self.slope2)
         r, mr = self.norm2.coefficients(z, ws, ws.z_b, ws.z_bT)
         torch.addcmul(mr, z, r, out=ws.u)  # normalised; gain and bias are in w_out and the biases
         ws.acc.addmm_(ws.u, self.w_out_t)
 
     def _stream_start(self, z: torch.Tensor, start: int) -> None:
-        n = min(z.shape[0], self.pad - start)
+        """Shape: z [K, H] or [G, K, H] (lanes in lockstep: the same frames of every lane are early)."""
+        n = min(z.shape[-2], self.pad - start)
         k = torch.arange(start, start + n, device=z.device)[:, None]  # [n, 1]
         before = (self.offsets_t > k).to(z.dtype)  # [n, P]: the tap reads a frame before the start
-        z[:n] -= before @ self.tap_bias
+        z[..., :n, :] -= before @ self.tap_bias
 
 
 class Streamer:
@@ -371,9 +402,19 @@ class Streamer:
     and returns the rest, so that exactly T samples come out for T in;
     :meth:`reset` starts a new stream. Samples are at the model's rate
     (:attr:`sample_rate`). Not thread-safe: one stream per Streamer.
+
+    Internally a Streamer can run several *lanes* in lockstep: copies of the
+    stream delayed by ``delay`` samples (zeros in front) and multiplied by
+    ``sign``, whose frames share every matrix product (``lanes``, a list of
+    ``(delay, sign)``; :class:`AveragedStreamer` uses them through
+    :meth:`_process_lanes` and :meth:`_flush_lanes`). The public
+    :meth:`process` and :meth:`flush` are for one lane.
     """
 
-    def __init__(self, model: torch.nn.Module, chunk_size: int | None = None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, chunk_size: int | None = None,
+        lanes: Sequence[tuple[int, int]] = ((0, 1),),
+    ) -> None:
         _check_model(model)
         if chunk_size is not None and (
             isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1
@@ -387,25 +428,29 @@ class Streamer:
         self.hop: int = c.stride
         self.left: int = c.L - c.stride  # zeros in front, as in ConvTasNet.frame_padding
         self.chunk_size = int(chunk_size) if chunk_size is not None else None
+        self.lanes = [(int(d), int(g)) for d, g in lanes]
+        if not self.lanes or any(d < 0 or g not in (-1, 1) for d, g in self.lanes):
+            raise SepError(f"lanes must be (delay >= 0, sign +-1) pairs, got {lanes!r}")
+        G = len(self.lanes)
         p = model.encoder.weight
         self.device, self.dtype = p.device, p.dtype
         self._q = -(-c.L // c.stride)  # frames that overlap one output hop
         self._dims = dict(S=c.n_src, N=c.N, B=c.B, H=c.H, Sc=c.Sc, q=self._q, hop=c.stride)
         frames = 1 + -(-(self.chunk_size or self.hop) // self.hop)  # most frames one chunk completes
-        self._fold(model, room=min(MAX_STEP_FRAMES, max(4 * frames, 32)))
+        self._fold(model, room=min(MAX_STEP_FRAMES, max(4 * frames, 32)), lanes=G)
         self._work: dict[int, _Work] = {}
         self.reset()
 
     # ------------------------------------------------------------------ setup
 
     @torch.inference_mode()
-    def _fold(self, model: torch.nn.Module, room: int) -> None:
+    def _fold(self, model: torch.nn.Module, room: int, lanes: int) -> None:
         """Copy the weights into matrix form, folding every norm's gain and bias
         into the next layer (in float64, then cast to the model's dtype)."""
         sep = model.separator
         f64, dtype = torch.float64, self.dtype
         self.w_enc_t = model.encoder.weight.detach()[:, 0, :].t().contiguous()  # [L, N]
-        self.norm0 = _RunningNorm(sep.N, sep.norm.eps, self.device)
+        self.norm0 = _RunningNorm(sep.N, sep.norm.eps, self.device, lanes)
         g0, b0 = sep.norm.weight.detach().to(f64), sep.norm.bias.detach().to(f64)
         w_b = sep.bottleneck.weight.detach()[:, :, 0].to(f64)  # [B, N]
         b_b = sep.bottleneck.bias.detach().to(f64)
@@ -413,7 +458,7 @@ class Streamer:
         res_bias = torch.zeros(w_b.shape[0], dtype=f64, device=self.device)  # [B]
         skip_bias = torch.zeros(sep.mask_conv.weight.shape[1], dtype=f64, device=self.device)  # [Sc]
         for block in sep.blocks:
-            fb = _Block(block, res_bias, room)
+            fb = _Block(block, res_bias, room, lanes)
             res_bias = res_bias + fb.const_res
             skip_bias = skip_bias + fb.const_skip
             self.blocks.append(fb)
@@ -437,19 +482,22 @@ class Streamer:
         if ws is None:
             if len(self._work) >= 4:  # chunk sizes changed; keep memory bounded
                 self._work.clear()
-            ws = self._work[frames] = _Work(frames, self._dims, self.device, self.dtype)
+            ws = self._work[frames] = _Work(frames, self._dims, self.device, self.dtype, len(self.lanes))
         return ws
 
     @torch.inference_mode()
     def reset(self) -> None:
         """Forget the stream: the next :meth:`process` starts a new one."""
-        self._in = torch.zeros(self.left, device=self.device, dtype=self.dtype)  # input not yet framed
+        # input not yet framed, per lane: the left padding, then the lane's delay
+        self._in = [torch.zeros(self.left + d, device=self.device, dtype=self.dtype) for d, _ in self.lanes]
         # the last q-1 masked frames: their later hops overlap the next output
-        self._masked_tail = torch.zeros(self._q - 1, self.n_src, self._dims["N"], device=self.device, dtype=self.dtype)
-        self._frames = 0  # frames computed so far
-        self._to_drop = self.left  # output samples that belong to the left padding
+        self._masked_tail = torch.zeros(len(self.lanes), self._q - 1, self.n_src, self._dims["N"], device=self.device,
+                                        dtype=self.dtype)  # [G, q-1, S, N]
+        self._frames = 0  # frames computed so far (in every lane)
+        self._to_drop = [self.left + d for d, _ in self.lanes]  # output of the padding and the delays
+        self._lane_out = [0] * len(self.lanes)  # output samples given per lane
         self.samples_in = 0
-        self.samples_out = 0
+        self.samples_out = 0  # of lane 0
         self._finished = False
         self._numpy_io: bool | None = None
         self._io_device: torch.device | None = None
@@ -508,6 +556,18 @@ class Streamer:
         which :meth:`flush` returns. SepError on NaN or infinite samples (they
         would poison the running norms for the rest of the stream).
         """
+        return self._output(self._process_lanes(chunk)[0])
+
+    def flush(self) -> torch.Tensor | np.ndarray:
+        """End the stream: pad the input as the offline model does and return the
+        remaining output, so that exactly ``samples_in`` samples came out in total.
+        Shape: [S, rest]. Call :meth:`reset` to start another stream."""
+        return self._output(self._flush_lanes()[0])
+
+    def _process_lanes(self, chunk: torch.Tensor | np.ndarray) -> list[torch.Tensor]:
+        """:meth:`process` for every lane: each lane's new final output, [S, m_g],
+        its delay already dropped (so sample i is the input's sample i) but
+        not its sign (the caller undoes it)."""
         if self._finished:
             raise SepError("the stream was flushed; call reset() to start a new one")
         x = self._as_tensor(chunk)
@@ -517,71 +577,93 @@ class Streamer:
             if x.shape[0] and not math.isfinite(x.sum(dtype=torch.float64).item()):
                 raise SepError("chunk contains NaN or infinite samples")
             self.samples_in += x.shape[0]
-            self._in = torch.cat((self._in, x)) if self._in.shape[0] else x
-            y = self._run()
-        return self._output(y)
+            if x.shape[0]:
+                lanes = [x if sign > 0 else -x for _, sign in self.lanes]
+                self._in = [torch.cat((buf, xg)) if buf.shape[0] else xg
+                            for buf, xg in zip(self._in, lanes, strict=True)]
+            return self._run()
 
-    def flush(self) -> torch.Tensor | np.ndarray:
-        """End the stream: pad the input as the offline model does and return the
-        remaining output, so that exactly ``samples_in`` samples came out in total.
-        Shape: [S, rest]. Call :meth:`reset` to start another stream."""
+    def _flush_lanes(self) -> list[torch.Tensor]:
+        """:meth:`flush` for every lane: each lane's rest, so that every lane gave
+        exactly ``samples_in`` samples."""
         if self._finished:
             raise SepError("the stream was already flushed; call reset() to start a new one")
         self._finished = True
+        G = len(self.lanes)
         with torch.inference_mode():
-            total, before = self.samples_in, self.samples_out
+            total = self.samples_in
             if total == 0:
-                return self._output(torch.zeros(self.n_src, 0, device=self.device, dtype=self.dtype))
-            _, right = self.model.frame_padding(total)
-            self._in = torch.cat((self._in, torch.zeros(right, device=self.device, dtype=self.dtype)))
-            y = self._run()
-            tail = self._decode(torch.zeros(self._q - 1, self.n_src, self._dims["N"], device=self.device,
-                                            dtype=self.dtype))  # the last frames' overlap
-            y = torch.cat((y, self._emit(tail)), 1)[:, : total - before]  # exactly T in total
+                return [torch.zeros(self.n_src, 0, device=self.device, dtype=self.dtype) for _ in range(G)]
+            before = list(self._lane_out)
+            # Each lane padded as the offline model pads its delayed input, then all to
+            # the same number of frames: the extra frames lie wholly in the zero
+            # padding, so their encoder output is 0 and they add nothing to the output.
+            ends = []
+            for g, (d, _) in enumerate(self.lanes):
+                _, right = self.model.frame_padding(total + d)
+                ends.append(self._in[g].shape[0] + right)
+            n_frames = max((n - self.L) // self.hop + 1 for n in ends)
+            size = (n_frames - 1) * self.hop + self.L
+            self._in = [torch.cat((buf, buf.new_zeros(size - buf.shape[0]))) for buf in self._in]
+            ys = self._run()
+            tail = torch.zeros(self._q - 1, self.n_src, self._dims["N"], device=self.device, dtype=self.dtype)
+            outs = []
+            for g in range(G):
+                y = torch.cat((ys[g], self._emit(g, self._decode(g, tail))), 1)  # the last frames' overlap
+                outs.append(y[:, : total - before[g]])  # exactly T in total
             self.samples_out = total
-        return self._output(y)
+        return outs
 
-    def _run(self) -> torch.Tensor:
-        """Compute every frame the input buffer completes. Returns [S, m]."""
-        n_in = self._in.shape[0]
-        n_frames = (n_in - self.L) // self.hop + 1 if n_in >= self.L else 0
-        outs = []
+    def _run(self) -> list[torch.Tensor]:
+        """Compute every frame that the input buffers of all lanes complete (in
+        lockstep: a lane with one more frame keeps it for the next call).
+        Returns [S, m_g] per lane."""
+        n_frames = min((buf.shape[0] - self.L) // self.hop + 1 if buf.shape[0] >= self.L else 0 for buf in self._in)
+        outs: list[list[torch.Tensor]] = [[] for _ in self.lanes]
         done = 0
         while done < n_frames:
             step = min(MAX_STEP_FRAMES, n_frames - done)
-            outs.append(self._step(self._in[done * self.hop : (done + step - 1) * self.hop + self.L], step))
+            lo, hi = done * self.hop, (done + step - 1) * self.hop + self.L
+            for g, y in enumerate(self._step([buf[lo:hi] for buf in self._in], step)):
+                outs[g].append(y)
             done += step
         if n_frames:
-            self._in = self._in[n_frames * self.hop :]
-        if not outs:
-            return torch.zeros(self.n_src, 0, device=self.device, dtype=self.dtype)
-        return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+            self._in = [buf[n_frames * self.hop :] for buf in self._in]
+        empty = torch.zeros(self.n_src, 0, device=self.device, dtype=self.dtype)
+        return [empty if not o else o[0] if len(o) == 1 else torch.cat(o, 1) for o in outs]
 
-    def _emit(self, y: torch.Tensor) -> torch.Tensor:
-        """Drop what belongs to the left padding. Shape: [S, n] -> [S, m]."""
-        if self._to_drop:
-            drop = min(self._to_drop, y.shape[1])
-            self._to_drop -= drop
+    def _emit(self, g: int, y: torch.Tensor) -> torch.Tensor:
+        """Drop what belongs to lane g's left padding and delay. Shape: [S, n] -> [S, m]."""
+        if self._to_drop[g]:
+            drop = min(self._to_drop[g], y.shape[1])
+            self._to_drop[g] -= drop
             y = y[:, drop:]
-        self.samples_out += y.shape[1]
+        self._lane_out[g] += y.shape[1]
+        if g == 0:
+            self.samples_out += y.shape[1]
         return y
 
-    def _decode(self, masked: torch.Tensor) -> torch.Tensor:
-        """Output hops of the frames ``masked`` [K, S, N] that follow the stored
-        tail (for the flush: zero frames give the tail's own overlap). Returns [S, K*hop]."""
+    def _decode(self, g: int, masked: torch.Tensor) -> torch.Tensor:
+        """Lane g's output hops of the frames ``masked`` [K, S, N] that follow its
+        stored tail (for the flush: zero frames give the tail's own overlap). Returns [S, K*hop]."""
         K, S, N = masked.shape
         q = self._q
-        frames = torch.cat((self._masked_tail, masked))  # [q-1+K, S, N]
+        frames = torch.cat((self._masked_tail[g], masked))  # [q-1+K, S, N]
         hops = sum(frames[q - 1 - j : q - 1 - j + K].reshape(K * S, N) @ self.w_dec_hops[j] for j in range(q))
         return hops.view(K, S, self.hop).permute(1, 0, 2).reshape(S, K * self.hop)
 
-    def _step(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        """Frames of ``x`` (``(K-1)*hop + L`` samples) through the network. Returns [S, K*hop]."""
+    def _step(self, xs: list[torch.Tensor], frames: int) -> list[torch.Tensor]:
+        """Frames of each lane's ``x`` (``(K-1)*hop + L`` samples) through the
+        network, all lanes in each product. Returns [S, K*hop] per lane."""
         ws = self._workspace(frames)
-        S = self._dims["S"]
+        S, G = self._dims["S"], len(self.lanes)
         hop, q = self.hop, self._q
         w = ws.w
-        torch.mm(x.unfold(0, self.L, hop), self.w_enc_t, out=w).relu_()  # [K, N]
+        if G == 1:
+            torch.mm(xs[0].unfold(0, self.L, hop), self.w_enc_t, out=w).relu_()  # [K, N]
+        else:
+            framed = torch.cat([x.unfold(0, self.L, hop) for x in xs])  # [G*K, L], lane-major
+            torch.mm(framed, self.w_enc_t, out=w).relu_()  # [R, N]
         r, mr = self.norm0.coefficients(w, ws, ws.w_b, ws.w_bT)
         torch.addcmul(mr, w, r, out=ws.wn)
         torch.addmm(self.b_acc, ws.wn, self.w_acc_t, out=ws.acc)  # [K, B+Sc]
@@ -589,24 +671,26 @@ class Streamer:
         for block in self.blocks:
             block(ws, start)
         self._frames += frames
-        skip = prelu_(ws.acc_skip, self.slope_out)  # [K, Sc]
-        torch.addmm(self.b_mask, skip, self.w_mask_t, out=ws.mask)  # [K, S*N]
-        mask = ws.mask3  # [K, S, N]
+        skip = prelu_(ws.acc_skip, self.slope_out)  # [R, Sc]
+        torch.addmm(self.b_mask, skip, self.w_mask_t, out=ws.mask)  # [R, S*N]
+        mask = ws.mask3  # [R, S, N]
         if self.mask_activation == "relu":
             mask.relu_()
         elif self.mask_activation == "softmax":
             mask.copy_(torch.softmax(mask, dim=1))
         else:
             mask.sigmoid_()
-        ws.masked[: q - 1] = self._masked_tail
-        torch.mul(mask, w[:, None, :], out=ws.masked_new)
-        self._masked_tail.copy_(ws.masked[frames:])
-        hops = torch.mm(ws.masked_rows[0], self.w_dec_hops[0], out=ws.hops)  # [K*S, hop]
-        for j in range(1, q):
-            hops.addmm_(ws.masked_rows[j], self.w_dec_hops[j])
-        y = torch.empty(S, frames, hop, device=self.device, dtype=self.dtype)
-        y.copy_(hops.view(frames, S, hop).permute(1, 0, 2))  # [S, K, hop]
-        return self._emit(y.view(S, frames * hop))
+        ws.masked[:, : q - 1] = self._masked_tail
+        torch.mul(ws.mask4, w.view(G, frames, 1, -1), out=ws.masked_new)  # [G, K, S, N]
+        self._masked_tail.copy_(ws.masked[:, frames:])
+        y = torch.empty(G, S, frames, hop, device=self.device, dtype=self.dtype)
+        for g in range(G):  # the decoder's products are small: one lane at a time
+            rows = ws.masked_rows[g]
+            hops = torch.mm(rows[0], self.w_dec_hops[0], out=ws.hops[g])  # [K*S, hop]
+            for j in range(1, q):
+                hops.addmm_(rows[j], self.w_dec_hops[j])
+            y[g].copy_(hops.view(frames, S, hop).permute(1, 0, 2))  # [S, K, hop]
+        return [self._emit(g, y[g].view(S, frames * hop)) for g in range(G)]
 
 
 class AveragedStreamer:
@@ -615,14 +699,16 @@ class AveragedStreamer:
     The offline counterpart is what ``sep separate`` runs for a causal model
     with ``passes > 1``: :func:`sepcli.engine.averaged_fn` with
     ``causal=True`` over :func:`sepcli.engine.pass_transforms` (see
-    :func:`offline`). Here pass k is a :class:`Streamer` fed the input
-    delayed by its delay (zeros in front, a fraction of a hop) and, with
-    ``signs``, sign-flipped. Its output is shifted back, put in pass 0's
-    speaker order by :class:`sepcli.engine.CausalAlign`, and averaged.
+    :func:`offline`). Pass k is a lane of one :class:`Streamer`: the input
+    delayed by the pass's delay (zeros in front, a fraction of a hop) and,
+    with ``signs``, sign-flipped. The lanes run in lockstep, so every matrix
+    product reads its weights once for all of them (with 8-frame steps two
+    passes cost well under twice one). Each lane's output is shifted back,
+    put in pass 0's speaker order by :class:`sepcli.engine.CausalAlign`, and
+    averaged.
 
-    Costs ``passes`` times the compute of one :class:`Streamer`, and the
-    output waits for the most delayed pass: the algorithmic latency grows by
-    that delay (less than one hop). Same interface as :class:`Streamer`.
+    The output waits for the most delayed pass: the algorithmic latency grows
+    by that delay (less than one hop). Same interface as :class:`Streamer`.
     """
 
     def __init__(self, model: torch.nn.Module, chunk_size: int | None = None, passes: int = 2,
@@ -635,30 +721,28 @@ class AveragedStreamer:
         self.transforms = engine.pass_transforms(passes, model.config.stride, signs=signs)
         self.passes = len(self.transforms)
         self.signs = signs
-        self.streamers = [Streamer(model, chunk_size=chunk_size) for _ in self.transforms]
-        first = self.streamers[0]
+        self.streamer = Streamer(model, chunk_size=chunk_size, lanes=self.transforms)
         self.model = model
-        self.n_src: int = first.n_src
-        self.sample_rate: int = first.sample_rate
-        self.L: int = first.L
-        self.hop: int = first.hop
-        self.chunk_size = first.chunk_size
+        self.n_src: int = self.streamer.n_src
+        self.sample_rate: int = self.streamer.sample_rate
+        self.L: int = self.streamer.L
+        self.hop: int = self.streamer.hop
+        self.chunk_size = self.streamer.chunk_size
         self.max_delay: int = max(d for d, _ in self.transforms)
         self._new_align = lambda: engine.CausalAlign(self.n_src)
         self.reset()
 
     def reset(self) -> None:
         """Forget the stream: the next :meth:`process` starts a new one."""
-        for st in self.streamers:
-            st.reset()
+        self.streamer.reset()
         self._held = [np.zeros((self.n_src, 0), dtype=np.float32) for _ in self.transforms]  # [S, m] per pass
-        self._to_drop = [d for d, _ in self.transforms]  # the delays' output samples
         self._aligns = [self._new_align() for _ in self.transforms[1:]]
-        self._started = False
-        self._finished = False
         self._io_device: torch.device | None = None  # None: numpy in, numpy out
-        self.samples_in = 0
         self.samples_out = 0
+
+    @property
+    def samples_in(self) -> int:
+        return self.streamer.samples_in
 
     @property
     def receptive_field(self) -> int:
@@ -667,44 +751,24 @@ class AveragedStreamer:
 
     def algorithmic_latency(self, chunk: int | None = None) -> int:
         """``L + chunk + max delay`` in samples: the most delayed pass's output comes last."""
-        return self.streamers[0].algorithmic_latency(chunk) + self.max_delay
+        return self.streamer.algorithmic_latency(chunk) + self.max_delay
 
     def process(self, chunk: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
         """Feed the next ``n >= 0`` samples; return the output samples that are now final.
         Shape: [n] or [1, n] -> [S, m] (as :meth:`Streamer.process`)."""
-        if self._finished:
-            raise SepError("the stream was flushed; call reset() to start a new one")
-        # pass 0 is the input itself (no delay, no sign) and checks it first
-        outs = [self.streamers[0].process(chunk)]
-        if not self._started:
-            self._io_device = chunk.device if isinstance(chunk, torch.Tensor) else None
-        x = chunk[0] if chunk.ndim == 2 else chunk  # [n]
-        for st, (delay, sign) in zip(self.streamers[1:], self.transforms[1:], strict=True):
-            xp = -x if sign < 0 else x
-            if not self._started and delay:
-                zeros = np.zeros(delay, x.dtype) if isinstance(x, np.ndarray) else x.new_zeros(delay)
-                xp = np.concatenate((zeros, xp)) if isinstance(x, np.ndarray) else torch.cat((zeros, xp))
-            outs.append(st.process(xp))
-        self._started = True
-        self.samples_in += int(x.shape[0])
+        outs = self.streamer._process_lanes(chunk)
+        self._io_device = self.streamer._io_device if not self.streamer._numpy_io else None
         return self._output(self._gather(outs))
 
     def flush(self) -> torch.Tensor | np.ndarray:
         """End the stream and return the rest: ``samples_in`` samples came out in total. Shape: [S, rest]."""
-        if self._finished:
-            raise SepError("the stream was already flushed; call reset() to start a new one")
-        self._finished = True
-        return self._output(self._gather([st.flush() for st in self.streamers]))
+        return self._output(self._gather(self.streamer._flush_lanes()))
 
-    def _gather(self, outs: list[torch.Tensor | np.ndarray]) -> np.ndarray:
+    def _gather(self, outs: list[torch.Tensor]) -> np.ndarray:
         """Add each pass's new output to its queue; average what all passes have. Returns [S, m]."""
         for k, (y, (_, sign)) in enumerate(zip(outs, self.transforms, strict=True)):
-            y = y if isinstance(y, np.ndarray) else y.float().cpu().numpy()
+            y = y.float().cpu().numpy()
             y = -y if sign < 0 else y
-            if self._to_drop[k]:
-                drop = min(self._to_drop[k], y.shape[1])
-                self._to_drop[k] -= drop
-                y = y[:, drop:]
             self._held[k] = np.concatenate((self._held[k], y), axis=1) if self._held[k].shape[1] else y
         m = min(h.shape[1] for h in self._held)
         first = self._held[0][:, :m]

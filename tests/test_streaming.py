@@ -304,6 +304,12 @@ def test_averaged_streamer_interface() -> None:
     assert isinstance(streaming.make_streamer(model), Streamer)  # the model's default: one pass
     assert streamer.algorithmic_latency() == model.config.L + hop + hop // 2
     assert streamer.receptive_field == model.receptive_field + hop // 2
+    # released as soon as the most delayed pass has it: a hold-back of L - L/2 + delay
+    total = 0
+    for _ in range(12):
+        total += streamer.process(torch.randn(hop)).shape[1]
+        assert total == max(0, streamer.samples_in - (model.config.L - hop) - hop // 2)
+    streamer.reset()
     # numpy in, numpy out; [1, n] accepted; abandoned streams reset cleanly
     mix = np.random.default_rng(0).standard_normal(333).astype(np.float32)
     streamer.process(mix[:50])
@@ -325,3 +331,23 @@ def test_averaged_streamer_interface() -> None:
         streamer.process(torch.zeros(4))
     with pytest.raises(SepError, match="passes"):
         streaming.make_streamer(model, passes=0)
+
+
+def test_averaged_passes_every_statistics_path(monkeypatch):
+    """Lanes share each step's rows: the Gram, reduction, vectorised and
+    accelerator statistics paths keep each lane's running sums apart."""
+    model = tiny_causal(seed=6, L=8)
+    hop = model.config.stride
+    mix = torch.randn(2400)
+    ref = torch.from_numpy(streaming.offline(model, mix, passes=2))
+    for frames in (4, 12, 100):  # 2 lanes: 8 rows (Gram), 24 (reductions), 200 (vectorised)
+        assert_close(stream_array(model, mix, frames * hop, passes=2), ref)
+    streamer = streaming.AveragedStreamer(model, chunk_size=3 * hop, passes=2)
+    inner = streamer.streamer
+    for norm in [inner.norm0] + [n for b in inner.blocks for n in (b.norm1, b.norm2)]:
+        norm.host = False
+    outs = [streamer.process(mix[i : i + 3 * hop]) for i in range(0, mix.shape[0], 3 * hop)]
+    assert_close(torch.cat(outs + [streamer.flush()], 1), ref)
+    monkeypatch.setattr(streaming, "MAX_STEP_FRAMES", 37)
+    assert_close(stream_array(model, mix, mix.shape[0], passes=4, signs=True),
+                 torch.from_numpy(streaming.offline(model, mix, passes=4, signs=True)))
