@@ -214,8 +214,7 @@ class _RunningNorm:
         out = ws.coef  # [r_0 .. r_R-1, mr_0 .. mr_R-1]
         for g in range(ws.lanes):
             total, total_sq, count = self.sum[g], self.sumsq[g], self.count
-            for i in range(g * K, g * K + K):
-                s1, s2 = rows[i]
+            for i, (s1, s2) in enumerate(rows[g * K : g * K + K], g * K):
                 total += s1
                 total_sq += s2
                 count += channels
