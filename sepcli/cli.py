@@ -101,28 +101,31 @@ def _print_models_table(rows: list[dict], models_dir: str) -> None:
     console = Console()
     # extra columns only where they fit; --json always has every field
     wide = console.width >= 110
+    passes_col = console.width >= 90
 
     def new_table(title: str, *columns: str) -> Table:
         table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
         for col in columns:
-            right = col in ("Rate", "Speakers", "Params", "SI-SNRi", "SDRi")
+            right = col in ("Rate", "Speakers", "Params", "Passes", "SI-SNRi", "SDRi")
             table.add_column(col, justify="right" if right else "left", no_wrap=True)
         return table
 
     shipped = [r for r in rows if r["kind"] == "shipped"]
     if shipped:
-        columns = ["Name", "Rate", "Speakers", "Causal", "Params", "SI-SNRi", "SDRi"]
+        columns = ["Name", "Rate", "Speakers", "Causal", "Params", *(["Passes"] if passes_col else []), "SI-SNRi", "SDRi"]
         table = new_table(f"Shipped models ({models_dir})", *columns, *(["Family"] if wide else []))
         for r in shipped:
             name = r["name"] + (" *" if r["default"] else "") + (" (unreadable)" if r.get("error") else "")
+            passes = "-" if r.get("passes") is None else f"{r['passes']}{'±' if r.get('pass_signs') else ''}"
             table.add_row(
                 name, _fmt_rate(r["sample_rate"]), str(r["n_src"]),
-                "yes" if r["causal"] else "no", _fmt_params(r["params"]),
+                "yes" if r["causal"] else "no", _fmt_params(r["params"]), *([passes] if passes_col else []),
                 _fmt_db(r["quality"], "si_snri"), _fmt_db(r["quality"], "sdri"),
                 *([str(r["family"])] if wide else []),
             )
         console.print(table)
-        notes = ["SI-SNRi/SDRi: measured improvement in dB on the card's test set"]
+        notes = ["SI-SNRi/SDRi: measured improvement in dB on the card's test set, with the model's "
+                 "default passes (averaged forwards; ±: with sign flips; --passes 1 is faster)"]
         if any(r["default"] for r in shipped):
             notes.insert(0, "* default model of sep separate")
         console.print("\n".join(notes))

@@ -435,8 +435,13 @@ def _shipped_info(card: dict) -> dict:
         "path": card["path"],
         "sha256": card.get("sha256"),
     }
-    if all(info[k] is not None for k in ("family", "sample_rate", "n_src", "causal", "params")):
-        return info
+    card_config = card.get("config")
+    if isinstance(card_config, dict):
+        # the inference defaults the card's scores were measured with
+        info["passes"] = card_config.get("passes") or 1
+        info["pass_signs"] = bool(card_config.get("pass_signs", False))
+        if all(info[k] is not None for k in ("family", "sample_rate", "n_src", "causal", "params")):
+            return info
     try:
         meta, shapes = read_header(card["path"])
         config = json.loads(meta.get("config", "{}"))
@@ -445,6 +450,9 @@ def _shipped_info(card: dict) -> dict:
     except (SepError, json.JSONDecodeError) as exc:
         info["error"] = str(exc)
         return info
+    if "passes" not in info:
+        info["passes"] = config.get("passes") or 1
+        info["pass_signs"] = bool(config.get("pass_signs", False))
     info["family"] = info["family"] or meta.get("family")
     for key in ("sample_rate", "n_src"):
         if info[key] is None:
@@ -492,8 +500,9 @@ def list_models() -> list[dict]:
     ``family``, ``sample_rate``, ``n_src``, ``causal``, ``params``, ``quality``
     (the card's measured scores, e.g. ``{"si_snri": 15.2, "sdri": 15.5}``, or
     None), ``default`` (the model ``sep separate`` uses), ``description``,
-    ``path``; shipped rows also carry ``sha256`` and, if the file cannot be
-    read, ``error``. Values missing from a card are taken from the file's header.
+    ``path``; shipped rows also carry ``sha256``, ``passes`` and ``pass_signs``
+    (the inference defaults ``sep separate`` uses and the scores were measured
+    with) and, if the file cannot be read, ``error``. Values missing from a card are taken from the file's header.
     """
     rows: list[dict] = []
     default = default_model_name()

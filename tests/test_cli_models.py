@@ -68,3 +68,19 @@ def test_models_help():
     assert result.exit_code == 0
     assert "Example:" in result.output and "--json" in result.output
     assert "Print the list as JSON" in result.output
+
+
+def test_models_show_the_default_passes(models_dir, monkeypatch):
+    """The scores are measured with the model's default passes: the listing says
+    how many (from the card's config, else the file's header)."""
+    rows = {r["name"]: r for r in json.loads(CliRunner().invoke(main, ["models", "--json"]).output)}
+    assert (rows["tiny-tasnet"]["passes"], rows["tiny-tasnet"]["pass_signs"]) == (1, False)  # header: none set
+    card = json.loads((models_dir / "tiny-tasnet.json").read_text())
+    card["config"] = {"passes": 4, "pass_signs": True}
+    (models_dir / "tiny-tasnet.json").write_text(json.dumps(card))
+    rows = {r["name"]: r for r in json.loads(CliRunner().invoke(main, ["models", "--json"]).output)}
+    assert (rows["tiny-tasnet"]["passes"], rows["tiny-tasnet"]["pass_signs"]) == (4, True)
+    assert "Passes" not in CliRunner().invoke(main, ["models"]).output  # 80 columns: no room
+    monkeypatch.setenv("COLUMNS", "100")
+    out = CliRunner().invoke(main, ["models"]).output
+    assert "Passes" in out and "4±" in out
