@@ -396,9 +396,11 @@ class Separator:
         passes: forward passes averaged per chunk (test-time augmentation: the
             input delayed by fractions of the model's ``frame_hop``,
             :func:`sepcli.engine.pass_transforms`); ``None`` for the model's
-            ``default_passes`` (the shipped ``convtasnet`` sets 4), else 1. Each
-            pass costs one forward. Needs a fixed number of speakers (not
-            ``n_src="auto"``).
+            ``default_passes`` (the shipped ``convtasnet`` sets 4,
+            ``convtasnet-causal`` 2), else 1. Each pass costs one forward.
+            Needs a fixed number of speakers (not ``n_src="auto"``). A causal
+            model's passes are aligned causally (:class:`sepcli.engine.CausalAlign`),
+            as :class:`sepcli.streaming.AveragedStreamer` streams them.
         pass_signs: alternate the input's sign between passes (pairs of the
             same delay), which makes the output odd, ``f(-x) = -f(x)``: the same
             tracks whatever the recording's polarity. Needs an even ``passes``
