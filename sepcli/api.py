@@ -445,14 +445,9 @@ class Separator:
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise SepError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size)
-        if passes is None:
-            passes = getattr(self.model, "default_passes", None) or 1
-        if pass_signs is None:
-            pass_signs = bool(getattr(self.model, "default_pass_signs", False))
-        if not isinstance(pass_signs, bool):
-            raise SepError(f"pass_signs must be True, False or None, got {pass_signs!r}")
         # Sign flips are the model's choice: they pay only for a model trained with
-        # random polarity (README, "Passes"). pass_transforms also validates ``passes``.
+        # random polarity (README, "Passes").
+        passes, pass_signs = engine.model_passes(self.model, passes, pass_signs)
         transforms = engine.pass_transforms(passes, int(getattr(self.model, "frame_hop", 1)), signs=pass_signs)
         if passes > 1 and self.n_src == "auto":
             raise SepError("averaging several passes needs a fixed number of speakers, not 'auto'")

@@ -40,7 +40,7 @@ import torch
 
 from sepcli import engine, registry
 from sepcli.errors import SepError
-from sepcli.streaming import Streamer, default_passes, make_streamer, offline
+from sepcli.streaming import Streamer, make_streamer, offline
 
 DEFAULT_CHUNKS_MS = (2.0, 4.0, 8.0, 16.0, 32.0)
 DEFAULT_CAUSAL = "convtasnet-causal"  # shipped name
@@ -335,7 +335,7 @@ def run_bench(
     try:
         net, label, random_weights = load_bench_model(model, dev, seed=seed)
         Streamer(net)  # SepError now if it cannot stream (non-causal, other family)
-        passes, signs = default_passes(net, passes)
+        passes, signs = engine.model_passes(net, passes)
         c = net.config
         sr = c.sample_rate
         chunks = [_chunk_samples(float(ms), sr, c.stride) for ms in chunk_ms]
@@ -343,11 +343,7 @@ def run_bench(
         mix = torch.from_numpy(bench_signal(n, sr, seed))  # [T] on the CPU
         timer = _Timer(dev)
         say(f"offline causal forward on {n / sr:g} s (reference output)")
-        if passes == 1:
-            with torch.inference_mode():
-                ref = net(mix[None].to(dev))[0].cpu()  # [S, T]
-        else:
-            ref = torch.from_numpy(offline(net, mix, passes=passes, signs=signs))  # [S, T]
+        ref = torch.from_numpy(offline(net, mix, passes=passes, signs=signs))  # [S, T] on the CPU
         result = BenchResult(
             device=str(dev), device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
             threads=torch.get_num_threads(), model=label, params=registry.count_parameters(net),

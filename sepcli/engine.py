@@ -373,6 +373,21 @@ def model_fn(
     return fn
 
 
+def model_passes(model: Any, passes: int | None = None, signs: bool | None = None) -> tuple[int, bool]:
+    """``(passes, signs)`` with None filled in from the model's inference
+    defaults (``default_passes``, else 1; ``default_pass_signs``, else False),
+    validated: what :class:`sepcli.api.Separator` and ``sep stream`` average."""
+    if passes is None:
+        passes = getattr(model, "default_passes", None) or 1
+    if signs is None:
+        signs = bool(getattr(model, "default_pass_signs", False))
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise SepError(f"passes must be a positive integer, got {passes!r}")
+    if not isinstance(signs, bool):
+        raise SepError(f"pass_signs must be True, False or None, got {signs!r}")
+    return passes, signs
+
+
 def pass_transforms(passes: int, frame_hop: int = 1, signs: bool = True) -> list[tuple[int, int]]:
     """The input transforms of :func:`averaged_fn`: ``(delay, sign)`` per pass.
 
@@ -822,6 +837,7 @@ __all__ = [
     "separate_array",
     "separate_stream",
     "native_bfloat16",
+    "model_passes",
     "pass_transforms",
     "set_precision",
     "set_threads",

@@ -435,11 +435,12 @@ def _shipped_info(card: dict) -> dict:
         "path": card["path"],
         "sha256": card.get("sha256"),
     }
-    card_config = card.get("config")
-    if isinstance(card_config, dict):
-        # the inference defaults the card's scores were measured with
-        info["passes"] = card_config.get("passes") or 1
-        info["pass_signs"] = bool(card_config.get("pass_signs", False))
+    def set_passes(config: dict) -> None:  # the inference defaults the card's scores were measured with
+        info["passes"] = config.get("passes") or 1
+        info["pass_signs"] = bool(config.get("pass_signs", False))
+
+    if isinstance(card.get("config"), dict):
+        set_passes(card["config"])
         if all(info[k] is not None for k in ("family", "sample_rate", "n_src", "causal", "params")):
             return info
     try:
@@ -451,8 +452,7 @@ def _shipped_info(card: dict) -> dict:
         info["error"] = str(exc)
         return info
     if "passes" not in info:
-        info["passes"] = config.get("passes") or 1
-        info["pass_signs"] = bool(config.get("pass_signs", False))
+        set_passes(config)
     info["family"] = info["family"] or meta.get("family")
     for key in ("sample_rate", "n_src"):
         if info[key] is None:

@@ -72,6 +72,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sepcli import engine
 from sepcli.errors import SepError
 from sepcli.models.conv_tasnet import prelu_, prelu_slope
 
@@ -713,8 +714,6 @@ class AveragedStreamer:
     def __init__(self, model: torch.nn.Module, chunk_size: int | None = None, passes: int = 2,
                  signs: bool = False) -> None:
         _check_model(model)
-        from sepcli import engine
-
         if not isinstance(signs, bool):
             raise SepError(f"signs must be True or False, got {signs!r}")
         self.transforms = engine.pass_transforms(passes, model.config.stride, signs=signs)
@@ -728,14 +727,13 @@ class AveragedStreamer:
         self.hop: int = self.streamer.hop
         self.chunk_size = self.streamer.chunk_size
         self.max_delay: int = max(d for d, _ in self.transforms)
-        self._new_align = lambda: engine.CausalAlign(self.n_src)
         self.reset()
 
     def reset(self) -> None:
         """Forget the stream: the next :meth:`process` starts a new one."""
         self.streamer.reset()
         self._held = [np.zeros((self.n_src, 0), dtype=np.float32) for _ in self.transforms]  # [S, m] per pass
-        self._aligns = [self._new_align() for _ in self.transforms[1:]]
+        self._aligns = [engine.CausalAlign(self.n_src) for _ in self.transforms[1:]]
         self._io_device: torch.device | None = None  # None: numpy in, numpy out
         self.samples_out = 0
 
@@ -787,21 +785,10 @@ def make_streamer(
 ) -> Streamer | AveragedStreamer:
     """The streamer of ``passes`` averaged passes (None: the model's default,
     ``config.passes``, as ``sep separate``): a plain :class:`Streamer` for one."""
-    passes, signs = default_passes(model, passes, signs)
+    passes, signs = engine.model_passes(model, passes, signs)
     if passes == 1:
         return Streamer(model, chunk_size=chunk_size)
     return AveragedStreamer(model, chunk_size=chunk_size, passes=passes, signs=signs)
-
-
-def default_passes(model: torch.nn.Module, passes: int | None = None, signs: bool | None = None) -> tuple[int, bool]:
-    """``(passes, signs)`` with None filled in from the model's inference defaults (as :class:`sepcli.api.Separator`)."""
-    if passes is None:
-        passes = getattr(model, "default_passes", None) or 1
-    if signs is None:
-        signs = bool(getattr(model, "default_pass_signs", False))
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise SepError(f"passes must be a positive integer, got {passes!r}")
-    return passes, signs
 
 
 def offline(
@@ -809,8 +796,6 @@ def offline(
 ) -> np.ndarray:
     """The offline output a stream equals: the causal forward over the whole
     signal, or the causal average of ``passes`` passes. Shape: [T] -> [S, T] float32."""
-    from sepcli import engine
-
     x = mix.detach().cpu().numpy() if isinstance(mix, torch.Tensor) else np.asarray(mix)
     fn = engine.averaged_fn(engine.model_fn(model), engine.pass_transforms(passes, model.config.stride, signs=signs),
                             causal=True)
@@ -937,7 +922,7 @@ def _chunk_samples(chunk_ms: float, sample_rate: int) -> int:
 
 def _load_causal(model: str | os.PathLike | torch.nn.Module | None, device: str) -> tuple[torch.nn.Module, str]:
     """A causal model by name, path or module; default: the shipped ``convtasnet-causal``."""
-    from sepcli import engine, registry
+    from sepcli import registry
 
     dev = engine.resolve_device(device)
     if isinstance(model, torch.nn.Module):
