@@ -115,6 +115,7 @@ class BatchResult:
     precision: str = "float32"  # of the matrix products (Separator.precision)
     passes: int = 1  # forward passes averaged (Separator.passes)
     pass_signs: bool = False  # whether they alternate the input's sign (Separator.pass_signs)
+    speeds: list[float] = field(default_factory=lambda: [1.0])  # speed views averaged (Separator.speeds)
 
     @property
     def ok(self) -> int:
@@ -134,6 +135,7 @@ class BatchResult:
             "precision": self.precision,
             "passes": self.passes,
             "pass_signs": self.pass_signs,
+            "speeds": self.speeds,
             "ok": self.ok,
             "skipped": self.skipped,
             "failed": self.failed,
@@ -406,6 +408,13 @@ class Separator:
             tracks whatever the recording's polarity. Needs an even ``passes``
             to be exact. ``None`` for the model's ``default_pass_signs`` (the
             shipped ``convtasnet`` sets it), else False.
+        speeds: speed factors at which the model also hears each chunk
+            (:func:`sepcli.engine.speed_fn`: resampled, so 0.92 plays it 8 %
+            slower and lower), each view averaging ``passes`` forwards, the
+            views' tracks averaged in turn (:func:`sepcli.engine.ensemble_fn`);
+            ``None`` for the model's ``default_speeds``, else ``[1.0]``. Costs
+            about ``1/speed`` of a view at speed 1 each. Offline only: a
+            causal model refuses speeds other than 1.
     """
 
     def __init__(
@@ -420,6 +429,7 @@ class Separator:
         precision: str = "auto",
         passes: int | None = None,
         pass_signs: bool | None = None,
+        speeds: Sequence[float] | None = None,
     ) -> None:
         self.device = engine.resolve_device(device)
         if segment is not None:
@@ -449,13 +459,18 @@ class Separator:
         # random polarity (README, "Passes").
         passes, pass_signs = engine.model_passes(self.model, passes, pass_signs)
         transforms = engine.pass_transforms(passes, int(getattr(self.model, "frame_hop", 1)), signs=pass_signs)
-        if passes > 1 and self.n_src == "auto":
-            raise SepError("averaging several passes needs a fixed number of speakers, not 'auto'")
-        self.passes: int = passes
-        self.pass_signs: bool = pass_signs
+        speeds = engine.model_speeds(self.model, speeds)
+        if (passes > 1 or len(speeds) > 1) and self.n_src == "auto":
+            raise SepError("averaging several passes or speeds needs a fixed number of speakers, not 'auto'")
         # A causal model's passes are aligned causally, as its stream is (sep stream).
         causal = bool(getattr(getattr(self.model, "config", None), "causal", False))
-        self.fn = engine.averaged_fn(engine.model_fn(self.model, self.device, self.n_src), transforms, causal=causal)
+        if causal and any(v != 1 for v in speeds):
+            raise SepError("speeds other than 1 need a non-causal model: the resampling looks ahead")
+        self.passes: int = passes
+        self.pass_signs: bool = pass_signs
+        self.speeds: list[float] = speeds
+        views = engine.averaged_fn(engine.model_fn(self.model, self.device, self.n_src), transforms, causal=causal)
+        self.fn = engine.ensemble_fn([engine.speed_fn(views, rate, v) for v in speeds], what="speeds")
         if self.n_src is not None:
             # Fail now, once, rather than on every file: models with a fixed
             # number of outputs refuse another count.
@@ -924,6 +939,7 @@ def separate_files(
     precision: str = "auto",
     passes: int | None = None,
     pass_signs: bool | None = None,
+    speeds: Sequence[float] | None = None,
 ) -> BatchResult:
     """Separate many files (what ``sep separate`` runs).
 
@@ -951,7 +967,7 @@ def separate_files(
         except ImportError:
             raise SepError("--plot needs matplotlib: pip install 'sepcli[plot]'") from None
     spec = dict(model=model, device=device, segment=segment, overlap=overlap, n_src=n_src, batch_size=batch_size,
-                precision=precision, passes=passes, pass_signs=pass_signs)
+                precision=precision, passes=passes, pass_signs=pass_signs, speeds=speeds)
     sep = Separator(**spec)  # model and option errors surface here, once
     found, problems = find_audio_files(inputs, exclude=[out])
 
@@ -993,7 +1009,7 @@ def separate_files(
         final.append(r)
         events.file_done(base + j, r)
     return BatchResult(final, model=sep.model_name, precision=sep.precision, passes=sep.passes,
-                       pass_signs=sep.pass_signs)
+                       pass_signs=sep.pass_signs, speeds=sep.speeds)
 
 
 def _run_parallel(

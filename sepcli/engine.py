@@ -75,6 +75,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sepcli.audio import resample
 from sepcli.errors import SepError
 from sepcli.metrics import EXHAUSTIVE_MAX_SRC, permutations, pit_permutation
 
@@ -458,12 +459,12 @@ def averaged_fn(fn: SeparateFn, transforms: Sequence[tuple[int, int]], causal: b
 
     Each pass runs ``fn`` on the input delayed by ``delay`` samples (zeros in
     front) and multiplied by ``sign``, undoes both on the output, and reorders
-    its sources to match pass 0 (largest summed inner products per item, as
-    the chunk alignment does: a permutation-invariant model may order them
-    differently per pass). The mean of the passes is the output. For a model
-    that is exactly odd and shift-equivariant every pass is the same and the
-    mean changes nothing; a trained model's errors differ between passes and
-    partly cancel (``pass_transforms``; README: quality gains per model).
+    its sources to match pass 0 (:func:`ensemble_fn`: a permutation-invariant
+    model may order them differently per pass). The mean of the passes is
+    the output. For a model that is exactly odd and shift-equivariant every
+    pass is the same and the mean changes nothing; a trained model's errors
+    differ between passes and partly cancel (``pass_transforms``; README:
+    quality gains per model).
 
     A delay puts zeros in front, so a causal ``fn`` stays causal. With
     ``causal`` the reordering is causal too (:class:`CausalAlign`, decided
@@ -478,20 +479,42 @@ def averaged_fn(fn: SeparateFn, transforms: Sequence[tuple[int, int]], causal: b
     if len(transforms) == 1 and transforms[0] == (0, 1):
         return fn
 
-    def averaged(mix: np.ndarray) -> np.ndarray:
-        x = np.asarray(mix, dtype=np.float32)
-        n = x.shape[-1]
-        total: np.ndarray | None = None
-        first: np.ndarray | None = None
-        for delay, sign in transforms:
+    def transformed(delay: int, sign: int) -> SeparateFn:
+        def run(mix: np.ndarray) -> np.ndarray:
+            x = np.asarray(mix, dtype=np.float32)
+            n = x.shape[-1]
             xt = np.pad(x, ((0, 0), (delay, 0))) if delay else x  # [B, T + delay]
             y = _to_numpy(fn(xt * sign if sign < 0 else xt)).astype(np.float32)  # [B, S, T + delay]
-            y = y[..., delay : delay + n] * sign  # [B, S, T]
-            if first is None:
-                first, total = y, y.copy()
-                continue
+            return y[..., delay : delay + n] * sign  # [B, S, T]
+        return run
+
+    return ensemble_fn([transformed(d, g) for d, g in transforms], causal=causal, what="passes")
+
+
+def ensemble_fn(fns: Sequence[SeparateFn], causal: bool = False, what: str = "views") -> SeparateFn:
+    """The mean of several separators' outputs on the same input.
+
+    Each output's sources are put in the order of the first's before they are
+    added: the order with the largest summed inner products per item (as the
+    chunk alignment decides), or with ``causal`` per sample from the samples
+    so far (:class:`CausalAlign`). The outputs must have the same shape
+    (a fixed number of speakers). ``what`` names them in errors.
+
+    Shape: mix ``[B, T]`` -> ``[B, S, T]`` float32.
+    """
+    fns = list(fns)
+    if not fns:
+        raise SepError("ensemble_fn needs at least one function")
+    if len(fns) == 1:
+        return fns[0]
+
+    def mean(mix: np.ndarray) -> np.ndarray:
+        first = _to_numpy(fns[0](mix)).astype(np.float32)  # [B, S, T]
+        total = first.copy()
+        for f in fns[1:]:
+            y = _to_numpy(f(mix)).astype(np.float32)  # [B, S, T]
             if y.shape != first.shape:
-                raise SepError(f"passes gave different shapes: {first.shape} and {y.shape}; "
+                raise SepError(f"{what} gave different shapes: {first.shape} and {y.shape}; "
                                "averaging needs a fixed number of speakers")
             if causal:
                 for b in range(y.shape[0]):
@@ -500,9 +523,68 @@ def averaged_fn(fn: SeparateFn, transforms: Sequence[tuple[int, int]], causal: b
             score = np.einsum("bit,bjt->bij", first, y)  # [B, S_first, S_y]
             for b in range(y.shape[0]):
                 total[b] += y[b, pit_permutation(score[b])]
-        return total / len(transforms)
+        return total / len(fns)
 
-    return averaged
+    return mean
+
+
+SPEED_RANGE = (0.5, 2.0)
+
+
+def check_speeds(speeds: Any) -> list[float]:
+    """``speeds`` as a non-empty list of floats in :data:`SPEED_RANGE` (SepError otherwise)."""
+    lo, hi = SPEED_RANGE
+    if isinstance(speeds, (str, bytes)) or not isinstance(speeds, Sequence) or not speeds:
+        raise SepError(f"speeds must be a non-empty list of speed factors, got {speeds!r}")
+    out = []
+    for v in speeds:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise SepError(f"each speed must be a number from {lo} to {hi}, got {v!r}")
+        out.append(float(v))
+    return out
+
+
+def model_speeds(model: Any, speeds: Sequence[float] | None = None) -> list[float]:
+    """The speed views to average: ``speeds`` if given, else the model's
+    ``default_speeds`` (the shipped ``convtasnet`` sets some), else ``[1.0]``;
+    validated (:func:`check_speeds`)."""
+    if speeds is None:
+        speeds = getattr(model, "default_speeds", None) or [1.0]
+    return check_speeds(speeds)
+
+
+def speed_fn(fn: SeparateFn, sample_rate: int, speed: float) -> SeparateFn:
+    """``fn`` hearing its input played ``speed`` times as fast (tempo and pitch
+    together, as speed perturbation in training), its output played back at
+    the input's speed.
+
+    The input is resampled from ``sample_rate`` to ``round(sample_rate /
+    speed)`` Hz (soxr) and handed to ``fn`` as if at ``sample_rate``; the
+    output is resampled back and cut or zero-padded to the input's length.
+    A speed below 1 spreads speech over more of the model's frames, which
+    helped the shipped ``convtasnet`` (README, "Passes"): as an extra view for
+    :func:`ensemble_fn`, a view of the input that differs more from the plain
+    one than a delay does. Not causal (the resampler looks ahead): offline only.
+
+    Shape: mix ``[B, T]`` -> ``[B, S, T]`` float32.
+    """
+    speed = check_speeds([speed])[0]
+    rate = int(round(sample_rate / speed))
+    if rate == sample_rate:
+        return fn
+
+    def run(mix: np.ndarray) -> np.ndarray:
+        x = np.asarray(mix, dtype=np.float32)
+        n_batch, n = x.shape
+        y = _to_numpy(fn(resample(x, sample_rate, rate))).astype(np.float32)  # [B, S, T']
+        n_src, m = y.shape[1], y.shape[2]
+        back = resample(y.reshape(n_batch * n_src, m), rate, sample_rate)  # [B*S, ~T]
+        out = np.zeros((n_batch * n_src, n), dtype=np.float32)
+        k = min(n, back.shape[1])
+        out[:, :k] = back[:, :k]
+        return out.reshape(n_batch, n_src, n)  # [B, S, T]
+
+    return run
 
 
 def _as_fn(fn: SeparateFn | torch.nn.Module, n_src: int | str | None) -> SeparateFn:

@@ -438,6 +438,7 @@ def _shipped_info(card: dict) -> dict:
     def set_passes(config: dict) -> None:  # the inference defaults the card's scores were measured with
         info["passes"] = config.get("passes") or 1
         info["pass_signs"] = bool(config.get("pass_signs", False))
+        info["speeds"] = config.get("speeds") or [1.0]
 
     if isinstance(card.get("config"), dict):
         set_passes(card["config"])
@@ -500,7 +501,7 @@ def list_models() -> list[dict]:
     ``family``, ``sample_rate``, ``n_src``, ``causal``, ``params``, ``quality``
     (the card's measured scores, e.g. ``{"si_snri": 15.2, "sdri": 15.5}``, or
     None), ``default`` (the model ``sep separate`` uses), ``description``,
-    ``path``; shipped rows also carry ``sha256``, ``passes`` and ``pass_signs``
+    ``path``; shipped rows also carry ``sha256``, ``passes``, ``pass_signs`` and ``speeds``
     (the inference defaults ``sep separate`` uses and the scores were measured
     with) and, if the file cannot be read, ``error``. Values missing from a card are taken from the file's header.
     """

@@ -75,6 +75,7 @@ def test_models_show_the_default_passes(models_dir, monkeypatch):
     how many (from the card's config, else the file's header)."""
     rows = {r["name"]: r for r in json.loads(CliRunner().invoke(main, ["models", "--json"]).output)}
     assert (rows["tiny-tasnet"]["passes"], rows["tiny-tasnet"]["pass_signs"]) == (1, False)  # header: none set
+    assert rows["tiny-tasnet"]["speeds"] == [1.0]
     card = json.loads((models_dir / "tiny-tasnet.json").read_text())
     card["config"] = {"passes": 4, "pass_signs": True}
     (models_dir / "tiny-tasnet.json").write_text(json.dumps(card))
@@ -83,4 +84,9 @@ def test_models_show_the_default_passes(models_dir, monkeypatch):
     assert "Passes" not in CliRunner().invoke(main, ["models"]).output  # 80 columns: no room
     monkeypatch.setenv("COLUMNS", "100")
     out = CliRunner().invoke(main, ["models"]).output
-    assert "Passes" in out and "4±" in out
+    assert "Passes" in out and "4±" in out and "4± x" not in out
+    card["config"] = {"passes": 2, "pass_signs": True, "speeds": [1.0, 0.92, 0.88]}
+    (models_dir / "tiny-tasnet.json").write_text(json.dumps(card))
+    rows = {r["name"]: r for r in json.loads(CliRunner().invoke(main, ["models", "--json"]).output)}
+    assert rows["tiny-tasnet"]["speeds"] == [1.0, 0.92, 0.88]
+    assert "2± x3" in CliRunner().invoke(main, ["models"]).output

@@ -130,6 +130,24 @@ def test_passes_average_the_model_and_show_in_the_summary(tmp_path: Path, tiny_c
     assert np.abs(signed - tracks[2]).max() > 1e-3  # not the delays-only passes
 
 
+def test_speeds_average_slowed_views_and_show_in_the_summary(tmp_path: Path, tiny_ckpt: str) -> None:
+    src = write(tmp_path / "x.wav", seconds=1.0)
+    r = run(str(src), "--model", tiny_ckpt, "--out", str(tmp_path / "s"), "--json", "--speeds", "1,0.9", "--float", "-q")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["speeds"] == [1.0, 0.9]
+    got = np.stack([sf.read(tmp_path / "s" / "x" / f"s{i}.wav", dtype="float32")[0] for i in (1, 2)])
+    mix = sf.read(src, dtype="float32")[0]
+    want = api.Separator(tiny_ckpt, device="cpu", speeds=[1.0, 0.9]).separate(mix, 8000)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    plain = api.Separator(tiny_ckpt, device="cpu").separate(mix, 8000)
+    assert np.abs(got - plain).max() > 1e-3
+    for bad, code, words in (("1,x", 2, "--speeds"), (",", 2, "--speeds"), ("1,5", 1, "speed must be")):
+        r = CliRunner().invoke(main, ["separate", str(src), "--model", tiny_ckpt, "--out", str(tmp_path / "b"),
+                                      "--speeds", bad])
+        assert r.exit_code == code and words in r.output, r.output
+        assert "Traceback" not in r.output
+
+
 def test_quiet_prints_nothing_on_success(tmp_path: Path, tiny_ckpt: str) -> None:
     r = run(str(write(tmp_path / "x.wav")), "--model", tiny_ckpt, "--out", str(tmp_path / "o"), "-q")
     assert r.exit_code == 0 and r.stdout == "" and r.stderr == ""

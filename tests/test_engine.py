@@ -539,3 +539,85 @@ def test_causal_passes_decide_the_order_from_the_past_only() -> None:
     assert np.abs(y[:, :, 210:220] - flips(x)[:, :, 210:220]).max() > 0.1
     with pytest.raises(SepError, match="at most"):
         engine.CausalAlign(engine.EXHAUSTIVE_MAX_SRC + 1)
+
+
+def _tones(n: int, sample_rate: int = 8000) -> np.ndarray:
+    """Two items of tones well inside the band (soxr's round trip keeps them). Shape: [2, n]."""
+    t = np.arange(n) / sample_rate
+    return np.stack([np.sin(2 * np.pi * 440 * t) + 0.5 * np.sin(2 * np.pi * 1250 * t),
+                     0.7 * np.cos(2 * np.pi * 300 * t + 0.3)]).astype(np.float32)
+
+
+def test_speed_view_hands_the_model_the_resampled_input_and_plays_its_output_back() -> None:
+    x = _tones(8000)  # [B, T]: 1 s
+    seen: list[np.ndarray] = []
+
+    def first_is_mix(m: np.ndarray) -> np.ndarray:
+        seen.append(m)
+        return np.stack([m, np.zeros_like(m)], axis=1)  # [B, 2, T']
+
+    y = engine.speed_fn(first_is_mix, 8000, 0.92)(x)
+    # The model hears it 8 % slower: 8696 samples for 8000, the same tones 8 % lower.
+    assert seen[0].shape == (2, 8696)
+    spectrum = np.abs(np.fft.rfft(seen[0][0]))
+    assert abs(np.argmax(spectrum) / 8696 * 8000 - 440 * 0.92) < 2
+    # and its output comes back at the input's speed and length
+    assert y.shape == (2, 2, 8000) and y.dtype == np.float32
+    inner = slice(200, -200)  # soxr's edge transients aside
+    np.testing.assert_allclose(y[:, 0, inner], x[:, inner], rtol=0, atol=2e-3)
+    assert np.abs(y[:, 1]).max() == 0
+    assert engine.speed_fn(first_is_mix, 8000, 1.0) is first_is_mix  # speed 1 is the model itself
+    for bad in (0.3, 3, "fast", True):
+        with pytest.raises(SepError, match="speed"):
+            engine.speed_fn(first_is_mix, 8000, bad)
+
+
+def test_speed_view_of_a_tempo_sensitive_model_differs_from_the_plain_one() -> None:
+    # A model that cares about the time scale (a 5-sample moving average as
+    # "speaker 1") gives a different answer when it hears the input slower;
+    # this is what makes a speed view a second opinion.
+    x = np.random.default_rng(3).standard_normal((1, 4000)).astype(np.float32)
+
+    def smooth(m: np.ndarray) -> np.ndarray:
+        low = np.apply_along_axis(lambda r: np.convolve(r, np.ones(5) / 5, mode="same"), 1, m)
+        return np.stack([low, m - low], axis=1)
+
+    plain, slow = smooth(x), engine.speed_fn(smooth, 8000, 0.8)(x)
+    assert np.abs(plain - slow)[..., 100:-100].max() > 0.05
+
+
+def test_ensemble_puts_each_view_in_the_order_of_the_first_and_averages() -> None:
+    x = np.random.default_rng(4).standard_normal((2, 300)).astype(np.float32)
+
+    def a(m: np.ndarray) -> np.ndarray:
+        return np.stack([0.9 * m, 0.1 * m], axis=1)
+
+    def b(m: np.ndarray) -> np.ndarray:  # the same split, other order, other levels
+        return np.stack([0.2 * m, 0.7 * m], axis=1)
+
+    y = engine.ensemble_fn([a, b])(x)
+    np.testing.assert_allclose(y, np.stack([0.8 * x, 0.15 * x], axis=1), rtol=0, atol=1e-6)
+    assert engine.ensemble_fn([a]) is a
+    with pytest.raises(SepError, match="at least one"):
+        engine.ensemble_fn([])
+
+    def three(m: np.ndarray) -> np.ndarray:
+        return np.zeros((m.shape[0], 3, m.shape[1]), np.float32)
+
+    with pytest.raises(SepError, match="speeds gave different shapes"):
+        engine.ensemble_fn([a, three], what="speeds")(x)
+
+
+def test_model_speeds_default_to_the_models_own() -> None:
+    class Plain:
+        pass
+
+    class Slow:
+        default_speeds = [1, 0.9]
+
+    assert engine.model_speeds(Plain()) == [1.0]
+    assert engine.model_speeds(Slow()) == [1.0, 0.9]
+    assert engine.model_speeds(Slow(), [1.0]) == [1.0]  # an explicit value wins
+    for bad in ([], "1", [0.1], [True]):
+        with pytest.raises(SepError, match="speed"):
+            engine.model_speeds(Plain(), bad)

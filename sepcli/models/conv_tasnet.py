@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sepcli.engine import check_speeds
 from sepcli.errors import SepError
 from sepcli.registry import register, register_preset
 
@@ -74,6 +75,10 @@ class ConvTasNetConfig:
     # function, f(-x) = -f(x): the output no longer depends on the recording's
     # polarity, which a model trained on one polarity is sensitive to.
     pass_signs: bool = False
+    # Inference setting: speed factors at which sep separate also hears the input
+    # (sepcli.engine.speed_fn; each view runs the passes above), averaged; None:
+    # [1.0]. Non-causal models only: the resampler looks ahead.
+    speeds: list[float] | None = None
 
     def __post_init__(self) -> None:
         # ValueError is turned into SepError by registry.make_config.
@@ -101,6 +106,10 @@ class ConvTasNetConfig:
             raise ValueError(f"passes must be a positive integer or null, got {self.passes!r}")
         if not isinstance(self.pass_signs, bool):
             raise ValueError(f"pass_signs must be true or false, got {self.pass_signs!r}")
+        if self.speeds is not None:
+            self.speeds = check_speeds(self.speeds)
+            if self.causal and any(v != 1 for v in self.speeds):
+                raise ValueError("a causal model cannot have speeds other than 1 (resampling looks ahead)")
 
     @property
     def norm_type(self) -> str:
@@ -289,6 +298,11 @@ class ConvTasNet(nn.Module):
         """Whether :class:`sepcli.api.Separator`'s passes alternate the input's sign
         (``config.pass_signs``)."""
         return self.config.pass_signs
+
+    @property
+    def default_speeds(self) -> list[float] | None:
+        """Speed views :class:`sepcli.api.Separator` averages (``config.speeds``; None: [1.0])."""
+        return self.config.speeds
 
     @property
     def frame_hop(self) -> int:
