@@ -608,7 +608,8 @@ def train_cmd(
 def separate_cmd(
     inputs: tuple[str, ...], model: str | None, out: str, num_speakers: str | None, device: str,
     segment: float | None, overlap: float, precision: str, passes: int | None, pass_signs: bool | None,
-    speeds: str | None, jobs: int, threads: int | None, filename: str, as_float: bool, plot: bool, force: bool, as_json: bool, quiet: bool,
+    speeds: str | None, jobs: int, threads: int | None, filename: str, as_float: bool, plot: bool, force: bool,
+    as_json: bool, quiet: bool,
 ) -> None:
     """Separate recordings into one track per speaker: OUT/<stem>/s1.wav, s2.wav, ...
 
@@ -650,25 +651,26 @@ def separate_cmd(
 # ----------------------------------------------------------------------------- sep stream / sep bench
 
 
-def _chunk_ms_list(value: str) -> list[float]:
+def _float_list(value: str, expected: str, hint: str | None = None) -> list[float]:
+    """Comma-separated numbers; BadParameter "expected comma-separated <expected>" if one is not."""
     try:
-        out = [float(v) for v in value.split(",") if v.strip()]
+        return [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated milliseconds like 2,4,8, got {value!r}") from None
+        raise click.BadParameter(f"expected comma-separated {expected}, got {value!r}", param_hint=hint) from None
+
+
+def _chunk_ms_list(value: str) -> list[float]:
+    out = _float_list(value, "milliseconds like 2,4,8")
     if not out or any(not (v > 0) for v in out):
         raise click.BadParameter(f"expected positive milliseconds like 2,4,8, got {value!r}")
     return out
 
 
 def _speeds_list(value: str) -> list[float]:
-    try:
-        out = [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated speed factors like 1,0.92, got {value!r}",
-                                 param_hint="'--speeds'") from None
+    expected, hint = "speed factors like 1,0.92", "'--speeds'"
+    out = _float_list(value, expected, hint)
     if not out:
-        raise click.BadParameter(f"expected comma-separated speed factors like 1,0.92, got {value!r}",
-                                 param_hint="'--speeds'")
+        raise click.BadParameter(f"expected comma-separated {expected}, got {value!r}", param_hint=hint)
     return out
 
 

@@ -562,7 +562,7 @@ def speed_fn(fn: SeparateFn, sample_rate: int, speed: float) -> SeparateFn:
     speed)`` Hz (soxr) and handed to ``fn`` as if at ``sample_rate``; the
     output is resampled back and cut or zero-padded to the input's length.
     A speed below 1 spreads speech over more of the model's frames, which
-    helped the shipped ``convtasnet`` (README, "Passes"): as an extra view for
+    helped the shipped ``convtasnet`` (README, "Speeds"): as an extra view for
     :func:`ensemble_fn`, a view of the input that differs more from the plain
     one than a delay does. Not causal (the resampler looks ahead): offline only.
 
