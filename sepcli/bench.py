@@ -12,6 +12,8 @@ call is timed (on CUDA with events, synchronised). Reported per chunk size:
   largest delay of averaged passes), the delay the method itself imposes
   before a sample's output can exist;
 * ``total_latency_ms``: algorithmic latency plus the p99 compute time;
+* ``backend``: the streaming step's implementation, ``native`` (the compiled
+  kernel, :mod:`sepcli.native`) or ``torch``;
 * ``max_abs_diff``: the largest difference between the streamed output and
   the offline causal forward on the same signal, or the offline average of
   the passes (``max_rel_diff``: divided by the offline output's peak);
@@ -96,6 +98,7 @@ class BenchResult:
     offline_precision: str | None = None
     passes: int = 1  # forward passes averaged per chunk (the model's default unless asked)
     pass_signs: bool = False
+    backend: str = "torch"  # the streaming step's implementation: "native" (compiled kernel) or "torch"
     results: list[ChunkResult] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -236,11 +239,12 @@ def bench_chunk(
     naive_chunks: int = 5,
     passes: int = 1,
     signs: bool = False,
+    backend: str = "auto",
 ) -> ChunkResult:
     """Stream ``mix`` (CPU, [T]) in chunks of ``chunk`` samples and compare with
     ``ref`` ([S, T], the offline causal output, or the offline average of the passes, on the CPU)."""
     sr = streamer_model.config.sample_rate
-    streamer = make_streamer(streamer_model, chunk_size=chunk, passes=passes, signs=signs)
+    streamer = make_streamer(streamer_model, chunk_size=chunk, passes=passes, signs=signs, backend=backend)
     n_warm = max(3, int(WARMUP_SECONDS * sr) // chunk)
     for i in range(n_warm):
         streamer.process(mix[(i * chunk) % max(1, mix.shape[0] - chunk) :][:chunk])
@@ -296,6 +300,7 @@ def run_bench(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     passes: int | None = None,
+    backend: str = "auto",
 ) -> BenchResult:
     """Measure streaming latency (see the module docstring).
 
@@ -314,6 +319,9 @@ def run_bench(
         progress: called with a short message before each measurement.
         passes: forward passes averaged per chunk (None: the model's default,
             as ``sep stream`` and ``sep separate`` use; 1 for the paper preset).
+        backend: the streaming step's implementation (see
+            :class:`~sepcli.streaming.Streamer`): ``auto`` (the compiled kernel
+            for float32 on the CPU when it builds), ``native`` or ``torch``.
     """
     say = progress or (lambda msg: None)
     dev = resolve_device(device)
@@ -334,7 +342,8 @@ def run_bench(
         torch.set_num_threads(int(threads))
     try:
         net, label, random_weights = load_bench_model(model, dev, seed=seed)
-        Streamer(net)  # SepError now if it cannot stream (non-causal, other family)
+        # SepError now if it cannot stream (non-causal, other family) or the backend is unavailable
+        used = Streamer(net, backend=backend).backend
         passes, signs = engine.model_passes(net, passes)
         c = net.config
         sr = c.sample_rate
@@ -350,12 +359,12 @@ def run_bench(
             random_weights=random_weights, sample_rate=sr, duration_s=n / sr, L=c.L, hop=c.stride,
             receptive_field_ms=1000.0 * net.receptive_field / sr, offline_model=None,
             offline_random_weights=False, offline_rtf=None, torch_version=torch.__version__,
-            passes=passes, pass_signs=signs,
+            passes=passes, pass_signs=signs, backend=used,
         )
         for chunk in chunks:
             say(f"streaming in {1000 * chunk / sr:g} ms chunks")
             result.results.append(bench_chunk(net, mix, ref, chunk, timer, naive_chunks=naive_chunks,
-                                              passes=passes, signs=signs))
+                                              passes=passes, signs=signs, backend=used))
         if offline_model is not False:
             off, off_label, off_random = load_bench_model(offline_model, dev, causal=False, seed=seed)
             if getattr(off.config, "sample_rate", sr) != sr:

@@ -674,6 +674,13 @@ def _speeds_list(value: str) -> list[float]:
     return out
 
 
+# sep stream and sep bench: which implementation runs the streaming step
+_backend_option = click.option(
+    "--backend", type=click.Choice(["auto", "native", "torch"]), default="auto", show_default=True,
+    help="Streaming step: the compiled kernel (native: built on first use with the system C compiler, "
+         "cached in ~/.cache/sep), torch, or native when it can be built (auto). The output is the same.")
+
+
 @main.command("stream")
 @click.argument("input_path", metavar="INPUT|-")
 @click.option("--model", "-m", metavar="NAME|PATH",
@@ -690,6 +697,7 @@ def _speeds_list(value: str) -> list[float]:
               help="Forward passes averaged (the input delayed by fractions of a hop; N times the "
                    "compute, at most one hop more latency). Default: the model's, as sep separate "
                    "(2 for the shipped convtasnet-causal); 1 is the cheapest.")
+@_backend_option
 @click.option("--filename", default="{stem}/s{i}.wav", show_default=True, metavar="TEMPLATE",
               help="Output path under --out; fields {stem} (input name, or --name for stdin), {i}, {n}.")
 @click.option("--stdin-rate", type=click.IntRange(min=1), metavar="HZ",
@@ -704,8 +712,8 @@ def _speeds_list(value: str) -> list[float]:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def stream_cmd(
     input_path: str, model: str | None, out: str, chunk_ms: float, device: str, threads: int,
-    passes: int | None, filename: str, stdin_rate: int | None, stdin_format: str, name: str, as_float: bool,
-    force: bool, as_json: bool,
+    passes: int | None, backend: str, filename: str, stdin_rate: int | None, stdin_format: str, name: str,
+    as_float: bool, force: bool, as_json: bool,
 ) -> None:
     """Separate with a causal model chunk by chunk, as live audio would arrive.
 
@@ -735,13 +743,14 @@ def stream_cmd(
         result = streaming.stream_pcm(
             sys.stdin.buffer, stdin_rate, out, model, name=name, sample_format=stdin_format,
             chunk_ms=chunk_ms, device=device, force=force, filename=filename, subtype="FLOAT", passes=passes,
+            backend=backend,
         )
     else:
         if stdin_rate is not None:
             raise click.UsageError("--stdin-rate is only for INPUT '-' (stdin)")
         result = streaming.stream_file(
             input_path, out, model, chunk_ms=chunk_ms, device=device, force=force, filename=filename,
-            subtype="FLOAT" if as_float else "PCM_16", passes=passes,
+            subtype="FLOAT" if as_float else "PCM_16", passes=passes, backend=backend,
         )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -772,7 +781,7 @@ def _print_bench(result) -> None:
     title = (
         f"Streaming {result.model}{weights}, {_fmt_params(result.params)} params, "
         f"{f'{result.passes} passes averaged, ' if result.passes > 1 else ''}"
-        f"{result.device} ({result.device_name}), {result.threads} thread(s), "
+        f"{result.device} ({result.device_name}), {result.threads} thread(s), {result.backend} step, "
         f"{result.duration_s:g} s at {result.sample_rate / 1000:g} kHz"
     )
     console = Console()
@@ -827,6 +836,7 @@ def _print_bench(result) -> None:
 @click.option("--passes", type=click.IntRange(min=1), default=None, metavar="N",
               help="Forward passes averaged per chunk, as sep stream --passes. Default: the model's "
                    "(2 for the shipped convtasnet-causal, 1 for presets).")
+@_backend_option
 @click.option("--offline-model", metavar="NAME|PATH",
               help="Non-causal model whose offline RTF is reported. Default: shipped convtasnet, "
                    "else convtasnet-paper with random weights.")
@@ -834,7 +844,7 @@ def _print_bench(result) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
 def bench_cmd(
     model: str | None, device: str, chunk_ms: str, threads: int, duration: float, naive_chunks: int,
-    passes: int | None, offline_model: str | None, no_offline: bool, as_json: bool,
+    passes: int | None, backend: str, offline_model: str | None, no_offline: bool, as_json: bool,
 ) -> None:
     """Measure streaming latency and real-time factor of a causal Conv-TasNet.
 
@@ -862,7 +872,7 @@ def bench_cmd(
         result = bench.run_bench(
             model, device=device, chunk_ms=chunks, threads=threads, duration=duration,
             naive_chunks=naive_chunks, offline_model=False if no_offline else offline_model, passes=passes,
-            progress=lambda msg: status.update(msg) if not as_json else None,
+            backend=backend, progress=lambda msg: status.update(msg) if not as_json else None,
         )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

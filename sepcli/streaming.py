@@ -58,6 +58,7 @@ Shape legend: S sources, T samples, K frames, and the paper's N, L, B, H, Sc, P.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import math
 import os
@@ -386,6 +387,124 @@ class _Block:
         z[..., :n, :] -= before @ self.tap_bias
 
 
+BACKENDS = ("auto", "native", "torch")
+
+
+def _pick_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """``auto``: the compiled kernel (:mod:`sepcli.native`) for float32 on the CPU
+    when it can be built, else torch; ``native`` insists on it."""
+    if backend not in BACKENDS:
+        raise SepError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "torch":
+        return "torch"
+    from sepcli import native
+
+    fits = device.type == "cpu" and dtype == torch.float32
+    if fits and native.available():
+        return "native"
+    if backend == "native":
+        why = native.why_not() if fits else f"it runs float32 on the CPU only (model: {dtype} on {device.type})"
+        raise SepError(f"the native streaming kernel is unavailable: {why}")
+    return "torch"
+
+
+class _Native:
+    """The streamer's folded network and state in the layout of ``SepNet`` and
+    ``SepBlock`` (sepcli/csrc/stream_blocks.c): one native call per step runs
+    what :meth:`Streamer._step` does in torch, with the same folded weights
+    (packed into the kernel's panels). The caches and norm sums live here; the
+    masked-frame tail is the streamer's own ``_masked_tail``, which the kernel
+    updates in place (the flush decodes it in torch)."""
+
+    def __init__(self, st: Streamer, lanes: int, room: int) -> None:
+        from sepcli import native
+
+        self.lib = native.load()
+        width = self.lib.sep_panel_width()
+        self.lanes = lanes
+        f32 = torch.float32
+
+        def vec(x: float | torch.Tensor) -> torch.Tensor:
+            return torch.tensor([x], dtype=f32) if isinstance(x, float) else x.to(f32).contiguous()
+
+        self.structs = (native.SepBlock * len(st.blocks))()
+        self._keep: list[dict[str, torch.Tensor]] = []  # what each struct points into
+        for sb, b in zip(self.structs, st.blocks, strict=True):
+            B, H = b.w_in_t.shape
+            arrays = dict(
+                w_in=native.pack_panels(b.w_in_t, width), b_in=b.b_in.contiguous(),
+                slope1=vec(b.slope1), slope2=vec(b.slope2),
+                taps=torch.stack(b.taps).contiguous(),  # [P, H]
+                offsets=torch.tensor(b.cache.offsets, dtype=torch.int32),
+                b_d=b.b_d.contiguous(), tap_bias=b.tap_bias.contiguous(),
+                w_out=native.pack_panels(b.w_out_t, width),
+                cache=torch.zeros(lanes, b.pad + max(room, b.pad, 1), H),  # [G, cap, H]
+                sums=torch.zeros(2, lanes, 2, dtype=torch.float64),  # [norm, G, (sum, sum of squares)]
+            )
+            sb.B, sb.H, sb.P, sb.n_out = B, H, len(b.taps), b.w_out_t.shape[1]
+            sb.n_slope1, sb.n_slope2 = arrays["slope1"].numel(), arrays["slope2"].numel()
+            sb.pad, sb.cap = b.pad, arrays["cache"].shape[1]
+            sb.eps1, sb.eps2 = b.norm1.eps, b.norm2.eps
+            for name, t in arrays.items():
+                setattr(sb, name, t.data_ptr())
+            self._keep.append(arrays)
+        d = st._dims
+        dec = torch.stack([native.pack_panels(w, width) for w in st.w_dec_hops])  # [q, panels, N, width]
+        self.arrays = dict(
+            w_enc=native.pack_panels(st.w_enc_t, width), w_acc=native.pack_panels(st.w_acc_t, width),
+            b_acc=st.b_acc.contiguous(), slope_out=vec(st.slope_out),
+            w_mask=native.pack_panels(st.w_mask_t, width), b_mask=st.b_mask.contiguous(), w_dec=dec,
+            sums0=torch.zeros(lanes, 2, dtype=torch.float64),
+        )
+        net = self.net = native.SepNet()
+        net.N, net.L, net.hop, net.q, net.S = d["N"], st.L, st.hop, st._q, d["S"]
+        net.B, net.Sc, net.n_out, net.H = d["B"], d["Sc"], d["B"] + d["Sc"], d["H"]
+        net.n_blocks = len(st.blocks)
+        net.n_slope_out = self.arrays["slope_out"].numel()
+        net.mask_act = {"relu": 1, "softmax": 2}.get(st.mask_activation, 0)
+        net.eps0 = st.norm0.eps
+        for name, t in self.arrays.items():
+            setattr(net, name, t.data_ptr())
+        net.w_dec_stride = dec[0].numel()
+        net.blocks = self.structs
+        self.tail = st._masked_tail  # [G, q-1, S, N], replaced by every reset
+        self._scratch: dict[int, torch.Tensor] = {}
+        self.reset(st._masked_tail)
+
+    def reset(self, tail: torch.Tensor) -> None:
+        for sb, arrays in zip(self.structs, self._keep, strict=True):
+            arrays["cache"].zero_()  # the causal zero padding
+            arrays["sums"].zero_()
+            sb.pos = sb.pad
+        self.arrays["sums0"].zero_()
+        self.tail = tail
+        self.net.tail = tail.data_ptr()
+
+    def _make_room(self, frames: int) -> None:
+        """Grow every cache that cannot take ``frames`` more frames, keeping its last pad frames."""
+        for sb, arrays in zip(self.structs, self._keep, strict=True):
+            if sb.cap - sb.pad >= frames:
+                continue
+            old = arrays["cache"]
+            cache = old.new_zeros(self.lanes, sb.pad + frames, sb.H)
+            cache[:, : sb.pad] = old[:, sb.pos - sb.pad : sb.pos]
+            arrays["cache"] = cache
+            sb.cache, sb.cap, sb.pos = cache.data_ptr(), cache.shape[1], sb.pad
+
+    def __call__(self, xs: list[torch.Tensor], frames: int, start: int, out: torch.Tensor) -> None:
+        """Shape: xs [(K-1)*hop + L] per lane (contiguous float32) -> out [G, S, K*hop]."""
+        self._make_room(frames)
+        scratch = self._scratch.get(frames)
+        if scratch is None:
+            if len(self._scratch) >= 4:
+                self._scratch.clear()
+            n = self.lib.sep_scratch_floats(ctypes.byref(self.net), frames, self.lanes)
+            scratch = self._scratch[frames] = torch.empty(n)
+        lane_in = (ctypes.c_void_p * len(xs))(*[x.data_ptr() for x in xs])
+        self.lib.sep_network(ctypes.byref(self.net), lane_in, frames, self.lanes, start, out.data_ptr(),
+                             scratch.data_ptr())
+
+
 class Streamer:
     """Chunk-by-chunk separation with a causal Conv-TasNet, equal to its offline forward.
 
@@ -413,7 +532,7 @@ class Streamer:
 
     def __init__(
         self, model: torch.nn.Module, chunk_size: int | None = None,
-        lanes: Sequence[tuple[int, int]] = ((0, 1),),
+        lanes: Sequence[tuple[int, int]] = ((0, 1),), backend: str = "auto",
     ) -> None:
         _check_model(model)
         if chunk_size is not None and (
@@ -437,7 +556,11 @@ class Streamer:
         self._q = -(-c.L // c.stride)  # frames that overlap one output hop
         self._dims = dict(S=c.n_src, N=c.N, B=c.B, H=c.H, Sc=c.Sc, q=self._q, hop=c.stride)
         frames = 1 + -(-(self.chunk_size or self.hop) // self.hop)  # most frames one chunk completes
-        self._fold(model, room=min(MAX_STEP_FRAMES, max(4 * frames, 32)), lanes=G)
+        room = min(MAX_STEP_FRAMES, max(4 * frames, 32))
+        self._fold(model, room=room, lanes=G)
+        self.backend = _pick_backend(backend, self.device, self.dtype)
+        self._native = None
+        self._native_room = room
         self._work: dict[int, _Work] = {}
         self.reset()
 
@@ -504,6 +627,11 @@ class Streamer:
         self.norm0.reset()
         for b in self.blocks:
             b.reset()
+        if self.backend == "native":
+            if self._native is None:
+                self._native = _Native(self, len(self.lanes), self._native_room)
+            else:
+                self._native.reset(self._masked_tail)
 
     # ------------------------------------------------------------------ properties
 
@@ -655,9 +783,14 @@ class Streamer:
     def _step(self, xs: list[torch.Tensor], frames: int) -> list[torch.Tensor]:
         """Frames of each lane's ``x`` (``(K-1)*hop + L`` samples) through the
         network, all lanes in each product. Returns [S, K*hop] per lane."""
-        ws = self._workspace(frames)
         S, G = self._dims["S"], len(self.lanes)
         hop, q = self.hop, self._q
+        if self._native is not None:
+            y = torch.empty(G, S, frames * hop, dtype=self.dtype)
+            self._native(xs, frames, self._frames, y)
+            self._frames += frames
+            return [self._emit(g, y[g]) for g in range(G)]
+        ws = self._workspace(frames)
         w = ws.w
         if G == 1:
             torch.mm(xs[0].unfold(0, self.L, hop), self.w_enc_t, out=w).relu_()  # [K, N]
@@ -712,14 +845,15 @@ class AveragedStreamer:
     """
 
     def __init__(self, model: torch.nn.Module, chunk_size: int | None = None, passes: int = 2,
-                 signs: bool = False) -> None:
+                 signs: bool = False, backend: str = "auto") -> None:
         _check_model(model)
         if not isinstance(signs, bool):
             raise SepError(f"signs must be True or False, got {signs!r}")
         self.transforms = engine.pass_transforms(passes, model.config.stride, signs=signs)
         self.passes = len(self.transforms)
         self.signs = signs
-        self.streamer = Streamer(model, chunk_size=chunk_size, lanes=self.transforms)
+        self.streamer = Streamer(model, chunk_size=chunk_size, lanes=self.transforms, backend=backend)
+        self.backend = self.streamer.backend
         self.model = model
         self.n_src: int = self.streamer.n_src
         self.sample_rate: int = self.streamer.sample_rate
@@ -781,14 +915,16 @@ class AveragedStreamer:
 
 
 def make_streamer(
-    model: torch.nn.Module, chunk_size: int | None = None, passes: int | None = None, signs: bool | None = None
+    model: torch.nn.Module, chunk_size: int | None = None, passes: int | None = None, signs: bool | None = None,
+    backend: str = "auto",
 ) -> Streamer | AveragedStreamer:
     """The streamer of ``passes`` averaged passes (None: the model's default,
-    ``config.passes``, as ``sep separate``): a plain :class:`Streamer` for one."""
+    ``config.passes``, as ``sep separate``): a plain :class:`Streamer` for one.
+    ``backend``: see :class:`Streamer`."""
     passes, signs = engine.model_passes(model, passes, signs)
     if passes == 1:
-        return Streamer(model, chunk_size=chunk_size)
-    return AveragedStreamer(model, chunk_size=chunk_size, passes=passes, signs=signs)
+        return Streamer(model, chunk_size=chunk_size, backend=backend)
+    return AveragedStreamer(model, chunk_size=chunk_size, passes=passes, signs=signs, backend=backend)
 
 
 def offline(
@@ -905,6 +1041,7 @@ class StreamResult:
     gain_db: float = 0.0  # applied to all tracks to avoid clipping (0 or negative)
     message: str = ""
     passes: int = 1  # averaged passes streamed (AveragedStreamer above 1)
+    backend: str = "torch"  # the streaming step's implementation: "native" or "torch"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -994,6 +1131,7 @@ def stream_file(
     subtype: str = "PCM_16",
     progress: Callable[[int, int], None] | None = None,
     passes: int | None = None,
+    backend: str = "auto",
 ) -> StreamResult:
     """Separate a file by streaming it through a causal model in chunks of
     ``chunk_ms``, as a live input would arrive; write the same files as
@@ -1005,14 +1143,15 @@ def stream_file(
     forward over the whole file (no per-chunk level fitting, which would need
     the whole chunk before any output). ``passes``: forward passes averaged
     (:class:`AveragedStreamer`; None: the model's default, as ``sep separate``);
-    equal to their offline average (:func:`offline`).
+    equal to their offline average (:func:`offline`). ``backend``: the
+    streaming step's implementation (see :class:`Streamer`).
     """
     from sepcli import api
 
     net, name = _load_causal(model, device)
     separator = api.Separator(net, device=device)
     chunk = _chunk_samples(chunk_ms, separator.sample_rate)
-    streamer = make_streamer(separator.model, chunk_size=chunk, passes=passes)
+    streamer = make_streamer(separator.model, chunk_size=chunk, passes=passes, backend=backend)
     runner = _Runner(streamer, chunk)
 
     def separate_blocks(blocks: Iterable[np.ndarray], stats: Any = None) -> Iterator[np.ndarray]:
@@ -1030,7 +1169,7 @@ def stream_file(
         input=res.input, status=res.status, outputs=list(res.outputs), model=name, n_src=res.n_src,
         sample_rate=res.sample_rate, frames=res.frames, duration=res.duration, seconds=res.seconds,
         chunk_ms=runner.times.chunk_ms, gain_db=res.gain_db, message=res.message,
-        passes=getattr(streamer, "passes", 1), **timing,
+        passes=getattr(streamer, "passes", 1), backend=streamer.backend, **timing,
     )
 
 
@@ -1060,6 +1199,7 @@ def stream_pcm(
     filename: str = "{stem}/s{i}.wav",
     subtype: str = "FLOAT",
     passes: int | None = None,
+    backend: str = "auto",
 ) -> StreamResult:
     """Separate raw mono PCM read from a pipe (e.g. ``sys.stdin.buffer``) until
     it ends, one chunk at a time, into ``OUT/<name>/s1.wav`` ... at
@@ -1068,7 +1208,7 @@ def stream_pcm(
     The outputs are written as the stream goes (they appear, atomically, when
     it ends). ``subtype="FLOAT"`` (default) cannot clip; with PCM the samples
     beyond full scale are clipped (with a warning), since the peak is unknown
-    until the end. ``passes`` as in :func:`stream_file`.
+    until the end. ``passes`` and ``backend`` as in :func:`stream_file`.
     """
     import soxr
 
@@ -1089,7 +1229,7 @@ def stream_pcm(
     width = np.dtype(dtype).itemsize
     chunk = _chunk_samples(chunk_ms, sample_rate)  # read size, at the input's rate
     model_chunk = _chunk_samples(chunk_ms, sr_model)
-    streamer = make_streamer(net, chunk_size=model_chunk, passes=passes)
+    streamer = make_streamer(net, chunk_size=model_chunk, passes=passes, backend=backend)
     times = ChunkTimes(model_chunk, sr_model)
     resample = sample_rate != sr_model
 
@@ -1152,5 +1292,5 @@ def stream_pcm(
         input=name, status="ok", outputs=[str(p) for p in outs], model=model_name, n_src=n_src,
         sample_rate=sample_rate, frames=n_in, duration=n_in / sample_rate,
         seconds=time.perf_counter() - t_start, chunk_ms=times.chunk_ms,
-        passes=getattr(streamer, "passes", 1), **timing,
+        passes=getattr(streamer, "passes", 1), backend=streamer.backend, **timing,
     )

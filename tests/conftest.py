@@ -3,9 +3,17 @@
 One torch thread per test: the suite runs on 2 shared cores, and tiny models
 are slower with intra-op threads fighting each other than with one."""
 import logging
+import os
+import tempfile
 
 import pytest
 import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the compiled streaming kernel (sepcli.native) is built into a fresh cache
+    # per test session rather than the user's ~/.cache/sep
+    os.environ.setdefault("SEP_CACHE_DIR", tempfile.mkdtemp(prefix="sep-test-cache-"))
 
 
 @pytest.fixture(autouse=True)

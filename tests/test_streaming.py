@@ -6,12 +6,27 @@ import pytest
 import torch
 from torch import nn
 
-from sepcli import registry, streaming
+from sepcli import native, registry, streaming
 from sepcli.errors import SepError
 from sepcli.streaming import Streamer, stream_array
 
 TINY = dict(N=8, L=4, B=6, H=10, Sc=5, P=3, X=3, R=2)
 TOL = 1e-5  # of the offline output's peak
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with each implementation of the streaming step:
+    the compiled kernel (what ``auto`` picks for float32 on the CPU) and torch."""
+    if request.param == "native" and not native.available():
+        pytest.skip(f"native kernel unavailable: {native.why_not()}")
+    pick = streaming._pick_backend
+
+    def forced(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+        return pick("torch" if backend == "auto" and request.param == "torch" else backend, device, dtype)
+
+    monkeypatch.setattr(streaming, "_pick_backend", forced)
+    return request.param
 
 
 def tiny_causal(seed: int = 0, **kw) -> nn.Module:
@@ -134,6 +149,12 @@ def test_float64_model():
     est = stream_array(model, mix, 6)
     assert est.dtype == torch.float64
     assert float((est - ref).abs().max()) <= 1e-10 * float(ref.abs().max())
+
+
+def test_backend_in_use(backend: str) -> None:
+    assert Streamer(tiny_causal()).backend == backend
+    assert streaming.AveragedStreamer(tiny_causal(), passes=2).backend == backend
+    assert Streamer(tiny_causal().double()).backend == "torch"  # the kernel is float32 only
 
 
 def test_paper_configuration():
