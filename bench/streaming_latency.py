@@ -27,7 +27,7 @@ def markdown(result: BenchResult) -> str:
     lines = [
         f"{result.model}{weights}, {result.params / 1e6:.2f}M parameters, "
         f"{f'{result.passes} passes averaged, ' if result.passes > 1 else 'one pass, '}{result.device} "
-        f"({result.device_name}), {result.threads} thread(s), {result.duration_s:g} s at "
+        f"({result.device_name}), {result.threads} thread(s), {result.backend} step, {result.duration_s:g} s at "
         f"{result.sample_rate} Hz, torch {result.torch_version}",
         "",
         "| chunk (ms) | RTF | CPU-time RTF | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | algorithmic latency (ms) "
@@ -58,12 +58,14 @@ def main() -> None:
     parser.add_argument("--naive-chunks", type=int, default=5)
     parser.add_argument("--passes", type=int, default=None,
                         help="forward passes averaged per chunk (default: the model's, as sep stream)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "native", "torch"],
+                        help="the streaming step's implementation (as sep bench --backend)")
     parser.add_argument("--json", metavar="FILE", help="also write the full results here")
     args = parser.parse_args()
     result = run_bench(
         args.model, device=args.device, chunk_ms=[float(c) for c in args.chunk_ms.split(",")],
         threads=args.threads, duration=args.duration, naive_chunks=args.naive_chunks, passes=args.passes,
-        progress=lambda msg: print(f"... {msg}", file=sys.stderr),
+        backend=args.backend, progress=lambda msg: print(f"... {msg}", file=sys.stderr),
     )
     print(markdown(result))
     if args.json:

@@ -33,6 +33,10 @@ import torch
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "stream_blocks.c"
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno"]
+HALF_PANELS = True
+"""Use float16 weight panels when every weight is exactly a float16 value and
+a step is one register tile of rows (False: always float32, e.g. to measure
+what the float16 panels gain)."""
 EXTRA_FLAGS_ENV = "SEP_NATIVE_CFLAGS"  # appended to FLAGS, e.g. "-mno-avx512f" to build the AVX2 kernel
 
 _lock = threading.Lock()
@@ -49,11 +53,8 @@ class SepBlock(ctypes.Structure):
         ("pad", ctypes.c_int32), ("cap", ctypes.c_int32),
         ("pos", ctypes.c_int64),
         ("eps1", ctypes.c_float), ("eps2", ctypes.c_float),
-        ("w_in", ctypes.c_void_p), ("b_in", ctypes.c_void_p),
-        ("slope1", ctypes.c_void_p), ("slope2", ctypes.c_void_p),
-        ("taps", ctypes.c_void_p), ("offsets", ctypes.c_void_p),
-        ("b_d", ctypes.c_void_p), ("tap_bias", ctypes.c_void_p), ("w_out", ctypes.c_void_p),
-        ("cache", ctypes.c_void_p), ("sums", ctypes.c_void_p),
+        *[(n, ctypes.c_void_p) for n in ("w_in", "b_in", "slope1", "slope2", "taps", "offsets", "b_d", "tap_bias",
+                                         "w_out", "gain2", "cache", "sums")],
     ]
 
 
@@ -62,9 +63,10 @@ class SepNet(ctypes.Structure):
 
     _fields_ = [
         *[(n, ctypes.c_int32) for n in ("N", "L", "hop", "q", "S", "B", "Sc", "n_out", "H", "n_blocks",
-                                         "n_slope_out", "mask_act")],
+                                         "n_slope_out", "mask_act", "half")],
         ("eps0", ctypes.c_float),
-        *[(n, ctypes.c_void_p) for n in ("w_enc", "w_acc", "b_acc", "slope_out", "w_mask", "b_mask", "w_dec")],
+        *[(n, ctypes.c_void_p) for n in ("w_enc", "w_acc", "gain0", "b_acc", "slope_out", "w_mask", "b_mask",
+                                         "w_dec")],
         ("w_dec_stride", ctypes.c_int64),
         ("blocks", ctypes.POINTER(SepBlock)),
         ("sums0", ctypes.c_void_p), ("tail", ctypes.c_void_p),
@@ -144,9 +146,12 @@ def load() -> ctypes.CDLL | None:
             try:
                 lib = ctypes.CDLL(str(_build(cc)))
                 lib.sep_gemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
-                                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+                                         ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
+                                         ctypes.c_void_p, ctypes.c_int]
                 lib.sep_gemm.restype = None
                 lib.sep_panel_width.restype = ctypes.c_int
+                lib.sep_has_half.restype = ctypes.c_int
+                lib.sep_tile_rows.restype = ctypes.c_int
                 lib.sep_scratch_floats.argtypes = [ctypes.POINTER(SepNet), ctypes.c_int, ctypes.c_int]
                 lib.sep_scratch_floats.restype = ctypes.c_int64
                 lib.sep_network.argtypes = [ctypes.POINTER(SepNet), ctypes.POINTER(ctypes.c_void_p), ctypes.c_int,
@@ -170,21 +175,29 @@ def available() -> bool:
     return load() is not None
 
 
-def pack_panels(w: torch.Tensor, width: int) -> torch.Tensor:
+def pack_panels(w: torch.Tensor, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A weight ``[in, out]`` as the kernel reads it: panels of ``width`` output
-    columns, each ``[in, width]`` and contiguous, the last one zero-padded.
-    Shape: [Kd, N] -> [ceil(N / width), Kd, width] (float32, contiguous)."""
+    columns, each ``[in, width]`` and contiguous, the last one zero-padded;
+    float32, or float16 (see :func:`exactly_half`).
+    Shape: [Kd, N] -> [ceil(N / width), Kd, width] (contiguous)."""
     kd, n = w.shape
     panels = -(-n // width)
-    padded = w.new_zeros(kd, panels * width, dtype=torch.float32)
+    padded = w.new_zeros(kd, panels * width, dtype=dtype)
     padded[:, :n] = w
     return padded.view(kd, panels, width).transpose(0, 1).contiguous()  # [panels, Kd, width]
+
+
+def exactly_half(*weights: torch.Tensor) -> bool:
+    """Whether every value is exactly a float16 value (as in models stored in
+    float16, like the shipped ones): then float16 panels give the very same
+    products, with half the bytes to read."""
+    return all(torch.equal(w.to(torch.float16).to(w.dtype), w) for w in weights)
 
 
 def gemm(x: torch.Tensor, w_packed: torch.Tensor, n_out: int, bias: torch.Tensor | None = None,
          out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
     """``out (=|+=) bias + x @ W`` with the kernel (for tests and benchmarks).
-    Shape: x [M, Kd], w_packed from :func:`pack_panels` -> [M, n_out]."""
+    Shape: x [M, Kd] float32, w_packed from :func:`pack_panels` (float32 or float16) -> [M, n_out]."""
     lib = load()
     if lib is None:
         raise RuntimeError(f"native kernel unavailable: {why_not()}")
@@ -192,6 +205,7 @@ def gemm(x: torch.Tensor, w_packed: torch.Tensor, n_out: int, bias: torch.Tensor
     m, kd = x.shape
     if out is None:
         out = x.new_zeros(m, n_out)
-    lib.sep_gemm(m, n_out, kd, x.data_ptr(), kd, w_packed.data_ptr(), out.data_ptr(), out.stride(0),
+    half = w_packed.dtype == torch.float16
+    lib.sep_gemm(m, n_out, kd, x.data_ptr(), kd, w_packed.data_ptr(), int(half), out.data_ptr(), out.stride(0),
                  bias.data_ptr() if bias is not None else None, int(accumulate))
     return out

@@ -409,10 +409,14 @@ def _pick_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str
 
 
 class _Native:
-    """The streamer's folded network and state in the layout of ``SepNet`` and
+    """The streamer's network and state in the layout of ``SepNet`` and
     ``SepBlock`` (sepcli/csrc/stream_blocks.c): one native call per step runs
-    what :meth:`Streamer._step` does in torch, with the same folded weights
-    (packed into the kernel's panels). The caches and norm sums live here; the
+    what :meth:`Streamer._step` does in torch. The biases and the depthwise
+    taps are the streamer's folded ones; the matrices are the model's own,
+    with the gains of norm0 and of every norm2 applied to the normalised rows
+    instead, so that a model whose weights are float16 values (every shipped
+    one) keeps them exact in float16 panels (:attr:`half`, for real-time
+    chunks of a few frames): half the bytes per step, same products. The caches and norm sums live here; the
     masked-frame tail is the streamer's own ``_masked_tail``, which the kernel
     updates in place (the flush decodes it in torch)."""
 
@@ -427,21 +431,44 @@ class _Native:
         def vec(x: float | torch.Tensor) -> torch.Tensor:
             return torch.tensor([x], dtype=f32) if isinstance(x, float) else x.to(f32).contiguous()
 
+        def matrix(conv: torch.nn.Conv1d) -> torch.Tensor:
+            return conv.weight.detach()[:, :, 0].t().to(f32)  # [in, out]
+
+        sep = st.model.separator
+        mats = dict(
+            w_enc=st.w_enc_t,  # [L, N]
+            w_acc=F.pad(matrix(sep.bottleneck), (0, st._dims["Sc"])),  # [N, B+Sc]: no input to the skip sum
+            w_mask=st.w_mask_t,  # [Sc, S*N]
+        )
+        block_mats = [dict(w_in=matrix(m.conv_in), w_out=torch.cat((matrix(m.res_out), matrix(m.skip_out)), 1))
+                      for m in sep.blocks]  # [B, H] and [H, B+Sc]
+        everything = [*mats.values(), *st.w_dec_hops, *(w for bm in block_mats for w in bm.values())]
+        # Float16 panels pay when a step reads each panel once (a chunk's rows fit
+        # one register tile: the products wait for memory); with more rows the
+        # kernel converts each panel once per tile, and float32 is faster.
+        rows = lanes * -(-(st.chunk_size or st.hop) // st.hop)
+        self.half = (bool(self.lib.sep_has_half()) and native.HALF_PANELS and rows <= self.lib.sep_tile_rows()
+                     and native.exactly_half(*everything))
+        panel_dtype = torch.float16 if self.half else f32
+
+        def pack(w: torch.Tensor) -> torch.Tensor:
+            return native.pack_panels(w, width, panel_dtype)
+
         self.structs = (native.SepBlock * len(st.blocks))()
         self._keep: list[dict[str, torch.Tensor]] = []  # what each struct points into
-        for sb, b in zip(self.structs, st.blocks, strict=True):
-            B, H = b.w_in_t.shape
+        for sb, b, m, bm in zip(self.structs, st.blocks, sep.blocks, block_mats, strict=True):
+            B, H = bm["w_in"].shape
             arrays = dict(
-                w_in=native.pack_panels(b.w_in_t, width), b_in=b.b_in.contiguous(),
+                w_in=pack(bm["w_in"]), b_in=b.b_in.contiguous(),
                 slope1=vec(b.slope1), slope2=vec(b.slope2),
-                taps=torch.stack(b.taps).contiguous(),  # [P, H]
+                taps=torch.stack(b.taps).contiguous(),  # [P, H]: norm1's gain folded in
                 offsets=torch.tensor(b.cache.offsets, dtype=torch.int32),
                 b_d=b.b_d.contiguous(), tap_bias=b.tap_bias.contiguous(),
-                w_out=native.pack_panels(b.w_out_t, width),
+                w_out=pack(bm["w_out"]), gain2=vec(m.norm2.weight.detach()),
                 cache=torch.zeros(lanes, b.pad + max(room, b.pad, 1), H),  # [G, cap, H]
                 sums=torch.zeros(2, lanes, 2, dtype=torch.float64),  # [norm, G, (sum, sum of squares)]
             )
-            sb.B, sb.H, sb.P, sb.n_out = B, H, len(b.taps), b.w_out_t.shape[1]
+            sb.B, sb.H, sb.P, sb.n_out = B, H, len(b.taps), bm["w_out"].shape[1]
             sb.n_slope1, sb.n_slope2 = arrays["slope1"].numel(), arrays["slope2"].numel()
             sb.pad, sb.cap = b.pad, arrays["cache"].shape[1]
             sb.eps1, sb.eps2 = b.norm1.eps, b.norm2.eps
@@ -449,11 +476,10 @@ class _Native:
                 setattr(sb, name, t.data_ptr())
             self._keep.append(arrays)
         d = st._dims
-        dec = torch.stack([native.pack_panels(w, width) for w in st.w_dec_hops])  # [q, panels, N, width]
+        dec = torch.stack([pack(w) for w in st.w_dec_hops])  # [q, panels, N, width]
         self.arrays = dict(
-            w_enc=native.pack_panels(st.w_enc_t, width), w_acc=native.pack_panels(st.w_acc_t, width),
-            b_acc=st.b_acc.contiguous(), slope_out=vec(st.slope_out),
-            w_mask=native.pack_panels(st.w_mask_t, width), b_mask=st.b_mask.contiguous(), w_dec=dec,
+            **{name: pack(w) for name, w in mats.items()}, w_dec=dec, gain0=vec(sep.norm.weight.detach()),
+            b_acc=st.b_acc.contiguous(), slope_out=vec(st.slope_out), b_mask=st.b_mask.contiguous(),
             sums0=torch.zeros(lanes, 2, dtype=torch.float64),
         )
         net = self.net = native.SepNet()
@@ -462,12 +488,14 @@ class _Native:
         net.n_blocks = len(st.blocks)
         net.n_slope_out = self.arrays["slope_out"].numel()
         net.mask_act = {"relu": 1, "softmax": 2}.get(st.mask_activation, 0)
+        net.half = int(self.half)
         net.eps0 = st.norm0.eps
         for name, t in self.arrays.items():
             setattr(net, name, t.data_ptr())
         net.w_dec_stride = dec[0].numel()
         net.blocks = self.structs
         self.tail = st._masked_tail  # [G, q-1, S, N], replaced by every reset
+        self._room = min(sb.cap - sb.pad for sb in self.structs) if len(self.structs) else MAX_STEP_FRAMES
         self._scratch: dict[int, torch.Tensor] = {}
         self.reset(st._masked_tail)
 
@@ -482,6 +510,9 @@ class _Native:
 
     def _make_room(self, frames: int) -> None:
         """Grow every cache that cannot take ``frames`` more frames, keeping its last pad frames."""
+        if frames <= self._room:
+            return
+        self._room = frames
         for sb, arrays in zip(self.structs, self._keep, strict=True):
             if sb.cap - sb.pad >= frames:
                 continue
@@ -757,6 +788,8 @@ class Streamer:
             done += step
         if n_frames:
             self._in = [buf[n_frames * self.hop :] for buf in self._in]
+        if all(len(o) == 1 for o in outs):
+            return [o[0] for o in outs]
         empty = torch.zeros(self.n_src, 0, device=self.device, dtype=self.dtype)
         return [empty if not o else o[0] if len(o) == 1 else torch.cat(o, 1) for o in outs]
 

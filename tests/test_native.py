@@ -56,6 +56,50 @@ def test_gemm_matches_float64(M: int, N: int, Kd: int):
 
 
 @needs_kernel
+@pytest.mark.parametrize("M", [1, 8, 11])
+@pytest.mark.parametrize("N,Kd", [(5, 3), (32, 16), (70, 33), (256, 512)])
+def test_gemm_with_float16_panels(M: int, N: int, Kd: int):
+    """Float16 panels of weights that are float16 values give the float32 products."""
+    if not native.load().sep_has_half():
+        pytest.skip("this build has no float16 loads")
+    gen = torch.Generator().manual_seed(M + N + Kd)
+    x = torch.randn(M, Kd, generator=gen)
+    w = torch.randn(Kd, N, generator=gen).half().float()  # exactly float16 values
+    assert native.exactly_half(w) and not native.exactly_half(w + 1e-4)
+    width = native.load().sep_panel_width()
+    packed = native.pack_panels(w, width, torch.float16)
+    assert packed.dtype == torch.float16
+    got = native.gemm(x, packed, N)
+    same = native.gemm(x, native.pack_panels(w, width), N)  # float32 panels
+    assert torch.equal(got, same)  # the same numbers in the same order
+    ref = x.double() @ w.double()
+    assert float((got.double() - ref).abs().max()) < 1e-5 * (Kd ** 0.5) * float(ref.abs().max() + 1)
+
+
+@needs_kernel
+@pytest.mark.parametrize("half", [True, False])
+def test_float16_valued_models_stream_with_float16_panels(half: bool, monkeypatch: pytest.MonkeyPatch):
+    """A model stored in float16 (as the shipped ones) streams from float16
+    panels, and the output equals the offline forward as closely as with float32 ones."""
+    monkeypatch.setattr(native, "HALF_PANELS", half)
+    torch.manual_seed(6)
+    model = registry.build("convtasnet", dict(N=40, L=8, B=24, H=48, Sc=16, X=3, R=2, causal=True)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p)).copy_(p.half().float())
+    mix = torch.randn(1600)
+    with torch.no_grad():
+        ref = model(mix[None])[0]
+    streamer = Streamer(model, chunk_size=32, backend="native")  # 4 frames: one register tile
+    assert streamer._native.half == (half and bool(native.load().sep_has_half()))
+    assert not Streamer(model, chunk_size=400, backend="native")._native.half  # 50 frames: float32 is faster
+    est = torch.cat([streamer.process(mix[i : i + 32]) for i in range(0, 1600, 32)] + [streamer.flush()], 1)
+    assert float((est - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+    model2 = registry.build("convtasnet", dict(N=40, L=8, B=24, H=48, Sc=16, X=3, R=2, causal=True)).eval()
+    assert not Streamer(model2, backend="native")._native.half  # float32 weights: float32 panels
+
+
+@needs_kernel
 def test_gemm_reads_overlapping_rows():
     """The encoder reads frames straight from the samples: row stride hop < Kd = L."""
     lib = native.load()
@@ -64,7 +108,7 @@ def test_gemm_reads_overlapping_rows():
     w = torch.randn(L, N)
     out = torch.zeros(K, N)
     packed = native.pack_panels(w, lib.sep_panel_width())  # kept alive across the call
-    lib.sep_gemm(K, N, L, samples.data_ptr(), hop, packed.data_ptr(), out.data_ptr(), N, None, 0)
+    lib.sep_gemm(K, N, L, samples.data_ptr(), hop, packed.data_ptr(), 0, out.data_ptr(), N, None, 0)
     ref = samples.unfold(0, L, hop).double() @ w.double()  # [K, L] @ [L, N]
     assert float((out.double() - ref).abs().max()) < 1e-5 * float(ref.abs().max())
 
@@ -91,9 +135,11 @@ def test_avx2_build_without_avx512(fresh_loader, monkeypatch: pytest.MonkeyPatch
         pytest.skip(f"cannot build: {native.why_not()}")
     lib = native.load()
     assert lib.sep_panel_width() == 16
-    x, w = torch.randn(13, 21), torch.randn(21, 37)
+    x, w = torch.randn(13, 21), torch.randn(21, 37).half().float()
     got = native.gemm(x, native.pack_panels(w, 16), 37)
     assert float((got.double() - x.double() @ w.double()).abs().max()) < 1e-4
+    if lib.sep_has_half():  # F16C loads
+        assert torch.equal(native.gemm(x, native.pack_panels(w, 16, torch.float16), 37), got)
     torch.manual_seed(3)
     model = registry.build("convtasnet", dict(N=8, L=4, B=6, H=10, Sc=5, X=3, R=2, causal=True)).eval()
     mix = torch.randn(700)

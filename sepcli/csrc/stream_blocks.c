@@ -31,21 +31,64 @@
 #define NV 2           /* vectors per panel */
 #define NR (VW * NV)   /* panel width: output columns per packed weight panel */
 
+#ifdef SEP_PROFILE /* -DSEP_PROFILE (SEP_NATIVE_CFLAGS): seconds spent in products vs the rest */
+#include <time.h>
+static double prof_gemm, prof_total;
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+void sep_profile(double *out) { out[0] = prof_gemm; out[1] = prof_total; prof_gemm = prof_total = 0; }
+#define PROF_START(v) double v = now_s()
+#define PROF_ADD(acc, v) acc += now_s() - v
+#else
+#define PROF_START(v)
+#define PROF_ADD(acc, v)
+#endif
+
 typedef float vf __attribute__((vector_size(VW * sizeof(float)), aligned(sizeof(float))));
 
 int sep_panel_width(void) { return NR; }
+int sep_tile_rows(void) { return MR; }
+
+/* Weight panels may hold float16 (the bits of IEEE half floats): half the
+ * bytes to read per step, which is what small steps wait for. Arithmetic
+ * stays float32; sepcli uses them only for weights that are exactly float16
+ * values, so the products are the same. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define HAVE_HALF 1
+static inline vf load_half(const uint16_t *p) { return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+#elif defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>
+#define HAVE_HALF 1
+static inline vf load_half(const uint16_t *p) { return (vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+#elif defined(__FLT16_MAX__)
+#define HAVE_HALF 1
+typedef _Float16 vh __attribute__((vector_size(VW * sizeof(_Float16)), aligned(sizeof(_Float16))));
+static inline vf load_half(const uint16_t *p) { return __builtin_convertvector(*(const vh *)p, vf); }
+#else
+#define HAVE_HALF 0
+static inline vf load_half(const uint16_t *p) { (void)p; return (vf){0}; }
+#endif
+
+int sep_has_half(void) { return HAVE_HALF; }
 
 /* y[m, n] (= or +=) bias[n] + sum_k x[m, k] * W[k, n] for rows m < mr (mr <= MR),
- * columns n < nc of one panel. wp: the panel, [Kd][NR] (zero padded past nc). */
-static inline __attribute__((always_inline)) void tile(const int mr, const float *x, int ldx, const float *wp,
-                                                       int Kd, float *y, int ldy, const float *bias, int accumulate,
-                                                       int nc) {
+ * columns n < nc of one panel. wp: the panel, [Kd][NR] (zero padded past nc),
+ * float32 or (half) float16. */
+static inline __attribute__((always_inline)) void tile(const int mr, const int half, const float *x, int ldx,
+                                                       const void *wp, int Kd, float *y, int ldy, const float *bias,
+                                                       int accumulate, int nc) {
     vf acc[MR][NV];
     for (int m = 0; m < MR; m++)
         for (int v = 0; v < NV; v++) acc[m][v] = (vf){0};
     for (int k = 0; k < Kd; k++) {
         vf w[NV];
-        for (int v = 0; v < NV; v++) w[v] = *(const vf *)(wp + (int64_t)k * NR + v * VW);
+        for (int v = 0; v < NV; v++)
+            w[v] = half ? load_half((const uint16_t *)wp + (int64_t)k * NR + v * VW)
+                        : *(const vf *)((const float *)wp + (int64_t)k * NR + v * VW);
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++) {
             if (m < mr) {
@@ -75,14 +118,20 @@ static inline __attribute__((always_inline)) void tile(const int mr, const float
 }
 
 #define TILE_CASE(R) \
-    case R: tile(R, xm, ldx, wp, Kd, ym, ldy, bn, accumulate, nc); break;
+    case R: \
+        if (half) tile(R, 1, xm, ldx, wp, Kd, ym, ldy, bn, accumulate, nc); \
+        else tile(R, 0, xm, ldx, wp, Kd, ym, ldy, bn, accumulate, nc); \
+        break;
 
 /* y[M, N] (= or +=) bias + x[M, Kd] @ W[Kd, N], with W packed by
- * sepcli.native.pack_panels: [ceil(N/NR)][Kd][NR]. bias may be NULL. */
-void sep_gemm(int M, int N, int Kd, const float *x, int ldx, const float *Wp, float *y, int ldy, const float *bias,
-              int accumulate) {
+ * sepcli.native.pack_panels: [ceil(N/NR)][Kd][NR], float32 or (half) float16.
+ * bias may be NULL. */
+void sep_gemm(int M, int N, int Kd, const float *x, int ldx, const void *Wp, int half, float *y, int ldy,
+              const float *bias, int accumulate) {
+    PROF_START(t0);
+    const int64_t elem = half ? 2 : 4;
     for (int p = 0; p * NR < N; p++) {
-        const float *wp = Wp + (int64_t)p * Kd * NR;
+        const void *wp = (const char *)Wp + (int64_t)p * Kd * NR * elem;
         const int nc = N - p * NR < NR ? N - p * NR : NR;
         const float *bn = bias ? bias + p * NR : 0;
         for (int m0 = 0; m0 < M; m0 += MR) {
@@ -103,6 +152,7 @@ void sep_gemm(int M, int N, int Kd, const float *x, int ldx, const float *Wp, fl
             }
         }
     }
+    PROF_ADD(prof_gemm, t0);
 }
 
 /* One ConvBlock, its weights folded as in sepcli.streaming._Block, and its state. */
@@ -112,14 +162,15 @@ typedef struct {
     int32_t pad, cap;         /* cache: frames kept (max offset) and frames it holds per lane */
     int64_t pos;              /* cache: where the next frame goes (same for every lane) */
     float eps1, eps2;
-    const float *w_in;        /* packed [B -> H] */
+    const void *w_in;         /* packed [B -> H] */
     const float *b_in;        /* [H] */
     const float *slope1, *slope2;
     const float *taps;        /* [P, H]: norm1's gain folded in */
     const int32_t *offsets;   /* [P]: frames before the current one that tap p reads */
     const float *b_d;         /* [H] */
     const float *tap_bias;    /* [P, H]: what a tap adds from norm1's bias */
-    const float *w_out;       /* packed [H -> B+Sc]: norm2's gain folded in */
+    const void *w_out;        /* packed [H -> B+Sc] */
+    const float *gain2;       /* [H]: norm2's gain, applied to the normalised rows */
     float *cache;             /* [G, cap, H]: normalised inputs of the depthwise conv */
     double *sums;             /* [2, G, 2]: per norm and lane, running sum and sum of squares */
 } SepBlock;
@@ -137,8 +188,22 @@ static inline void prelu_row(float *x, int H, const float *slope, int n_slope) {
  * then the running float64 totals of the row's lane; returns r and -mean*r so
  * that x*r + mr is the normalised row. */
 static inline void norm_row(const float *x, int H, double *sum, int64_t count, float eps, float *r, float *mr) {
+    /* vector partial sums (a scalar loop would be one long dependency chain) */
+    vf a1[2] = {{0}, {0}}, a2[2] = {{0}, {0}};
+    int c = 0;
+    for (; c + 2 * VW <= H; c += 2 * VW) {
+        for (int v = 0; v < 2; v++) {
+            const vf xv = *(const vf *)(x + c + v * VW);
+            a1[v] += xv;
+            a2[v] += xv * xv;
+        }
+    }
     float s1 = 0.0f, s2 = 0.0f;
-    for (int c = 0; c < H; c++) {
+    for (int i = 0; i < VW; i++) {
+        s1 += a1[0][i] + a1[1][i];
+        s2 += a2[0][i] + a2[1][i];
+    }
+    for (; c < H; c++) {
         s1 += x[c];
         s2 += x[c] * x[c];
     }
@@ -156,7 +221,8 @@ static inline void norm_row(const float *x, int H, double *sum, int64_t count, f
  * ([R, n_out]: residual | skip sum) in place. start: frames before these since
  * the stream began. h, z: scratch [R, H] each. The caller makes sure that every
  * cache has room for K more frames (cap - pad >= K). */
-void sep_blocks(SepBlock *blocks, int n_blocks, float *acc, int K, int G, int64_t start, float *h, float *z) {
+void sep_blocks(SepBlock *blocks, int n_blocks, int half, float *acc, int K, int G, int64_t start, float *h,
+                float *z) {
     const int R = G * K;
     for (int b = 0; b < n_blocks; b++) {
         SepBlock *bl = &blocks[b];
@@ -168,7 +234,7 @@ void sep_blocks(SepBlock *blocks, int n_blocks, float *acc, int K, int G, int64_
             }
             bl->pos = bl->pad;
         }
-        sep_gemm(R, H, bl->B, acc, bl->n_out, bl->w_in, h, H, bl->b_in, 0); /* conv_in: [R, H] */
+        sep_gemm(R, H, bl->B, acc, bl->n_out, bl->w_in, half, h, H, bl->b_in, 0); /* conv_in: [R, H] */
         for (int g = 0; g < G; g++) {
             float *cache = bl->cache + (int64_t)g * bl->cap * H;
             double *sum1 = bl->sums + 2 * g, *sum2 = bl->sums + 2 * (G + g);
@@ -196,11 +262,11 @@ void sep_blocks(SepBlock *blocks, int n_blocks, float *acc, int K, int G, int64_
                 }
                 prelu_row(zi, H, bl->slope2, bl->n_slope2);
                 norm_row(zi, H, sum2, count, bl->eps2, &r, &mr);
-                for (int c = 0; c < H; c++) zi[c] = zi[c] * r + mr;
+                for (int c = 0; c < H; c++) zi[c] = (zi[c] * r + mr) * bl->gain2[c];
             }
         }
         bl->pos += K;
-        sep_gemm(R, bl->n_out, H, z, H, bl->w_out, acc, bl->n_out, 0, 1); /* residual and skip outputs */
+        sep_gemm(R, bl->n_out, H, z, H, bl->w_out, half, acc, bl->n_out, 0, 1); /* residual and skip outputs */
     }
 }
 
@@ -208,15 +274,17 @@ void sep_blocks(SepBlock *blocks, int n_blocks, float *acc, int K, int G, int64_
 typedef struct {
     int32_t N, L, hop, q, S, B, Sc, n_out, H, n_blocks;
     int32_t n_slope_out, mask_act; /* mask_act: 0 sigmoid, 1 relu, 2 softmax over sources */
+    int32_t half;           /* the packed matrices hold float16 */
     float eps0;
-    const float *w_enc;     /* packed [L -> N] */
-    const float *w_acc;     /* packed [N -> B+Sc]: the bottleneck, norm0's gain folded in */
+    const void *w_enc;      /* packed [L -> N] */
+    const void *w_acc;      /* packed [N -> B+Sc]: the bottleneck (zero columns for the skip sum) */
+    const float *gain0;     /* [N]: norm0's gain */
     const float *b_acc;     /* [B+Sc] */
     const float *slope_out;
-    const float *w_mask;    /* packed [Sc -> S*N] */
+    const void *w_mask;     /* packed [Sc -> S*N] */
     const float *b_mask;    /* [S*N] */
-    const float *w_dec;     /* q packed matrices [N -> hop]: hop j of the decoder's basis */
-    int64_t w_dec_stride;   /* floats from one packed hop matrix to the next */
+    const void *w_dec;      /* q packed matrices [N -> hop]: hop j of the decoder's basis */
+    int64_t w_dec_stride;   /* elements from one packed hop matrix to the next */
     SepBlock *blocks;
     double *sums0;          /* [G, 2]: norm0's running sum and sum of squares per lane */
     float *tail;            /* [G, q-1, S, N]: the last masked frames of each lane */
@@ -233,26 +301,27 @@ int64_t sep_scratch_floats(const SepNet *net, int K, int G) {
  * lane_in[g] ((K-1)*hop + L of them), to out [G, S, K*hop]: the output hops
  * these frames complete (overlap-added with the previous frames' tails). */
 void sep_network(SepNet *net, const float *const *lane_in, int K, int G, int64_t start, float *out, float *scratch) {
+    PROF_START(t0);
     const int N = net->N, S = net->S, q = net->q, hop = net->hop, n_out = net->n_out, R = G * K;
     float *w = scratch, *wn = w + (int64_t)R * N, *acc = wn + (int64_t)R * N, *h = acc + (int64_t)R * n_out;
     float *z = h + (int64_t)R * net->H, *mask = z + (int64_t)R * net->H;
     float *masked = mask + (int64_t)R * S * N, *dec = masked + (int64_t)(q - 1 + K) * S * N;
     for (int g = 0; g < G; g++) { /* encoder: frames overlap, so row stride = hop */
         float *wg = w + (int64_t)g * K * N;
-        sep_gemm(K, N, net->L, lane_in[g], hop, net->w_enc, wg, N, 0, 0);
+        sep_gemm(K, N, net->L, lane_in[g], hop, net->w_enc, net->half, wg, N, 0, 0);
         for (int64_t i = 0; i < (int64_t)K * N; i++) wg[i] = wg[i] > 0.0f ? wg[i] : 0.0f;
         for (int k = 0; k < K; k++) {
             float r, mr;
             const float *wi = wg + (int64_t)k * N;
             float *o = wn + ((int64_t)g * K + k) * N;
             norm_row(wi, N, net->sums0 + 2 * g, (start + k + 1) * N, net->eps0, &r, &mr);
-            for (int c = 0; c < N; c++) o[c] = wi[c] * r + mr;
+            for (int c = 0; c < N; c++) o[c] = (wi[c] * r + mr) * net->gain0[c];
         }
     }
-    sep_gemm(R, n_out, N, wn, N, net->w_acc, acc, n_out, net->b_acc, 0); /* [R, B+Sc] */
-    sep_blocks(net->blocks, net->n_blocks, acc, K, G, start, h, z);
+    sep_gemm(R, n_out, N, wn, N, net->w_acc, net->half, acc, n_out, net->b_acc, 0); /* [R, B+Sc] */
+    sep_blocks(net->blocks, net->n_blocks, net->half, acc, K, G, start, h, z);
     for (int i = 0; i < R; i++) prelu_row(acc + (int64_t)i * n_out + net->B, net->Sc, net->slope_out, net->n_slope_out);
-    sep_gemm(R, S * N, net->Sc, acc + net->B, n_out, net->w_mask, mask, S * N, net->b_mask, 0); /* [R, S*N] */
+    sep_gemm(R, S * N, net->Sc, acc + net->B, n_out, net->w_mask, net->half, mask, S * N, net->b_mask, 0);
     for (int i = 0; i < R; i++) {
         float *mi = mask + (int64_t)i * S * N;
         if (net->mask_act == 1) {
@@ -280,8 +349,9 @@ void sep_network(SepNet *net, const float *const *lane_in, int K, int G, int64_t
         }
         /* overlap-add: output hop k = sum over j of masked frame k-j times hop j of the basis */
         for (int j = 0; j < q; j++)
-            sep_gemm(K * S, hop, N, masked + (int64_t)(q - 1 - j) * frame, N, net->w_dec + j * net->w_dec_stride,
-                     dec, hop, 0, j > 0);
+            sep_gemm(K * S, hop, N, masked + (int64_t)(q - 1 - j) * frame, N,
+                     (const char *)net->w_dec + j * net->w_dec_stride * (net->half ? 2 : 4), net->half, dec, hop, 0,
+                     j > 0);
         memcpy(tail, masked + (int64_t)K * frame, (size_t)tail_n * sizeof(float));
         float *og = out + (int64_t)g * S * K * hop;
         for (int k = 0; k < K; k++) /* [K, S, hop] -> [S, K*hop] */
@@ -289,4 +359,5 @@ void sep_network(SepNet *net, const float *const *lane_in, int K, int G, int64_t
                 memcpy(og + (int64_t)s * K * hop + (int64_t)k * hop, dec + ((int64_t)k * S + s) * hop,
                        (size_t)hop * sizeof(float));
     }
+    PROF_ADD(prof_total, t0);
 }
