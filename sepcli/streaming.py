@@ -45,9 +45,13 @@ paths share one accumulator updated with one in-place matrix product per
 block, and for the small frame counts of real-time chunks the cLN statistics
 are updated with Python floats instead of a dozen tiny tensor operations.
 Weights are read once, when the Streamer is built: rebuild it after changing
-the model's weights. For chunks of a few ms the paper network is bound by
-memory bandwidth, not arithmetic: every chunk reads all ~20 MB of weights
-(see the README's latency table).
+the model's weights. For chunks of a few ms every chunk reads all the weights
+(~20 MB for the paper network), and BLAS is slow at products of a few rows,
+so on the CPU in float32 the whole step runs by default in compiled C
+(``backend="native"``, :class:`_Native` and :mod:`sepcli.native`: a
+small-row kernel over packed weight panels, 2-4x faster); the torch step
+(``backend="torch"``) is the fallback without a C compiler and computes the
+same thing (see the README's latency section).
 
 :func:`stream_file` and :func:`stream_pcm` (``sep stream``) run files and raw
 PCM pipes through a Streamer in fixed-size chunks and write the same outputs
@@ -545,6 +549,11 @@ class Streamer:
         chunk_size: the number of samples you expect to pass to each
             :meth:`process` call. It only sizes the internal buffers so that
             the steady state allocates nothing new; any size >= 1 still works.
+        backend: how each step runs: ``"native"`` (the compiled kernel of
+            :mod:`sepcli.native`; float32 on the CPU; SepError if it cannot
+            be built), ``"torch"``, or ``"auto"`` (native when it can be
+            had, else torch). Same output either way; :attr:`backend` says
+            which one runs.
 
     :meth:`process` takes ``[n]`` or ``[1, n]`` (torch tensor or numpy array)
     and returns ``[S, m]`` samples that are final (numpy in, numpy out; a
