@@ -115,6 +115,10 @@ def _build(cc: str) -> Path:
     try:
         done = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
                               timeout=300)
+        if done.returncode != 0 and "-march=native" in flags:  # a compiler that does not know this CPU
+            portable = [f for f in flags if f != "-march=native"]
+            done = subprocess.run([cc, *portable, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                                  timeout=300)
         if done.returncode != 0:
             lines = (done.stderr or done.stdout or f"exit status {done.returncode}").strip().splitlines()
             raise OSError(f"{cc} failed: {lines[-1] if lines else done.returncode}")

@@ -535,6 +535,7 @@ class _Native:
                 self._scratch.clear()
             n = self.lib.sep_scratch_floats(ctypes.byref(self.net), frames, self.lanes)
             scratch = self._scratch[frames] = torch.empty(n)
+        xs = [x if x.is_contiguous() else x.contiguous() for x in xs]  # the kernel reads plain arrays
         lane_in = (ctypes.c_void_p * len(xs))(*[x.data_ptr() for x in xs])
         self.lib.sep_network(ctypes.byref(self.net), lane_in, frames, self.lanes, start, out.data_ptr(),
                              scratch.data_ptr())

@@ -126,6 +126,22 @@ def test_native_and_torch_steps_agree_on_the_paper_configuration():
     assert float((ya - yb).abs().max()) <= 1e-5 * float(yb.abs().max())
 
 
+@needs_kernel
+def test_strided_and_numpy_input():
+    """A strided tensor view and a non-contiguous numpy array stream like contiguous input."""
+    torch.manual_seed(4)
+    model = registry.build("convtasnet", dict(N=8, L=4, B=6, H=10, Sc=5, X=2, R=1, causal=True)).eval()
+    base = torch.randn(1200)
+    mix = base[::2]  # [600], stride 2
+    with torch.no_grad():
+        ref = model(mix.contiguous()[None])[0]
+    for x in (mix, mix.numpy()):
+        streamer = Streamer(model, chunk_size=16, backend="native")
+        outs = [streamer.process(x[i : i + 16]) for i in range(0, 600, 16)] + [streamer.flush()]
+        est = torch.cat([torch.as_tensor(o) for o in outs], 1)
+        assert float((est - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+
+
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 flags")
 def test_avx2_build_without_avx512(fresh_loader, monkeypatch: pytest.MonkeyPatch):
     """The kernel's other register tiling (6 rows, 16 vector registers), as a
@@ -168,6 +184,22 @@ def test_failed_build_falls_back_to_torch(fresh_loader, monkeypatch: pytest.Monk
     assert not list(fresh_loader.rglob("*.so"))  # nothing half-written left behind
     model = registry.build("convtasnet", dict(N=8, L=4, B=6, H=10, Sc=5, X=2, R=1, causal=True)).eval()
     assert Streamer(model).backend == "torch"
+
+
+@needs_kernel
+def test_compiler_without_march_native_gets_a_portable_build(fresh_loader, monkeypatch: pytest.MonkeyPatch):
+    cc = native._compiler()
+    fake = fresh_loader / "oldcc"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = "-march=native" ] && '
+                    '{ echo "error: unknown target CPU" >&2; exit 1; }; done\n'
+                    f'exec {cc} "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(native, "_compiler", lambda: str(fake))
+    lib = native.load()
+    assert lib is not None, native.why_not()
+    x, w = torch.randn(5, 12), torch.randn(12, 20)
+    got = native.gemm(x, native.pack_panels(w, lib.sep_panel_width()), 20)
+    assert float((got.double() - x.double() @ w.double()).abs().max()) < 1e-4
 
 
 @needs_kernel
