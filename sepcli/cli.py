@@ -760,7 +760,7 @@ def stream_cmd(
         click.echo(
             f"Wrote {result.n_src} tracks ({result.duration:.1f} s at {result.sample_rate} Hz) to "
             f"{', '.join(result.outputs)}\n{result.chunks} chunks of {result.chunk_ms:g} ms"
-            f"{f' ({result.passes} passes)' if result.passes > 1 else ''}: compute "
+            f" ({f'{result.passes} passes, ' if result.passes > 1 else ''}{result.backend} step): compute "
             f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, max {result.max_ms:.2f} ms; "
             f"real-time factor {result.compute_rtf:.3f}"
         )

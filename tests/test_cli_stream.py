@@ -57,6 +57,26 @@ def test_stream_file_equals_offline_causal(models, tmp_path):
     assert np.abs(est - ref).max() <= TOL * np.abs(ref).max()
 
 
+def test_stream_backends_write_the_same_tracks(models, tmp_path):
+    """--backend torch and the default (the compiled step where it builds) give the same files."""
+    from sepcli import native
+
+    mix = (0.05 * np.random.default_rng(2).standard_normal(3000)).astype(np.float32)
+    sf.write(tmp_path / "talk.wav", mix, 8000, subtype="FLOAT")
+    tracks = {}
+    for backend in ("auto", "torch"):
+        res = invoke("stream", str(tmp_path / "talk.wav"), "--model", models["causal"], "--out",
+                     str(tmp_path / backend), "--float", "--json", "--backend", backend)
+        assert res.exit_code == 0, res.output
+        info = json.loads(res.stdout)
+        assert info["backend"] == ("native" if backend == "auto" and native.available() else "torch")
+        tracks[backend] = read_tracks(info["outputs"])
+    assert np.abs(tracks["auto"] - tracks["torch"]).max() <= TOL * np.abs(tracks["torch"]).max()
+    res = invoke("stream", str(tmp_path / "talk.wav"), "--model", models["causal"], "--out", str(tmp_path / "x"),
+                 "--backend", "gpu")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+
+
 def test_stream_file_keeps_rate_and_length_and_skips_existing(models, tmp_path):
     stereo = 0.05 * np.random.default_rng(1).standard_normal((16001, 2))
     sf.write(tmp_path / "st.flac", stereo, 16000)
