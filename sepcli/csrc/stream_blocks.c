@@ -1,13 +1,14 @@
-/* The convolutional blocks of one streaming step of a causal Conv-TasNet.
+/* One streaming step of a causal Conv-TasNet, in C: sep_network().
  *
  * sepcli/native.py compiles this file on first use with the machine's C
- * compiler (-O3 -march=native) and calls sep_blocks() through ctypes; see
- * sepcli/streaming.py (Streamer, backend="native") for what the step does and
- * the README's latency section for why: a real-time chunk is only a few
- * frames, so every 1x1 conv is a product of a few rows with a large weight
- * matrix. BLAS libraries are tuned for large products and spend most of such a
- * call on overheads; the kernel below streams each packed weight panel once
- * per step and keeps a tile of rows x panel columns in registers.
+ * compiler (-O3 -march=native) and sepcli/streaming.py (Streamer,
+ * backend="native") calls sep_network() through ctypes once per step; the
+ * torch step there (Streamer._step) is the reference it must equal. Why: a
+ * real-time chunk is only a few frames, so every 1x1 conv is a product of a
+ * few rows with a large weight matrix. BLAS libraries are tuned for large
+ * products and spend most of such a call on overheads; the kernel below
+ * streams each packed weight panel once per step and keeps a tile of rows x
+ * panel columns in registers (the README's "The streaming kernel").
  *
  * Everything is float32 except the cumulative norms' running sums (float64,
  * as in the offline CumulativeLayerNorm). Only GCC/Clang vector extensions
@@ -155,7 +156,9 @@ void sep_gemm(int M, int N, int Kd, const float *x, int ldx, const void *Wp, int
     PROF_ADD(prof_gemm, t0);
 }
 
-/* One ConvBlock, its weights folded as in sepcli.streaming._Block, and its state. */
+/* One ConvBlock and its state: biases and depthwise taps folded as in
+ * sepcli.streaming._Block, the 1x1 convs' matrices the model's own (norm2's
+ * gain is applied to the rows instead, so float16-valued weights stay exact). */
 typedef struct {
     int32_t B, H, P, n_out;   /* n_out = B + Sc: the accumulator's width */
     int32_t n_slope1, n_slope2; /* 1 (shared slope) or H */
