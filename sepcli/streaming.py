@@ -498,7 +498,6 @@ class _Native:
             setattr(net, name, t.data_ptr())
         net.w_dec_stride = dec[0].numel()
         net.blocks = self.structs
-        self.tail = st._masked_tail  # [G, q-1, S, N], replaced by every reset
         self._room = min(sb.cap - sb.pad for sb in self.structs) if len(self.structs) else MAX_STEP_FRAMES
         self._scratch: dict[int, torch.Tensor] = {}
         self.reset(st._masked_tail)
