@@ -44,6 +44,7 @@ import soxr
 import torch
 
 from sepcli.audio import read_audio, write_audio
+from sepcli.augment import AugmentConfig, add_noise, augment_sources
 from sepcli.errors import SepError
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,9 @@ class MixingConfig:
     mixture is still their sum). Speech waveforms are asymmetric and a corpus
     tends to keep one polarity, so a model trained without it can separate
     a sign-flipped recording much worse (README, "Passes").
+    ``augment``: rooms, channel filters, VTLP and noise
+    (:class:`sepcli.augment.AugmentConfig`), None for none. With noise the
+    mixture is the references' sum plus the noise.
     """
 
     n_src: int = 2
@@ -304,6 +308,7 @@ class MixingConfig:
     sampling: str = "duration"
     n_active: tuple[int, ...] | None = None
     random_polarity: bool = False
+    augment: AugmentConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_src, int) or self.n_src < 1:
@@ -368,7 +373,7 @@ def _gains_db(rng: np.random.Generator, cfg: MixingConfig) -> np.ndarray:
 def make_mixture(
     corpus: Corpus, rng: np.random.Generator, cfg: MixingConfig
 ) -> tuple[np.ndarray, np.ndarray, MixtureInfo]:
-    """Draw one mixture. Returns ``(mix, ref, info)`` with ``mix == ref.sum(0)``.
+    """Draw one mixture. Returns ``(mix, ref, info)`` with ``mix == ref.sum(0)`` (plus noise, if augmented).
 
     Shape: mix [T], ref [S, T].
     """
@@ -410,6 +415,12 @@ def make_mixture(
         pad = int(rng.integers(0, length - len(x) + 1)) if seg is not None else 0
         ref[k, pad : pad + len(x)] = x
         pads.append(pad)
+    aug = cfg.augment if cfg.augment is not None and cfg.augment.active else None
+    # Its own stream, seeded only when asked, so mixtures without augmentation
+    # stay the ones earlier runs saw.
+    arng = np.random.default_rng(rng.integers(2**63)) if aug is not None else None
+    if aug is not None:
+        ref = augment_sources(ref, arng, aug, sr)
     gains = _gains_db(rng, cfg)
     ref *= (10.0 ** (gains / 20.0)).astype(np.float32)[:, None]
     level_db = rng.uniform(*cfg.level_range)
@@ -424,6 +435,8 @@ def make_mixture(
         scale *= 0.9 / peak  # no clipping in the mixture or any source
     ref *= np.float32(scale)
     mix = ref.sum(0)
+    if aug is not None and arng.random() < aug.noise:
+        mix = add_noise(mix, arng, float(arng.uniform(*aug.noise_snr)))
     info = MixtureInfo(
         utterances=list(utts),
         speakers=[corpus.utterances[u].speaker for u in utts],

@@ -100,6 +100,9 @@ class TrainConfig:
     snr_range: list = field(default_factory=lambda: [0.0, 5.0])
     level_range: list = field(default_factory=lambda: [-30.0, -20.0])
     random_polarity: bool = False  # flip each training source's sign with probability 1/2
+    # dynamic mixing: rooms, channel filters, VTLP, noise (sepcli.augment.AugmentConfig's fields),
+    # e.g. {reverb = 0.5, eq = 0.5}; None: clean mixtures. Validation stays clean.
+    augment: dict | None = None
     sampling: str = "duration"  # "duration" or "speaker"
     mode: str = "min"  # pre-mixed sets: reconcile file lengths by cutting ("min") or padding
     # dynamic mixing: talking speakers per training mixture, e.g. [2, 3] (None: the model's
@@ -146,7 +149,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "data": (
         "train", "valid", "speakers_split", "segment", "epoch_size", "valid_size",
         "valid_segment", "valid_max_seconds", "valid_seed", "speed_perturb", "snr_range",
-        "level_range", "random_polarity", "sampling", "mode", "workers", "speaker_counts",
+        "level_range", "random_polarity", "augment", "sampling", "mode", "workers", "speaker_counts",
     ),
     "optim": (
         "batch_size", "valid_batch_size", "lr", "weight_decay", "clip", "patience",
@@ -292,6 +295,9 @@ def _check_config(cfg: TrainConfig) -> None:
         raise SepError(f"distill_weight must be between 0 and 1, got {w!r}")
     if cfg.sampling not in ("duration", "speaker"):
         raise SepError(f"sampling must be 'duration' or 'speaker', got {cfg.sampling!r}")
+    from sepcli.augment import AugmentConfig
+
+    AugmentConfig.from_dict(cfg.augment)  # SepError on unknown keys or bad values, before any data loads
     if cfg.mode not in ("min", "max"):
         raise SepError(f"mode must be 'min' or 'max', got {cfg.mode!r}")
 
@@ -477,7 +483,8 @@ def _trim_log(path: Path, step: int, epoch: int) -> None:
 
 
 def _mixing(cfg: TrainConfig, n_src: int, segment: float, speed: list | None,
-            n_active: list | None = None, polarity: bool = False):
+            n_active: list | None = None, polarity: bool = False, augment: dict | None = None):
+    from sepcli.augment import AugmentConfig
     from sepcli.data import MixingConfig
 
     return MixingConfig(
@@ -485,6 +492,7 @@ def _mixing(cfg: TrainConfig, n_src: int, segment: float, speed: list | None,
         speed_range=None if speed is None else tuple(speed),
         level_range=tuple(cfg.level_range), sampling=cfg.sampling,
         n_active=None if n_active is None else tuple(n_active), random_polarity=polarity,
+        augment=AugmentConfig.from_dict(augment),
     )
 
 
@@ -532,6 +540,8 @@ def build_datasets(cfg: TrainConfig, sample_rate: int, n_src: int) -> tuple[Any,
     if is_mixture_set(cfg.train):
         if cfg.speaker_counts is not None:
             raise SepError("speaker_counts applies to dynamic mixing; the training data is a pre-mixed set")
+        if cfg.augment:
+            raise SepError("augment needs dynamic mixing (a corpus of speaker folders), not a pre-mixed training set")
         if cfg.random_polarity:
             raise SepError("random_polarity needs dynamic mixing (a corpus of speaker folders), "
                            "not a pre-mixed training set")
@@ -543,7 +553,8 @@ def build_datasets(cfg: TrainConfig, sample_rate: int, n_src: int) -> tuple[Any,
         c = corpus(cfg.train, "train", cfg.speakers_split is not None, n_train)
         train_speakers = set(c.speakers)
         train_set = DynamicMixDataset(
-            c, _mixing(cfg, n_train, cfg.segment, cfg.speed_perturb, cfg.speaker_counts, cfg.random_polarity),
+            c, _mixing(cfg, n_train, cfg.segment, cfg.speed_perturb, cfg.speaker_counts, cfg.random_polarity,
+                       cfg.augment),
             cfg.epoch_size,
             cfg.seed,
         )
