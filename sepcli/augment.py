@@ -100,7 +100,10 @@ def room_rirs(rng: np.random.Generator, n_src: int, sample_rate: int, rt60: floa
     The common leading delay (the nearest talker's direct path) is removed, so the
     talkers keep their relative delays. Shape: [S, taps].
     """
-    import pyroomacoustics as pra  # only training needs it
+    try:
+        import pyroomacoustics as pra  # only training needs it
+    except ImportError:
+        raise SepError("simulated rooms (augment.reverb) need pyroomacoustics: pip install 'sepcli[train]'") from None
 
     dim = rng.uniform([3.0, 3.0, 2.4], [10.0, 8.0, 4.0])
     while True:
