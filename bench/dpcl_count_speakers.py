@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from sepcli import registry
-from sepcli.data import Corpus, MixingConfig, make_mixture
+from sepcli.training.corpus import Corpus
+from sepcli.training.data import MixingConfig, make_mixture
 from sepcli.metrics import pit_si_snr, si_snr
 from sepcli.models.deep_clustering import embedding_shares
 

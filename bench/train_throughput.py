@@ -3,7 +3,7 @@
 Times full training steps (forward, loss, backward, clipping, Adam) of the
 models in the shipped recipes, and of the paper-size Conv-TasNet, on random
 mixtures of the recipe's segment length and batch size. Data loading is left
-out (dynamic mixing costs ~3 ms per mixture, see sepcli.data). Validation
+out (dynamic mixing costs ~3 ms per mixture, see sepcli.training.data). Validation
 (``model.separate``) is timed too, since it runs every epoch.
 
 Usage (2 CPU cores, as in the README table)::
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sepcli import registry  # noqa: E402
-from sepcli.train import make_config, read_recipe  # noqa: E402
+from sepcli.training.config import make_config, read_recipe  # noqa: E402
 
 DEFAULT_RECIPES = ["convtasnet.toml", "convtasnet-causal.toml", "dpcl.toml"]
 # batch 2: at batch 4 x 4 s the paper model keeps ~12 GB of activations for backward

@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT / "recipes"))
 from ship import update_shipped  # noqa: E402
 
 from sepcli import registry  # noqa: E402
-from sepcli.data import Corpus, MixingConfig, make_mixture  # noqa: E402
+from sepcli.training.corpus import Corpus
+from sepcli.training.data import MixingConfig, make_mixture  # noqa: E402
 from sepcli.models.deep_clustering import count_features, embedding_shares, fit_count_classifier  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "librispeech-8k"

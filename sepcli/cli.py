@@ -399,7 +399,7 @@ def mix_cmd(
           --speakers-split recipes/splits/librispeech-8k.json --split valid --segment 4
       sep mix corpus/ --out data/test3 -n 300 --n-src 3 --mode max --seed 7
     """
-    from sepcli.data import build_mixture_set
+    from sepcli.training.data import build_mixture_set
 
     summary = build_mixture_set(
         list(corpus), out, n_mixtures, n_src=n_src, sample_rate=sample_rate, mode=mode, segment=segment,
@@ -492,7 +492,7 @@ def train_cmd(
     """
     import os
 
-    from sepcli import train as training
+    from sepcli.training import loop as training
 
     _setup_logging(quiet)
     overrides = training.parse_set(settings)

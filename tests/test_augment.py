@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from sepcli.augment import AugmentConfig, _peaking, add_noise, augment_sources, room_rirs, vtlp
-from sepcli.data import Corpus, MixingConfig, make_mixture
+from sepcli.training.augment import AugmentConfig, _peaking, add_noise, augment_sources, room_rirs, vtlp
+from sepcli.training.corpus import Corpus
+from sepcli.training.data import MixingConfig, make_mixture
 from sepcli.errors import SepError
 
 SR = 8000
@@ -86,7 +87,7 @@ def _corpus() -> Corpus:
     rng = np.random.default_rng(0)
     corpus = Corpus.__new__(Corpus)
     # two speakers of noise "utterances" are enough to mix; built by hand so no file is read
-    from sepcli.data import Utterance
+    from sepcli.training.corpus import Utterance
 
     utts = []
     for spk in ("a", "b", "c"):

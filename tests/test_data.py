@@ -1,4 +1,4 @@
-"""Tests for sepcli.data: corpus discovery, dynamic mixing, mixture sets, sep mix."""
+"""Tests for sepcli.training.data and .corpus: corpus discovery, dynamic mixing, mixture sets, sep mix."""
 from __future__ import annotations
 
 import csv
@@ -10,17 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sepcli.data import (
-    Corpus,
-    DynamicMixDataset,
-    MixingConfig,
-    MixtureSetDataset,
-    build_mixture_set,
-    find_speakers,
-    load_split,
-    make_mixture,
-    select_split,
-)
+from sepcli.training.corpus import Corpus, find_speakers, load_split, select_split
+from sepcli.training.data import DynamicMixDataset, MixingConfig, MixtureSetDataset, build_mixture_set, make_mixture
 from sepcli.errors import SepError
 
 SR = 8000

@@ -31,7 +31,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from sepcli.data import find_speakers, select_split  # noqa: E402
+from sepcli.training.corpus import find_speakers, select_split  # noqa: E402
 
 WHEELS = ["soundfile==0.13.1", "cffi==2.1.1", "pycparser==3.12", "soxr==1.1.0"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",

@@ -1,4 +1,4 @@
-"""``sep train``: the training loop, checkpoints, exact resume and multi-process runs.
+"""``sep train``'s loop: the library behind it (:func:`train`), validation, distillation, stopping.
 
 A run lives in one folder (``RUN_DIR``):
 
@@ -15,7 +15,7 @@ A run lives in one folder (``RUN_DIR``):
 * ``config.json``: the resolved config, for people.
 
 Exact resume: mixture ``i`` of epoch ``e`` depends only on ``(seed, e, i)``
-(:mod:`sepcli.data`), the batch order of an epoch only on ``(seed, e)``
+(:mod:`sepcli.training.data`), the batch order of an epoch only on ``(seed, e)``
 (:class:`torch.utils.data.DistributedSampler`), and the RNG states are
 restored, so ``--resume`` continues with the very batches an uninterrupted
 run would have seen. On CPU with the same thread count the losses match to
@@ -38,15 +38,8 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # the same parser, before it joined the standard library
-    import tomli as tomllib
 
 import numpy as np
 import torch
@@ -54,557 +47,45 @@ import torch.distributed as dist
 from torch import nn
 
 from sepcli import __version__, registry
-from sepcli.audio import temp_path_for
 from sepcli.errors import SepError
 from sepcli.losses import distillation_loss
+from sepcli.training.checkpoint import (
+    BEST,
+    CHECKPOINT_FORMAT,
+    CONFIG,
+    LAST,
+    LOG,
+    RECIPE,
+    _atomic_write_bytes,
+    _prepare_run_dir,
+    _rng_state,
+    _set_rng_state,
+    _trim_log,
+    _write_json,
+    load_checkpoint,
+)
+from sepcli.training.config import (
+    PATH_KEYS,
+    RESUMABLE_KEYS,
+    TrainConfig,
+    TrainResult,
+    _abs_path,
+    _check_config,
+    make_config,
+    parse_set,
+    read_recipe,
+)
+from sepcli.training.datasets import _ListSampler, build_datasets, epoch_indices
+from sepcli.training.distributed import _any_rank, _broadcast, _Dist, _init_distributed, _pick_device
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "sep-train-1"
-LAST = "last.pt"
-BEST = "best.safetensors"
-LOG = "log.jsonl"
-CONFIG = "config.json"
-RECIPE = "recipe.toml"
 MAX_BAD_STEPS = 20  # consecutive non-finite gradients before a run is declared diverged
 NORM_MIXTURES = 200  # training mixtures used by models that fit input statistics
 WAVEFORM_FAMILIES = ("convtasnet",)  # forward(mix) gives waveforms: they can teach or learn from one
 
-
-# ----------------------------------------------------------------------------- config
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (saved in every checkpoint).
-
-    Recipes (TOML) group the fields in sections: ``[model]`` (``family``) with
-    ``[model.config]`` (the family's config dataclass, see :mod:`sepcli.registry`),
-    ``[data]``, ``[optim]`` and ``[run]``; see :data:`SECTIONS`.
-    """
-
-    # [model]
-    family: str = "convtasnet"
-    model: dict = field(default_factory=dict)  # the family's config (n_src, sample_rate, ...)
-    # [data]
-    train: str | None = None  # corpus folder/glob (dynamic mixing) or mixture set folder
-    valid: str | None = None  # same kinds; None: the corpus's 'valid' speakers
-    speakers_split: str | None = None  # JSON speaker split (see sepcli.data.load_split)
-    segment: float = 4.0  # seconds per training mixture
-    epoch_size: int = 2000  # dynamic mixing: mixtures per epoch (all processes together)
-    valid_size: int = 200  # dynamic validation set: mixtures
-    valid_segment: float = 4.0  # dynamic validation set: seconds per mixture
-    valid_max_seconds: float | None = None  # pre-mixed validation set: cut longer files
-    valid_seed: int = 0  # the validation set does not change with the training seed
-    speed_perturb: list | None = field(default_factory=lambda: [0.95, 1.05])
-    snr_range: list = field(default_factory=lambda: [0.0, 5.0])
-    level_range: list = field(default_factory=lambda: [-30.0, -20.0])
-    random_polarity: bool = False  # flip each training source's sign with probability 1/2
-    # dynamic mixing: rooms, channel filters, VTLP, noise (sepcli.augment.AugmentConfig's fields),
-    # e.g. {reverb = 0.5, eq = 0.5}; None: clean mixtures. Validation stays clean.
-    augment: dict | None = None
-    sampling: str = "duration"  # "duration" or "speaker"
-    mode: str = "min"  # pre-mixed sets: reconcile file lengths by cutting ("min") or padding
-    # dynamic mixing: talking speakers per training mixture, e.g. [2, 3] (None: the model's
-    # n_src); references get silent rows up to the largest, so only for models whose loss
-    # takes silent references (dpcl). Validation keeps the model's n_src.
-    speaker_counts: list | None = None
-    workers: int = 0  # DataLoader worker processes
-    # [optim]
-    batch_size: int = 4  # per process
-    valid_batch_size: int = 4
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    clip: float = 5.0  # gradient-norm clipping; 0 disables
-    patience: int = 3  # epochs without improvement before the LR halves
-    lr_factor: float = 0.5
-    early_stop: int = 10  # epochs without improvement before stopping; 0 disables
-    max_epochs: int = 100
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
-    # bfloat16 autocast on CPUs that multiply it natively (AVX512-BF16, AMX):
-    # the convolutions' products in bfloat16, weights, optimiser and validation
-    # in float32. Conv-TasNet steps ~1.4x faster with compile (bench/train_throughput.py).
-    amp_cpu: bool = False
-    # Knowledge distillation: a trained waveform model (shipped name or .safetensors)
-    # whose outputs are a second target. The loss is (1 - distill_weight) x PIT SI-SNR
-    # against the references + distill_weight x PIT SI-SNR against the teacher's
-    # estimates. Why: a causal student cannot see the future, so the references ask for
-    # what it cannot do; a non-causal teacher's estimates are a reachable target
-    # (README, "Distillation").
-    teacher: str | None = None
-    distill_weight: float = 0.5
-    # [run]
-    seed: int = 0
-    checkpoint_minutes: float = 10.0
-    log_every: int = 20  # steps between log lines
-    compile: bool = False  # torch.compile the training step (CPU: ~1.7x for Conv-TasNet)
-    keep_epochs: bool = False  # also export every epoch's weights (epochN.safetensors), for recipes/average.py
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-SECTIONS: dict[str, tuple[str, ...]] = {
-    "model": ("family", "config"),
-    "data": (
-        "train", "valid", "speakers_split", "segment", "epoch_size", "valid_size",
-        "valid_segment", "valid_max_seconds", "valid_seed", "speed_perturb", "snr_range",
-        "level_range", "random_polarity", "augment", "sampling", "mode", "workers", "speaker_counts",
-    ),
-    "optim": (
-        "batch_size", "valid_batch_size", "lr", "weight_decay", "clip", "patience",
-        "lr_factor", "early_stop", "max_epochs", "amp", "amp_cpu", "teacher", "distill_weight",
-    ),
-    "run": ("seed", "checkpoint_minutes", "log_every", "compile", "keep_epochs"),
-}
-"""Recipe sections and the :class:`TrainConfig` fields each may set."""
-
-PATH_KEYS = ("train", "valid", "speakers_split")
-# Fields a resumed run may change: they steer the session, not the result
-# (amp_cpu changes rounding only, as moving a run to another device does).
-RESUMABLE_KEYS = {"checkpoint_minutes", "log_every", "workers", "max_epochs", "early_stop",
-                  "valid_batch_size", "compile", "keep_epochs", "amp_cpu"}
-
-
-def _abs_path(value: str, base: str | os.PathLike | None = None) -> str:
-    """Absolute form of a path or glob, relative to ``base`` (default: the working
-    directory). A trailing slash is kept: in a glob it means folders only."""
-    p = os.path.expanduser(value)
-    if not os.path.isabs(p):
-        p = os.path.join(os.fspath(base) if base is not None else os.getcwd(), p)
-    out = os.path.normpath(p)
-    return out + os.sep if value.endswith(("/", os.sep)) and not out.endswith(os.sep) else out
-
-
-def _teacher_path(value: str, base: str | os.PathLike | None = None) -> str:
-    """A teacher given as a shipped model name becomes that model's file, so a
-    resumed run keeps the teacher it started with (its SHA-256 is checked)."""
-    shipped = registry.shipped_models()
-    if value in shipped and not os.path.exists(os.path.join(base or os.getcwd(), value)):
-        return str(Path(shipped[value]["path"]).resolve())
-    return _abs_path(value, base)
-
-
-def read_recipe(path: str | os.PathLike) -> tuple[dict, str]:
-    """Read a TOML recipe into flat :class:`TrainConfig` keys, plus its text.
-
-    Relative paths in a recipe are relative to the recipe file's folder, so a
-    recipe works from any working directory. Unknown sections or keys are errors.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SepError(f"recipe not found: {path}") from None
-    except OSError as exc:
-        raise SepError(f"cannot read recipe {path}: {exc.strerror}") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SepError(f"{path}: not valid TOML ({exc})") from None
-    flat: dict[str, Any] = {}
-    for section, values in raw.items():
-        if section not in SECTIONS or not isinstance(values, dict):
-            raise SepError(f"{path}: unknown section [{section}]; valid: {', '.join(SECTIONS)}")
-        for key, value in values.items():
-            if key not in SECTIONS[section]:
-                raise SepError(
-                    f"{path}: unknown key {key!r} in [{section}]; valid: {', '.join(SECTIONS[section])}"
-                )
-            if section == "model" and key == "config":
-                if not isinstance(value, dict):
-                    raise SepError(f"{path}: [model.config] must be a table")
-                flat["model"] = dict(value)
-            else:
-                flat[key] = value
-    base = path.resolve().parent
-    for key in PATH_KEYS:
-        if isinstance(flat.get(key), str):
-            flat[key] = _abs_path(flat[key], base)
-    if isinstance(flat.get("teacher"), str):
-        flat["teacher"] = _teacher_path(flat["teacher"], base)
-    return flat, text
-
-
-def make_config(base: dict | None = None, **overrides: Any) -> TrainConfig:
-    """A :class:`TrainConfig` from recipe values and overrides (None = not given).
-
-    ``model`` overrides are merged key by key into the recipe's model config.
-    """
-    values = dict(base or {})
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key == "model":
-            values["model"] = {**values.get("model", {}), **value}
-        else:
-            values[key] = value
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SepError(f"unknown training setting(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-    cfg = TrainConfig(**values)
-    _check_config(cfg)
-    return cfg
-
-
-def _check_config(cfg: TrainConfig) -> None:
-    def positive(name: str, integer: bool = False, allow_zero: bool = False) -> None:
-        v = getattr(cfg, name)
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
-        if integer:
-            ok = ok and float(v).is_integer()
-        if not ok:
-            kind = "integer" if integer else "number"
-            raise SepError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} {kind}, got {v!r}")
-
-    for name in ("segment", "valid_segment", "lr", "checkpoint_minutes"):
-        positive(name)
-    for name in ("epoch_size", "valid_size", "batch_size", "valid_batch_size", "max_epochs", "log_every"):
-        positive(name, integer=True)
-    for name in ("patience", "early_stop", "workers"):
-        positive(name, integer=True, allow_zero=True)
-    for name in ("clip", "weight_decay"):
-        positive(name, allow_zero=True)
-    if not 0 < cfg.lr_factor < 1:
-        raise SepError(f"lr_factor must be between 0 and 1, got {cfg.lr_factor!r}")
-    if not isinstance(cfg.model, dict):
-        raise SepError("model config must be a table of the family's settings")
-    if not isinstance(cfg.random_polarity, bool):
-        raise SepError(f"random_polarity must be true or false, got {cfg.random_polarity!r}")
-    if isinstance(cfg.speed_perturb, str) and cfg.speed_perturb.lower() in ("none", "off", "false"):
-        cfg.speed_perturb = None
-    for name in ("speed_perturb", "snr_range", "level_range"):
-        v = getattr(cfg, name)
-        if v is None and name == "speed_perturb":
-            continue
-        if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(isinstance(x, (int, float)) for x in v):
-            raise SepError(f"{name} must be [low, high], got {v!r}")
-        setattr(cfg, name, [float(v[0]), float(v[1])])
-    for name in PATH_KEYS:
-        v = getattr(cfg, name)
-        if isinstance(v, str):
-            # Absolute, so a resumed run finds its data from any working directory.
-            setattr(cfg, name, _abs_path(v))
-    if cfg.teacher is not None:
-        if not isinstance(cfg.teacher, str) or not cfg.teacher:
-            raise SepError(f"teacher must be a model name or path, got {cfg.teacher!r}")
-        cfg.teacher = _teacher_path(cfg.teacher)
-    w = cfg.distill_weight
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
-        raise SepError(f"distill_weight must be between 0 and 1, got {w!r}")
-    if cfg.sampling not in ("duration", "speaker"):
-        raise SepError(f"sampling must be 'duration' or 'speaker', got {cfg.sampling!r}")
-    from sepcli.augment import AugmentConfig
-
-    AugmentConfig.from_dict(cfg.augment)  # SepError on unknown keys or bad values, before any data loads
-    if cfg.mode not in ("min", "max"):
-        raise SepError(f"mode must be 'min' or 'max', got {cfg.mode!r}")
-
-
-def parse_set(items: list[str] | tuple[str, ...]) -> dict:
-    """``["lr=5e-4", "model.X=4"]`` -> overrides for :func:`make_config` (values parsed as TOML)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise SepError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text  # bare words are strings
-        if key.startswith("model."):
-            out.setdefault("model", {})[key[len("model."):]] = value
-        else:
-            out[key.split(".")[-1] if key.split(".")[0] in SECTIONS else key] = value
-    return out
-
-
-# ----------------------------------------------------------------------------- results
-
-
-@dataclass
-class TrainResult:
-    """How a call to :func:`train` ended."""
-
-    run_dir: Path
-    reason: str  # "finished", "early_stop", "max_steps", "max_minutes", "interrupted"
-    epoch: int  # epochs completed
-    step: int  # optimizer steps taken in total
-    best_si_snri: float | None
-    best_epoch: int | None
-    best_path: Path | None
-    elapsed: float  # seconds of training, all sessions
-
-
-# ----------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class _Dist:
-    world: int = 1
-    rank: int = 0
-    local_rank: int = 0
-    owned: bool = False  # we initialised the process group, so we tear it down
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device: str | None) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-    owned = False
-    if not dist.is_initialized():
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        owned = True
-    return _Dist(world, rank, local_rank, owned)
-
-
-def _broadcast(obj: Any, d: _Dist) -> Any:
-    """Send rank 0's ``obj`` to every rank (pickled by torch; our own processes only)."""
-    if d.world == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _any_rank(flag: bool, d: _Dist, device: torch.device) -> bool:
-    if d.world == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def _pick_device(device: str | None, d: _Dist) -> torch.device:
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SepError(f"unknown device {device!r} (e.g. cpu, cuda, cuda:1)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SepError("--device cuda: no CUDA GPU is available")
-        if d.world > 1:
-            dev = torch.device("cuda", d.local_rank)
-    return dev
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = temp_path_for(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not land before the data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "numpy_has_gauss": int(np_state[3]),
-        "numpy_cached_gauss": float(np_state[4]),
-        "python": [int(v) for v in random.getstate()[1]],
-        "python_version": int(random.getstate()[0]),
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state((
-        "MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
-        state["numpy_has_gauss"], state["numpy_cached_gauss"],
-    ))
-    random.setstate((state["python_version"], tuple(state["python"]), None))
-
-
-def load_checkpoint(run_dir: str | os.PathLike) -> dict:
-    """Read ``RUN_DIR/last.pt`` (no code execution: ``weights_only=True``)."""
-    path = Path(run_dir) / LAST
-    if not path.is_file():
-        raise SepError(f"no checkpoint to resume: {path} not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise SepError(f"{path}: not a readable training checkpoint ({exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise SepError(f"{path}: not a sep training checkpoint")
-    return ckpt
-
-
-def _trim_log(path: Path, step: int, epoch: int) -> None:
-    """Drop log lines written after the checkpoint we resume from, so a resumed
-    run's log reads as if it had never stopped."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by kill -9
-        if rec.get("event") == "valid" and rec.get("epoch", 0) >= epoch:
-            continue
-        if rec.get("event") == "train" and rec.get("step", 0) > step:
-            continue
-        keep.append(line)
-    _atomic_write_bytes(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def _mixing(cfg: TrainConfig, n_src: int, segment: float, speed: list | None,
-            n_active: list | None = None, polarity: bool = False, augment: dict | None = None):
-    from sepcli.augment import AugmentConfig
-    from sepcli.data import MixingConfig
-
-    return MixingConfig(
-        n_src=n_src, segment=segment, snr_range=tuple(cfg.snr_range),
-        speed_range=None if speed is None else tuple(speed),
-        level_range=tuple(cfg.level_range), sampling=cfg.sampling,
-        n_active=None if n_active is None else tuple(n_active), random_polarity=polarity,
-        augment=AugmentConfig.from_dict(augment),
-    )
-
-
-def _train_n_src(cfg: TrainConfig, n_src: int) -> int:
-    """Reference rows of a training mixture: the largest of ``speaker_counts``, else ``n_src``."""
-    counts = cfg.speaker_counts
-    if counts is None:
-        return n_src
-    if not isinstance(counts, list) or not counts or any(
-        isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in counts
-    ):
-        raise SepError(f"speaker_counts must be a list of positive integers like [2, 3], got {counts!r}")
-    return max(counts)
-
-
-def build_datasets(cfg: TrainConfig, sample_rate: int, n_src: int) -> tuple[Any, Any, bool]:
-    """Training and validation datasets for ``cfg``.
-
-    Returns ``(train_set, valid_set, valid_fixed_length)``. A folder with
-    ``mix/`` and ``s1/`` is a pre-mixed set; anything else is a corpus for
-    dynamic mixing (``train`` speakers of the split file for training; the
-    ``valid`` speakers, or the whole ``valid`` corpus, for validation).
-    """
-    from sepcli.data import (
-        Corpus,
-        DynamicMixDataset,
-        MixtureSetDataset,
-        find_speakers,
-        is_mixture_set,
-        select_split,
-    )
-
-    if not cfg.train:
-        raise SepError("no training data: give --train (a corpus folder or mixture set) or a recipe")
-    scanned: dict[str, dict] = {}
-
-    def corpus(path: str, split: str, use_split: bool, min_speakers: int = n_src) -> Corpus:
-        if path not in scanned:
-            scanned[path] = find_speakers(path)
-        spk = select_split(scanned[path], cfg.speakers_split if use_split else None,
-                           split if use_split else "train")
-        return Corpus(spk, sample_rate, min_speakers=min_speakers)
-
-    n_train = _train_n_src(cfg, n_src)
-    if is_mixture_set(cfg.train):
-        if cfg.speaker_counts is not None:
-            raise SepError("speaker_counts applies to dynamic mixing; the training data is a pre-mixed set")
-        if cfg.augment:
-            raise SepError("augment needs dynamic mixing (a corpus of speaker folders), not a pre-mixed training set")
-        if cfg.random_polarity:
-            raise SepError("random_polarity needs dynamic mixing (a corpus of speaker folders), "
-                           "not a pre-mixed training set")
-        train_set = MixtureSetDataset(
-            cfg.train, sample_rate, n_src, mode=cfg.mode, segment=cfg.segment, seed=cfg.seed
-        )
-        train_speakers: set[str] = set()
-    else:
-        c = corpus(cfg.train, "train", cfg.speakers_split is not None, n_train)
-        train_speakers = set(c.speakers)
-        train_set = DynamicMixDataset(
-            c, _mixing(cfg, n_train, cfg.segment, cfg.speed_perturb, cfg.speaker_counts, cfg.random_polarity,
-                       cfg.augment),
-            cfg.epoch_size,
-            cfg.seed,
-        )
-    valid = cfg.valid
-    if valid is None:
-        if cfg.speakers_split is None or is_mixture_set(cfg.train):
-            raise SepError(
-                "no validation data: give --valid (a mixture set or corpus), or --speakers-split "
-                "to validate on the corpus's 'valid' speakers"
-            )
-        valid = cfg.train
-    if is_mixture_set(valid):
-        valid_set = MixtureSetDataset(
-            valid, sample_rate, n_src, mode=cfg.mode, segment=None, max_seconds=cfg.valid_max_seconds
-        )
-        fixed = False
-    else:
-        vc = corpus(valid, "valid", cfg.speakers_split is not None)
-        shared = train_speakers & set(vc.speakers)
-        if shared:
-            log.warning(
-                "%d validation speaker(s) also train (%s): validation will flatter the model",
-                len(shared), ", ".join(sorted(shared)[:5]),
-            )
-        valid_set = DynamicMixDataset(
-            vc, _mixing(cfg, n_src, cfg.valid_segment, None), cfg.valid_size, cfg.valid_seed
-        )
-        fixed = True
-    return train_set, valid_set, fixed
-
-
-class _ListSampler(torch.utils.data.Sampler):
-    def __init__(self, indices: list[int]) -> None:
-        self.indices = indices
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def epoch_indices(n_items: int, epoch: int, seed: int, world: int, rank: int, shuffle: bool = True) -> list[int]:
-    """This rank's items of an epoch, in order: a function of (seed, epoch) only."""
-    sampler = torch.utils.data.DistributedSampler(
-        range(n_items), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
-    )
-    sampler.set_epoch(epoch)
-    return list(sampler)
-
+__all__ = ["train", "validate", "load_teacher", "TrainConfig", "TrainResult", "make_config", "parse_set",
+           "read_recipe", "build_datasets", "epoch_indices", "load_checkpoint", "RESUMABLE_KEYS"]
 
 # ----------------------------------------------------------------------------- validation
 
@@ -780,30 +261,6 @@ class _StopSignal:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-
-
-def _prepare_run_dir(out: Path, resume: bool, force: bool) -> dict | None:
-    """Rank 0: check or clean RUN_DIR; returns the checkpoint when resuming."""
-    if resume:
-        ckpt = load_checkpoint(out)
-        for stale in out.glob(f".{LAST}.*.tmp"):
-            stale.unlink(missing_ok=True)  # a save cut short by kill -9
-        return ckpt
-    if out.exists() and not out.is_dir():
-        raise SepError(f"{out} exists and is not a folder")
-    if (out / LAST).exists() or (out / LOG).exists():
-        if not force:
-            raise SepError(
-                f"{out} already holds a run; use --resume {out} to continue it, --force to "
-                "start over, or another --out"
-            )
-        for name in (LAST, BEST, LOG, CONFIG, RECIPE):
-            (out / name).unlink(missing_ok=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SepError(f"cannot create run folder {out}: {exc.strerror}") from None
-    return None
 
 
 def train(
@@ -1218,3 +675,4 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
         best_si_snri=best, best_epoch=best_epoch,
         best_path=(out / BEST) if best is not None else None, elapsed=total_elapsed,
     )
+
