@@ -36,7 +36,6 @@ import logging
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +76,8 @@ from sepcli.training.config import (
 )
 from sepcli.training.datasets import _ListSampler, build_datasets, epoch_indices
 from sepcli.training.distributed import _any_rank, _broadcast, _Dist, _init_distributed, _pick_device
+from sepcli.training.progress import _hms, _Progress
+from sepcli.training.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -86,114 +87,6 @@ WAVEFORM_FAMILIES = ("convtasnet",)  # forward(mix) gives waveforms: they can te
 
 __all__ = ["train", "validate", "load_teacher", "TrainConfig", "TrainResult", "make_config", "parse_set",
            "read_recipe", "build_datasets", "epoch_indices", "load_checkpoint", "RESUMABLE_KEYS"]
-
-# ----------------------------------------------------------------------------- validation
-
-
-@torch.no_grad()
-def validate(
-    model: nn.Module,
-    dataset: Any,
-    *,
-    batch_size: int = 4,
-    device: torch.device | str = "cpu",
-    amp_dtype: torch.dtype | None = None,
-    indices: list[int] | None = None,
-) -> tuple[float, int]:
-    """Sum of per-mixture SI-SNRi (dB) over ``dataset`` (or ``indices`` of it), and the count.
-
-    Estimates come from ``model.separate(mix)``; SI-SNRi is the best-permutation
-    SI-SNR minus the mixture's SI-SNR, averaged over sources.
-    """
-    from sepcli.metrics import pit_si_snr_torch, si_snr_torch
-
-    device = torch.device(device)
-    indices = list(range(len(dataset))) if indices is None else indices
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for start in range(0, len(indices), batch_size):
-            items = [dataset[i] for i in indices[start : start + batch_size]]
-            mix = torch.stack([m for m, _ in items]).to(device)  # [B, T]
-            ref = torch.stack([r for _, r in items]).to(device)  # [B, S, T]
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                est = model.separate(mix)  # [B, S, T]
-            est, ref, mix = est.double(), ref.double(), mix.double()
-            if est.shape != ref.shape:
-                raise SepError(f"model returned {tuple(est.shape)} for references {tuple(ref.shape)}")
-            values, _ = pit_si_snr_torch(est, ref)  # [B, S]
-            base = si_snr_torch(mix[:, None, :].expand_as(ref), ref)  # [B, S]
-            total += float((values - base).mean(1).sum())
-            count += len(items)
-    finally:
-        model.train(was_training)
-    return total, count
-
-
-# ----------------------------------------------------------------------------- progress
-
-
-class _Progress:
-    """Rich live display on a terminal, plain log lines otherwise (rank 0 only)."""
-
-    def __init__(self, enabled: bool, steps_per_epoch: int) -> None:
-        self.steps_per_epoch = steps_per_epoch
-        self.rich = None
-        self.val = "-"
-        if enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.rich = Progress(
-                TextColumn("[bold]epoch {task.fields[epoch]}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TextColumn("loss {task.fields[loss]}  val SI-SNRi {task.fields[val]}  "
-                           "{task.fields[speed]} s/s"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-            self.task = self.rich.add_task("train", total=steps_per_epoch, epoch=0, loss="-",
-                                           val="-", speed="-")
-            self.rich.start()
-        self.enabled = enabled
-
-    def epoch(self, epoch: int, done: int) -> None:
-        if self.rich is not None:
-            fields = dict(self.rich.tasks[0].fields, epoch=epoch)  # reset() replaces all fields
-            self.rich.reset(self.task, total=self.steps_per_epoch, completed=done, **fields)
-
-    def step(self, done: int, loss: float | None = None, speed: float | None = None,
-             line: str | None = None) -> None:
-        if self.rich is not None:
-            fields = {}
-            if loss is not None:
-                fields["loss"] = f"{loss:.3f}"
-            if speed is not None:
-                fields["speed"] = f"{speed:.1f}"
-            self.rich.update(self.task, completed=done, **fields)
-        elif self.enabled and line:
-            log.info("%s", line)
-
-    def valid(self, score: float, line: str) -> None:
-        self.val = f"{score:.2f} dB"
-        if self.rich is not None:
-            self.rich.update(self.task, val=self.val)
-            self.rich.console.print(line)
-        elif self.enabled:
-            log.info("%s", line)
-
-    def close(self) -> None:
-        if self.rich is not None:
-            self.rich.stop()
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
 
 # ----------------------------------------------------------------------------- training
 
