@@ -120,14 +120,14 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     # bfloat16 autocast on CPUs that multiply it natively (AVX512-BF16, AMX):
     # the convolutions' products in bfloat16, weights, optimiser and validation
-    # in float32. Conv-TasNet steps ~1.4x faster with compile (bench/train_throughput.py).
+    # in float32. Faster with compile (docs/training.md, bench/train_throughput.py).
     amp_cpu: bool = False
     # Knowledge distillation: a trained waveform model (shipped name or .safetensors)
     # whose outputs are a second target. The loss is (1 - distill_weight) x PIT SI-SNR
     # against the references + distill_weight x PIT SI-SNR against the teacher's
     # estimates. Why: a causal student cannot see the future, so the references ask for
     # what it cannot do; a non-causal teacher's estimates are a reachable target
-    # (README, "Distillation").
+    # (docs/training.md, "Distillation").
     teacher: str | None = None
     distill_weight: float = 0.5
     # [run]
@@ -1009,8 +1009,8 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
         )
     if cfg.compile:
         # Fuses the element-wise work around the convolutions (norms, PReLU,
-        # masks) into generated kernels: 1.7x faster Conv-TasNet training steps
-        # on CPU, after a minute or two of compiling. The saved state is the
+        # masks) into generated kernels: faster Conv-TasNet training steps
+        # on CPU (docs/training.md), after a minute or two of compiling. The saved state is the
         # plain model's, so checkpoints do not depend on it.
         wrapped = torch.compile(wrapped)
     model.train()
