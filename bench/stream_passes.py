@@ -17,7 +17,7 @@ The three are run in turn, ``--repeats`` times, and the best run of each is
 kept, so that a noisy neighbour on the machine disturbs all three alike.
 Only the compute of ``process`` calls is timed.
 
-Usage (1 thread, as the README's figures)::
+Usage (1 thread, as the figures in docs/streaming.md)::
 
     python bench/stream_passes.py --threads 1 --passes 2 --chunk-ms 2 8 32
 """

@@ -1,8 +1,8 @@
-"""Streaming latency of causal Conv-TasNet: the README table, in Markdown.
+"""Streaming latency of causal Conv-TasNet: the tables in docs/streaming.md, in Markdown.
 
 A thin wrapper around :func:`sepcli.bench.run_bench` (what ``sep bench``
-runs) that prints a Markdown table and can save the JSON. The figures in the
-README come from::
+runs) that prints a Markdown table and can save the JSON. The figures in
+docs/streaming.md come from::
 
     python bench/streaming_latency.py --threads 1 --duration 10 --json bench/streaming_latency.json
 

@@ -6,7 +6,7 @@ mixtures of the recipe's segment length and batch size. Data loading is left
 out (dynamic mixing costs ~3 ms per mixture, see sepcli.training.data). Validation
 (``model.separate``) is timed too, since it runs every epoch.
 
-Usage (2 CPU cores, as in the README table)::
+Usage (2 CPU cores, as in the table in docs/training.md)::
 
     python bench/train_throughput.py --threads 2
     python bench/train_throughput.py --recipe recipes/dpcl.toml --steps 5

@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SEGMENT = 4.0
 """Chunk length in seconds for models that name no ``default_segment`` of
-their own (see the benchmark in the README for the trade-off)."""
+their own (docs/long-recordings.md has the trade-off)."""
 DEFAULT_OVERLAP = 0.25
 """Fraction of each chunk shared with the next (cross-fade and alignment region)."""
 DEFAULT_FILENAME = "{stem}/s{i}.wav"
@@ -391,8 +391,8 @@ class Separator:
         precision: one of :data:`PRECISIONS`, for models with a ``products``
             attribute (set on the model): ``"bfloat16"`` rounds the operands of
             the matrix products only (activations and statistics stay float32):
-            ~1.6x faster offline Conv-TasNet on CPUs with native bfloat16, and
-            tracks within ~45 dB SI-SNR of float32. Other models run float32;
+            faster offline Conv-TasNet on CPUs with native bfloat16 (measured in
+            docs/long-recordings.md). Other models run float32;
             asking them for ``"bfloat16"`` raises SepError. The resolved choice
             is :attr:`precision`.
         passes: forward passes averaged per chunk (test-time augmentation: the
@@ -456,7 +456,7 @@ class Separator:
             raise SepError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size)
         # Sign flips are the model's choice: they pay only for a model trained with
-        # random polarity (README, "Passes").
+        # random polarity (docs/experiments.md, "Passes").
         passes, pass_signs = engine.model_passes(self.model, passes, pass_signs)
         transforms = engine.pass_transforms(passes, int(getattr(self.model, "frame_hop", 1)), signs=pass_signs)
         speeds = engine.model_speeds(self.model, speeds)

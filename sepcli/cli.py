@@ -418,12 +418,12 @@ def mix_cmd(
 @click.option("--config", "recipe", metavar="RECIPE", help="TOML recipe (recipes/*.toml); options below override it.")
 @click.option("--model", "family", metavar="FAMILY", help="Model family to train (convtasnet, dpcl).")
 @click.option("--train", "train_data", metavar="DATA",
-              help="Training data: a corpus folder/glob (dynamic mixing) or a mixture set (mix/, s1/, s2/).")
+              help="A corpus folder/glob (dynamic mixing) or a mixture set (mix/, s1/, s2/).")
 @click.option("--valid", "valid_data", metavar="DATA",
-              help="Validation data (mixture set or corpus); default: the corpus's 'valid' speakers.")
+              help="Validation data; default: the corpus's 'valid' speakers.")
 @click.option("--out", "-o", metavar="RUN_DIR", help="Run folder: last.pt, best.safetensors, log.jsonl.")
 @click.option("--resume", metavar="RUN_DIR", help="Continue the run in RUN_DIR exactly where it stopped.")
-@click.option("--init", metavar="MODEL", help="Start from these weights (.safetensors or shipped name) to fine-tune.")
+@click.option("--init", metavar="MODEL", help="Fine-tune from these weights (.safetensors or shipped name).")
 @click.option("--speakers-split", metavar="FILE", help="JSON speaker split: train on speakers not held out.")
 @click.option("--n-src", type=click.IntRange(min=1), help="Speakers per mixture (model setting).")
 @click.option("--sample-rate", type=click.IntRange(min=1), help="Model sample rate in Hz (data is resampled).")
@@ -439,26 +439,23 @@ def mix_cmd(
 @click.option("--speed-perturb", metavar="LO,HI|none", help="Dynamic mixing speed factor range, or none.")
 @click.option("--seed", type=int, help="Random seed (data, initialisation).")
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes.")
-@click.option("--checkpoint-minutes", type=click.FloatRange(min=0, min_open=True),
+@click.option("--checkpoint-minutes", type=click.FloatRange(min=0, min_open=True), metavar="MIN",
               help="Minutes between checkpoints within an epoch.")
 @click.option("--log-every", type=click.IntRange(min=1), help="Steps between log lines.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (default on).")
 @click.option("--amp-cpu/--no-amp-cpu", default=None,
-              help="bfloat16 products on CPUs with native bfloat16 (AVX512-BF16/AMX): ~1.4x faster "
-                   "Conv-TasNet steps with --compile (default off; validation stays float32).")
+              help="bfloat16 products on CPUs with native bfloat16 (default off; validation stays float32).")
 @click.option("--compile/--no-compile", "compile_step", default=None,
-              help="torch.compile the training step: slower start, faster steps (Conv-TasNet on CPU: ~1.7x).")
+              help="torch.compile the training step: slower start, faster steps.")
 @click.option("--teacher", metavar="MODEL",
-              help="Distil from this trained waveform model (shipped name or .safetensors), e.g. a "
-                   "non-causal teacher for a causal student.")
+              help="Distil from this trained model (shipped name or .safetensors).")
 @click.option("--distill-weight", type=click.FloatRange(0, 1),
-              help="Share of the loss that targets the teacher's estimates instead of the references "
-                   "(default 0.5).")
+              help="Loss share that targets the teacher's estimates (default 0.5).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Any other setting, e.g. --set model.X=4 --set valid_segment=3 (repeatable).")
+              help="Any other setting, e.g. --set model.X=4 (repeatable).")
 @click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for this process.")
-@click.option("--max-steps", type=click.IntRange(min=0), help="Stop (with a checkpoint) after this many steps in total.")
+@click.option("--max-steps", type=click.IntRange(min=0), help="Stop (with a checkpoint) after this many steps.")
 @click.option("--max-minutes", type=click.FloatRange(min=0), help="Stop (with a checkpoint) after this many minutes.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display, warnings only.")
 @click.option("--force", is_flag=True, help="Start over in a RUN_DIR that already holds a run.")
@@ -473,22 +470,10 @@ def train_cmd(
     distill_weight: float | None, settings: tuple[str, ...], device: str | None, threads: int | None,
     max_steps: int | None, max_minutes: float | None, quiet: bool, force: bool,
 ) -> None:
-    """Train a separation model: Adam, LR halving on plateau, early stopping, exact resume.
-
-    Writes RUN_DIR/last.pt (atomically, every --checkpoint-minutes and each
-    epoch), RUN_DIR/best.safetensors (best validation SI-SNRi, ready for
-    sep separate --model) and RUN_DIR/log.jsonl. Relative paths inside a
-    recipe are relative to the recipe file. Ctrl-C (or SIGTERM) checkpoints
-    and stops; --resume continues with the same batches as an uninterrupted
-    run. Under torchrun every process trains a shard (DDP: gloo on CPU, nccl
-    on GPU); only rank 0 writes.
+    """Train a model; writes RUN_DIR/last.pt, best.safetensors, log.jsonl. See docs/training.md.
 
     \b
-    Example:
-      sep train --config recipes/convtasnet.toml --out runs/convtasnet
-      sep train --resume runs/convtasnet --max-minutes 60
-      sep train --model convtasnet --train "corpus/*/" --speakers-split split.json --out runs/x
-      torchrun --nproc_per_node 4 -m sepcli train --config recipes/convtasnet.toml --out runs/ddp
+    Example: sep train --config recipes/convtasnet.toml --out runs/convtasnet
     """
     import os
 
@@ -556,52 +541,38 @@ def train_cmd(
 @main.command("separate")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("--model", "-m", metavar="NAME|PATH",
-              help="Shipped model name or .safetensors checkpoint. Default: the best shipped "
-                   "non-causal model (see `sep models`).")
+              help="Shipped model name or .safetensors checkpoint. Default: see `sep models`.")
 @click.option("--out", "-o", default="separated", show_default=True, metavar="DIR",
               help="Output folder.")
 @click.option("--num-speakers", "-n", metavar="K|auto",
-              help="Number of speakers. Default: the model's. Only clustering models (dpcl) "
-                   "accept another count or 'auto'.")
+              help="Number of speakers; another count or 'auto' for dpcl only.")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
               help="Where the model runs; auto uses CUDA when present.")
 @click.option("--segment", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SEC",
-              help="Chunk length in seconds; longer inputs are processed chunk by chunk. "
-                   "Default: the model's (30 for the shipped models, 4 for untrained presets).")
+              help="Chunk length in seconds. Default: the model's.")
 @click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.25, show_default=True,
-              metavar="F", help="Fraction of each chunk shared with the next (cross-fade and "
-                                "speaker-order alignment; 0 disables alignment).")
+              metavar="F", help="Fraction of each chunk shared with the next (0: no alignment).")
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
               show_default=True,
-              help="Matrix products of Conv-TasNet (gLN): bfloat16 is ~1.6x faster on CPUs with "
-                   "native bfloat16 and within ~45 dB of float32; auto picks it there.")
+              help="Conv-TasNet's matrix products; auto: bfloat16 on CPUs with native bfloat16.")
 @click.option("--passes", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Forward passes averaged per chunk (the input, its sign-flipped copy with "
-                   "--pass-signs, and copies delayed by fractions of the model's frame hop): each "
-                   "costs one more forward, errors partly cancel. "
-                   "Default: the model's (4 for the shipped convtasnet, 2 for convtasnet-causal, 1 for dpcl); "
-                   "1 is the fastest. A causal model's passes stay causal.")
+              help="Forward passes averaged per chunk (sign-flipped and delayed copies); each costs one "
+                   "forward. Default: the model's (sep models).")
 @click.option("--pass-signs/--no-pass-signs", default=None,
-              help="Alternate the input's sign between passes, so the tracks do not depend on the "
-                   "recording's polarity (even --passes). Default: the model's (on for the shipped "
-                   "convtasnet).")
+              help="Alternate the input's sign between passes (polarity-independent output with even "
+                   "--passes). Default: the model's.")
 @click.option("--speeds", default=None, metavar="F,F,...",
-              help="Speed factors at which the model also hears the input (resampled: 0.92 plays it "
-                   "8%% slower), each running --passes, the tracks averaged; costs about 1/F of one "
-                   "speed each. Default: the model's (1,0.92,0.88 for the shipped convtasnet, else 1); "
-                   "1 is the fastest. Non-causal models only.")
+              help="Speed factors (0.92: resampled slower) the model also hears, tracks averaged; each "
+                   "costs about 1/F. Default: the model's. Non-causal models only.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Files separated at once, each with (CPU cores / N) threads.")
 @click.option("--threads", type=click.IntRange(min=1), metavar="N",
-              help="Torch threads per job (default: CPU cores / --jobs). On a machine busy with "
-                   "other work, fewer threads than cores can be much faster.")
+              help="Torch threads per job (default: CPU cores / --jobs).")
 @click.option("--filename", default="{stem}/s{i}.wav", show_default=True, metavar="TEMPLATE",
-              help="Output path under --out. Fields: {stem} input name, {i} speaker number, "
-                   "{n} number of speakers, {parent} input's folder relative to a folder argument.")
+              help="Output path under --out; fields {stem}, {i} speaker, {n} speakers, {parent}.")
 @click.option("--float", "as_float", is_flag=True, help="Write 32-bit float WAV instead of 16-bit PCM.")
 @click.option("--plot", is_flag=True,
-              help="Also write STEM.spectrogram.png (mixture and each speaker) next to the outputs; "
-                   "needs matplotlib (pip install 'sepcli[plot]').")
+              help="Also write STEM.spectrogram.png; needs matplotlib ('.[plot]').")
 @click.option("--force", "-f", is_flag=True, help="Redo inputs whose outputs exist, overwriting them.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (messages go to stderr).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-file lines; only errors.")
@@ -613,12 +584,8 @@ def separate_cmd(
 ) -> None:
     """Separate recordings into one track per speaker: OUT/<stem>/s1.wav, s2.wav, ...
 
-    INPUT is any number of audio files, folders (searched recursively) or
-    glob patterns. Each output has the input's sample rate and exactly its
-    length; the tracks add up to the mixture and are scaled down (with a
-    warning) only if they would clip. Inputs whose outputs all exist are
-    skipped, so an interrupted batch picks up where it stopped. A file that
-    fails does not stop the batch; the exit status is 1 if any failed.
+    INPUT: audio files, folders or glob patterns. Outputs have the input's
+    rate and length; inputs whose outputs exist are skipped.
 
     \b
     Example:
@@ -694,9 +661,7 @@ _backend_option = click.option(
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads (one is fastest for chunks of a few ms).")
 @click.option("--passes", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Forward passes averaged (the input delayed by fractions of a hop; N times the "
-                   "compute, at most one hop more latency). Default: the model's, as sep separate "
-                   "(2 for the shipped convtasnet-causal); 1 is the cheapest.")
+              help="Forward passes averaged (delayed copies; N times the compute). Default: the model's.")
 @_backend_option
 @click.option("--filename", default="{stem}/s{i}.wav", show_default=True, metavar="TEMPLATE",
               help="Output path under --out; fields {stem} (input name, or --name for stdin), {i}, {n}.")
@@ -728,7 +693,6 @@ def stream_cmd(
     Example:
       sep stream meeting.wav --model convtasnet-causal --chunk-ms 8
       arecord -f S16_LE -r 16000 -c 1 -t raw | sep stream - --stdin-rate 16000 --out live/
-      sox talk.flac -t raw -e float -b 32 -c 1 -r 8000 - | sep stream - --stdin-rate 8000 --stdin-format f32le
     """
     import json
 
@@ -834,8 +798,7 @@ def _print_bench(result) -> None:
 @click.option("--naive-chunks", type=click.IntRange(min=0), default=5, show_default=True,
               help="Chunks timed for the naive re-run-everything baseline (0 skips it).")
 @click.option("--passes", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Forward passes averaged per chunk, as sep stream --passes. Default: the model's "
-                   "(2 for the shipped convtasnet-causal, 1 for presets).")
+              help="Forward passes averaged per chunk, as sep stream --passes. Default: the model's.")
 @_backend_option
 @click.option("--offline-model", metavar="NAME|PATH",
               help="Non-causal model whose offline RTF is reported. Default: shipped convtasnet, "

@@ -103,7 +103,7 @@ the overlap's inner products (fractions of the overlap's energy, at most about
 valid speakers (never the test ones) with ``bench/stitch_alignment.py``: of
 0.01, 0.3, 1, 2, 4 and 10, 4 is within one swapped 10-s piece of the best for
 both shipped models at 30-s chunks and for Conv-TasNet at 4-s chunks (the
-README's stitching section has the figures)."""
+figures: docs/long-recordings.md, "Stitching")."""
 SIGNATURE_FFT = 256
 SIGNATURE_BANDS = 32
 SIGNATURE_MEMORY = 4000
@@ -399,7 +399,7 @@ def pass_transforms(passes: int, frame_hop: int = 1, signs: bool = True) -> list
     the same delay, so that with an even count the average is exactly odd,
     ``f(-x) = -f(x)``, as a separator should be. :class:`sepcli.api.Separator`
     asks for signs where the model does (``default_pass_signs``): they pay
-    only for a model trained with random polarity (README, "Passes"). Delays
+    only for a model trained with random polarity (docs/experiments.md, "Passes"). Delays
     are whole samples; a hop too short to split repeats delay 0.
     """
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
@@ -463,7 +463,7 @@ def averaged_fn(fn: SeparateFn, transforms: Sequence[tuple[int, int]], causal: b
     model may order them differently per pass). The mean of the passes is
     the output. For a model that is exactly odd and shift-equivariant every
     pass is the same and the mean changes nothing; a trained model's errors
-    differ between passes and partly cancel (``pass_transforms``; README:
+    differ between passes and partly cancel (``pass_transforms``; docs/experiments.md:
     quality gains per model).
 
     A delay puts zeros in front, so a causal ``fn`` stays causal. With
@@ -562,7 +562,7 @@ def speed_fn(fn: SeparateFn, sample_rate: int, speed: float) -> SeparateFn:
     speed)`` Hz (soxr) and handed to ``fn`` as if at ``sample_rate``; the
     output is resampled back and cut or zero-padded to the input's length.
     A speed below 1 spreads speech over more of the model's frames, which
-    helped the shipped ``convtasnet`` (README, "Speeds"): as an extra view for
+    helped the shipped ``convtasnet`` (docs/experiments.md, "Speeds"): as an extra view for
     :func:`ensemble_fn`, a view of the input that differs more from the plain
     one than a delay does. Not causal (the resampler looks ahead): offline only.
 

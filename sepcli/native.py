@@ -5,7 +5,7 @@ product of a few rows with a large weight matrix. BLAS spends most of such a
 call on overheads; the C kernel streams each packed weight panel once and
 keeps a tile of rows x columns in registers, and runs the blocks' element-wise
 work (PReLU, cumulative norms, the dilated depthwise conv) in the same pass.
-See the README's latency section for what it gains.
+docs/streaming-kernel.md has what it gains.
 
 The source ships with the package and is compiled on first use with the
 machine's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``), with

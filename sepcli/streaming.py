@@ -49,9 +49,9 @@ the model's weights. For chunks of a few ms every chunk reads all the weights
 (~20 MB for the paper network), and BLAS is slow at products of a few rows,
 so on the CPU in float32 the whole step runs by default in compiled C
 (``backend="native"``, :class:`_Native` and :mod:`sepcli.native`: a
-small-row kernel over packed weight panels, 2-5x faster); the torch step
+small-row kernel over packed weight panels, faster); the torch step
 (``backend="torch"``) is the fallback without a C compiler and computes the
-same thing (see the README's latency section).
+same thing (docs/streaming.md has the timings).
 
 :func:`stream_file` and :func:`stream_pcm` (``sep stream``) run files and raw
 PCM pipes through a Streamer in fixed-size chunks and write the same outputs

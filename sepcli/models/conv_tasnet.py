@@ -278,8 +278,8 @@ class ConvTasNet(nn.Module):
 
     ``products`` (gLN models only): the dtype of the matrix products in
     :meth:`separate`'s fast path (see :class:`FoldedInference`): ``torch.float32``
-    (default: ``forward`` up to rounding) or ``torch.bfloat16`` (~1.6x faster
-    on CPUs with native bfloat16; output within ~45 dB of float32).
+    (default: ``forward`` up to rounding) or ``torch.bfloat16`` (faster
+    on CPUs with native bfloat16; docs/long-recordings.md has the figures).
     """
 
     @property
@@ -402,7 +402,7 @@ class ConvTasNet(nn.Module):
         mix = self._check_mix(mix)
         param = self.encoder.weight
         if self.config.norm_type == "gLN" and not self.training and param.dtype == torch.float32:
-            return self._folded()(mix)  # same function, 2.5-4x faster on the CPU
+            return self._folded()(mix)  # same function, faster on the CPU
         return self(mix.to(device=param.device, dtype=param.dtype))
 
     def _folded(self) -> FoldedInference:
@@ -455,9 +455,9 @@ class FoldedInference:
     rounds the operands of the matrix products (the 1x1 convs, the decoder) to
     bfloat16; they accumulate in float32 inside the product, and activations,
     statistics and every element-wise step stay float32. On CPUs with
-    AVX512-BF16 or AMX the products run ~2.5x faster and a forward ~1.6x
-    faster; the output agrees with float32 to ~45 dB SI-SNR, far below the
-    separation error. (Element-wise work in bfloat16 is slower than float32
+    AVX512-BF16 or AMX the products run faster and the output stays far
+    closer to float32 than the separation error (measured in
+    docs/long-recordings.md). (Element-wise work in bfloat16 is slower than float32
     on the CPU, which is why only the products change.)
     Built from the current weights: rebuild after changing them (the model's
     :meth:`ConvTasNet.separate` does that by itself). Keeps its buffers for

@@ -170,7 +170,7 @@ class DeepClustering(nn.Module):
     chunk in five switched speakers part-way, which no alignment between chunks
     can undo. On the 10-minute stitching check (``bench/separate_long.py
     --stitch-check --model dpcl``) 16-30 s chunks removed the swaps and scored
-    about 1 dB higher per piece; see the README."""
+    higher per piece; see docs/long-recordings.md."""
 
     @property
     def frame_hop(self) -> int:

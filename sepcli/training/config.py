@@ -68,14 +68,14 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     # bfloat16 autocast on CPUs that multiply it natively (AVX512-BF16, AMX):
     # the convolutions' products in bfloat16, weights, optimiser and validation
-    # in float32. Conv-TasNet steps ~1.4x faster with compile (bench/train_throughput.py).
+    # in float32. Faster with compile (docs/training.md, bench/train_throughput.py).
     amp_cpu: bool = False
     # Knowledge distillation: a trained waveform model (shipped name or .safetensors)
     # whose outputs are a second target. The loss is (1 - distill_weight) x PIT SI-SNR
     # against the references + distill_weight x PIT SI-SNR against the teacher's
     # estimates. Why: a causal student cannot see the future, so the references ask for
     # what it cannot do; a non-causal teacher's estimates are a reachable target
-    # (README, "Distillation").
+    # (docs/training.md, "Distillation").
     teacher: str | None = None
     distill_weight: float = 0.5
     # [run]

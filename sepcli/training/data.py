@@ -71,7 +71,7 @@ class MixingConfig:
     ``random_polarity``: flip each source's sign with probability 1/2 (the
     mixture is still their sum). Speech waveforms are asymmetric and a corpus
     tends to keep one polarity, so a model trained without it can separate
-    a sign-flipped recording much worse (README, "Passes").
+    a sign-flipped recording much worse (docs/experiments.md, "Passes").
     ``augment``: rooms, channel filters, VTLP and noise
     (:class:`sepcli.training.augment.AugmentConfig`), None for none. With noise the
     mixture is the references' sum plus the noise.

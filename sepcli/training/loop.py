@@ -370,8 +370,8 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
         )
     if cfg.compile:
         # Fuses the element-wise work around the convolutions (norms, PReLU,
-        # masks) into generated kernels: 1.7x faster Conv-TasNet training steps
-        # on CPU, after a minute or two of compiling. The saved state is the
+        # masks) into generated kernels: faster Conv-TasNet training steps
+        # on CPU (docs/training.md), after a minute or two of compiling. The saved state is the
         # plain model's, so checkpoints do not depend on it.
         wrapped = torch.compile(wrapped)
     model.train()
