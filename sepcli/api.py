@@ -57,14 +57,21 @@ import torch
 
 from sepcli import audio, engine, registry
 from sepcli.errors import SepError
+from sepcli.inference import protocol
+from sepcli.inference.settings import (
+    DEFAULT_OVERLAP,
+    DEFAULT_QUALITY,
+    DEFAULT_SEGMENT,
+    QUALITIES,
+    InferenceSettings,
+    check_quality,
+    check_segment,
+    check_speeds,
+    preset_settings,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SEGMENT = 4.0
-"""Chunk length in seconds for models that name no ``default_segment`` of
-their own (see the benchmark in the README for the trade-off)."""
-DEFAULT_OVERLAP = 0.25
-"""Fraction of each chunk shared with the next (cross-fade and alignment region)."""
 DEFAULT_FILENAME = "{stem}/s{i}.wav"
 PRECISIONS = engine.PRECISIONS
 """``precision`` choices (see :func:`sepcli.engine.set_precision`)."""
@@ -112,6 +119,7 @@ class BatchResult:
 
     results: list[SeparationResult]
     model: str = ""
+    quality: str | None = DEFAULT_QUALITY  # preset the settings came from (Separator.quality)
     precision: str = "float32"  # of the matrix products (Separator.precision)
     passes: int = 1  # forward passes averaged (Separator.passes)
     pass_signs: bool = False  # whether they alternate the input's sign (Separator.pass_signs)
@@ -132,6 +140,7 @@ class BatchResult:
     def to_dict(self) -> dict:
         return {
             "model": self.model,
+            "quality": self.quality,
             "precision": self.precision,
             "passes": self.passes,
             "pass_signs": self.pass_signs,
@@ -359,16 +368,6 @@ def _save_plot(path: Path, specs: list[np.ndarray], titles: list[str], sample_ra
 # ----------------------------------------------------------------------------- Separator
 
 
-def _check_segment(segment: Any) -> float:
-    try:
-        segment = float(segment)
-    except (TypeError, ValueError):
-        raise SepError(f"segment must be a number of seconds, got {segment!r}") from None
-    if not (segment > 0 and np.isfinite(segment)):
-        raise SepError(f"segment must be a positive number of seconds, got {segment}")
-    return segment
-
-
 class Separator:
     """A loaded model plus chunking settings; reusable for many inputs.
 
@@ -378,18 +377,22 @@ class Separator:
             ``config`` has ``sample_rate`` and ``n_src``). ``None``: the best
             shipped non-causal model (SepError if none is installed).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
-        segment: chunk length in seconds; ``None`` for the model's
-            ``default_segment`` attribute if it has one (``dpcl``: 30 s, because
-            its clusters keep speakers apart better with more context), else
-            :data:`DEFAULT_SEGMENT`.
+        quality: preset that chooses the inference settings (:data:`QUALITIES`):
+            ``"fast"`` (default) one pass at speed 1; ``"high"`` the averaged
+            passes and speeds the shipped models were tuned with (each model's
+            ``inference_presets()``; Conv-TasNet: 4 passes with sign flips at
+            3 speeds, about 12x the work). The options below override it.
+        settings: an :class:`InferenceSettings` to use instead of a preset.
+        segment: chunk length in seconds; ``None`` for the preset's (Conv-TasNet
+            and ``dpcl``: 30 s; models without presets: :data:`DEFAULT_SEGMENT`).
         overlap: fraction of each chunk shared with the next, in ``[0, 1)``.
         n_src: number of speakers; ``None`` for the model's own; ``"auto"`` lets
             a clustering model (``dpcl``) estimate it per chunk (tracks may then
             open part-way, silent before). A model with a fixed number of
             outputs refuses any other count.
         batch_size: chunks per model call (default 1 on CPU, 8 on GPU).
-        precision: one of :data:`PRECISIONS`, for models with a ``products``
-            attribute (set on the model): ``"bfloat16"`` rounds the operands of
+        precision: one of :data:`PRECISIONS` (None: the preset's, ``"auto"``), for
+            models whose ``set_products`` accepts it: ``"bfloat16"`` rounds the operands of
             the matrix products only (activations and statistics stay float32):
             ~1.6x faster offline Conv-TasNet on CPUs with native bfloat16, and
             tracks within ~45 dB SI-SNR of float32. Other models run float32;
@@ -397,22 +400,20 @@ class Separator:
             is :attr:`precision`.
         passes: forward passes averaged per chunk (test-time augmentation: the
             input delayed by fractions of the model's ``frame_hop``,
-            :func:`sepcli.engine.pass_transforms`); ``None`` for the model's
-            ``default_passes`` (the shipped ``convtasnet`` sets 4,
-            ``convtasnet-causal`` 2), else 1. Each pass costs one forward.
+            :func:`sepcli.engine.pass_transforms`); ``None`` for the preset's
+            (``high``: ``convtasnet`` 4, ``convtasnet-causal`` 2; ``fast``: 1). Each pass costs one forward.
             Needs a fixed number of speakers (not ``n_src="auto"``). A causal
             model's passes are aligned causally (:class:`sepcli.engine.CausalAlign`),
             as :class:`sepcli.streaming.AveragedStreamer` streams them.
         pass_signs: alternate the input's sign between passes (pairs of the
             same delay), which makes the output odd, ``f(-x) = -f(x)``: the same
             tracks whatever the recording's polarity. Needs an even ``passes``
-            to be exact. ``None`` for the model's ``default_pass_signs`` (the
-            shipped ``convtasnet`` sets it), else False.
+            to be exact. ``None`` for the preset's (``convtasnet`` at ``high``).
         speeds: speed factors at which the model also hears each chunk
             (:func:`sepcli.engine.speed_fn`: resampled, so 0.92 plays it 8 %
             slower and lower), each view averaging ``passes`` forwards, the
             views' tracks averaged in turn (:func:`sepcli.engine.ensemble_fn`);
-            ``None`` for the model's ``default_speeds``, else ``[1.0]``. Costs
+            ``None`` for the preset's (``convtasnet`` at ``high``: 1, 0.92, 0.88). Costs
             about ``1/speed`` of a view at speed 1 each. Offline only: a
             causal model refuses speeds other than 1.
     """
@@ -422,60 +423,62 @@ class Separator:
         model: str | os.PathLike | torch.nn.Module | None = None,
         *,
         device: str | torch.device = "auto",
+        quality: str = DEFAULT_QUALITY,
+        settings: InferenceSettings | None = None,
         segment: float | None = None,
-        overlap: float = DEFAULT_OVERLAP,
+        overlap: float | None = None,
         n_src: int | str | None = None,
         batch_size: int | None = None,
-        precision: str = "auto",
+        precision: str | None = None,
         passes: int | None = None,
         pass_signs: bool | None = None,
         speeds: Sequence[float] | None = None,
     ) -> None:
         self.device = engine.resolve_device(device)
         if segment is not None:
-            segment = _check_segment(segment)
+            segment = check_segment(segment)
+        check_quality(quality)
         self.model, self.model_name = _load_model(model, self.device)
-        self.precision: str = engine.set_precision(self.model, precision, self.device, self.model_name)
-        if segment is None:
-            segment = _check_segment(getattr(self.model, "default_segment", None) or DEFAULT_SEGMENT)
-        config = getattr(self.model, "config", None)
-        rate = getattr(config, "sample_rate", None)
-        if not isinstance(rate, int) or rate <= 0:
-            raise SepError("the model has no config.sample_rate; it does not follow the model contract")
-        self.sample_rate: int = rate
-        self.segment = segment
-        self.segment_samples = max(1, int(round(segment * rate)))
-        engine.chunk_plan(self.segment_samples, overlap)  # validates overlap
-        self.overlap = float(overlap)
+        info = protocol.describe(self.model)
+        base = settings if settings is not None else preset_settings(info.presets, quality)
+        self.quality: str | None = None if settings is not None else quality
+        self.settings: InferenceSettings = base.override(
+            segment=segment, overlap=overlap, passes=passes, pass_signs=pass_signs, precision=precision,
+            speeds=None if speeds is None else check_speeds(speeds),
+        )
+        s = self.settings
+        self.precision: str = engine.set_precision(self.model, s.precision, self.device, self.model_name)
+        self.sample_rate: int = info.sample_rate
+        self.segment_samples = max(1, int(round(s.segment * info.sample_rate)))
+        engine.chunk_plan(self.segment_samples, s.overlap)  # validates overlap against the chunk
         n_src = _check_n_src(n_src)
-        model_n = getattr(config, "n_src", None)
-        self.n_src: int | str | None = None if n_src == model_n else n_src
+        self.n_src: int | str | None = None if n_src == info.n_src else n_src
         if batch_size is None:
             batch_size = 1 if self.device.type == "cpu" else 8
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise SepError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size)
-        # Sign flips are the model's choice: they pay only for a model trained with
-        # random polarity (README, "Passes").
-        passes, pass_signs = engine.model_passes(self.model, passes, pass_signs)
-        transforms = engine.pass_transforms(passes, int(getattr(self.model, "frame_hop", 1)), signs=pass_signs)
-        speeds = engine.model_speeds(self.model, speeds)
-        if (passes > 1 or len(speeds) > 1) and self.n_src == "auto":
+        if (s.passes > 1 or len(s.speeds) > 1) and self.n_src == "auto":
             raise SepError("averaging several passes or speeds needs a fixed number of speakers, not 'auto'")
         # A causal model's passes are aligned causally, as its stream is (sep stream).
-        causal = bool(getattr(getattr(self.model, "config", None), "causal", False))
-        if causal and any(v != 1 for v in speeds):
+        if info.causal and any(v != 1 for v in s.speeds):
             raise SepError("speeds other than 1 need a non-causal model: the resampling looks ahead")
-        self.passes: int = passes
-        self.pass_signs: bool = pass_signs
-        self.speeds: list[float] = speeds
-        views = engine.averaged_fn(engine.model_fn(self.model, self.device, self.n_src), transforms, causal=causal)
-        self.fn = engine.ensemble_fn([engine.speed_fn(views, rate, v) for v in speeds], what="speeds")
+        transforms = engine.pass_transforms(s.passes, info.frame_hop, signs=s.pass_signs)
+        views = engine.averaged_fn(engine.model_fn(self.model, self.device, self.n_src), transforms,
+                                   causal=info.causal)
+        self.fn = engine.ensemble_fn([engine.speed_fn(views, info.sample_rate, v) for v in s.speeds], what="speeds")
         if self.n_src is not None:
             # Fail now, once, rather than on every file: models with a fixed
             # number of outputs refuse another count.
             probe = np.random.default_rng(0).standard_normal((1, min(self.segment_samples, 1024)))
             self.fn(probe.astype(np.float32) * 0.01)
+
+    # The settings' values, as attributes (what BatchResult and the CLI report).
+    segment = property(lambda self: self.settings.segment)
+    overlap = property(lambda self: self.settings.overlap)
+    passes = property(lambda self: self.settings.passes)
+    pass_signs = property(lambda self: self.settings.pass_signs)
+    speeds = property(lambda self: list(self.settings.speeds))
 
     @property
     def expected_n_src(self) -> int | None:
@@ -926,7 +929,7 @@ def separate_files(
     model: str | os.PathLike | torch.nn.Module | None = None,
     device: str | torch.device = "auto",
     segment: float | None = None,
-    overlap: float = DEFAULT_OVERLAP,
+    overlap: float | None = None,
     n_src: int | str | None = None,
     batch_size: int | None = None,
     jobs: int = 1,
@@ -936,10 +939,11 @@ def separate_files(
     plot: bool = False,
     threads: int | None = None,
     events: BatchEvents | None = None,
-    precision: str = "auto",
+    precision: str | None = None,
     passes: int | None = None,
     pass_signs: bool | None = None,
     speeds: Sequence[float] | None = None,
+    quality: str = DEFAULT_QUALITY,
 ) -> BatchResult:
     """Separate many files (what ``sep separate`` runs).
 
@@ -966,8 +970,8 @@ def separate_files(
             import matplotlib  # noqa: F401
         except ImportError:
             raise SepError("--plot needs matplotlib: pip install 'sepcli[plot]'") from None
-    spec = dict(model=model, device=device, segment=segment, overlap=overlap, n_src=n_src, batch_size=batch_size,
-                precision=precision, passes=passes, pass_signs=pass_signs, speeds=speeds)
+    spec = dict(model=model, device=device, quality=quality, segment=segment, overlap=overlap, n_src=n_src,
+                batch_size=batch_size, precision=precision, passes=passes, pass_signs=pass_signs, speeds=speeds)
     sep = Separator(**spec)  # model and option errors surface here, once
     found, problems = find_audio_files(inputs, exclude=[out])
 
@@ -1008,7 +1012,7 @@ def separate_files(
         r = SeparationResult(input=arg, status="failed", error=msg)
         final.append(r)
         events.file_done(base + j, r)
-    return BatchResult(final, model=sep.model_name, precision=sep.precision, passes=sep.passes,
+    return BatchResult(final, model=sep.model_name, quality=sep.quality, precision=sep.precision, passes=sep.passes,
                        pass_signs=sep.pass_signs, speeds=sep.speeds)
 
 
@@ -1179,8 +1183,11 @@ __all__ = [
     "ConsoleReport",
     "DEFAULT_FILENAME",
     "DEFAULT_OVERLAP",
+    "DEFAULT_QUALITY",
     "DEFAULT_SEGMENT",
+    "InferenceSettings",
     "InputFile",
+    "QUALITIES",
     "SeparationResult",
     "Separator",
     "check_template",
