@@ -640,7 +640,9 @@ def separate_cmd(
     _setup_logging(quiet)
     if jobs == 1 and threads is None:
         engine.set_threads(1)
-    with api.ConsoleReport(quiet=quiet, lines_to_stderr=as_json) as report:
+    from sepcli.cli_console import ConsoleReport
+
+    with ConsoleReport(quiet=quiet, lines_to_stderr=as_json) as report:
         batch = api.separate_files(
             inputs, out, model=model, device=device, segment=segment, overlap=overlap,
             n_src=num_speakers, jobs=jobs, threads=threads, force=force, filename=filename,

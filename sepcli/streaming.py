@@ -1206,8 +1206,8 @@ def stream_file(
         if stats is not None:
             stats.chunks = len(runner.times.seconds)
 
-    separator.separate_blocks = separate_blocks  # the api's hook for a streaming backend
-    res = separator.separate_file(path, out_dir, force=force, filename=filename, subtype=subtype, progress=progress)
+    res = separator.separate_file(path, out_dir, force=force, filename=filename, subtype=subtype, progress=progress,
+                                  blocks_fn=separate_blocks)
     timing = runner.times.summary()
     return StreamResult(
         input=res.input, status=res.status, outputs=list(res.outputs), model=name, n_src=res.n_src,
