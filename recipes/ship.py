@@ -12,7 +12,7 @@ Run by hand after training (it needs the test sets, which `sep mix` builds from
     python recipes/ship.py runs/convtasnet --name convtasnet --recipe recipes/convtasnet.toml
     python recipes/ship.py runs/dpcl --name dpcl --recipe recipes/dpcl.toml --test3 data/test3
 
-After changing an inference setting of a shipped model (``update_shipped``),
+After changing a config setting of a shipped model (``update_shipped``),
 score it again in place: ``python recipes/ship.py --rescore convtasnet``.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from sepcli import __version__, registry
-from sepcli.api import separate_files
+from sepcli.api import Separator, separate_files
 from sepcli.bench import cpu_name
 from sepcli.errors import SepError
 from sepcli.evaluate import evaluate_set
@@ -38,12 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SPLIT = ROOT / "recipes" / "splits" / "librispeech-8k.json"
 
 
-def _score(model_path: Path, test_set: Path, n_src: int | None, threads: int) -> dict:
+def _score(model_path: Path, test_set: Path, n_src: int | None, threads: int, quality: str = "fast") -> dict:
     """Separate every mixture of a Libri2Mix-layout set and score it."""
     torch.set_num_threads(threads)
     mixes = sorted((test_set / "mix").glob("*.wav"))
     with tempfile.TemporaryDirectory(prefix="sep-ship-") as tmp:
-        batch = separate_files(mixes, tmp, model=str(model_path), device="cpu", n_src=n_src)
+        batch = separate_files(mixes, tmp, model=str(model_path), device="cpu", n_src=n_src, quality=quality)
         if batch.failed:
             raise SystemExit(f"{batch.failed} mixtures failed to separate")
         result = evaluate_set(test_set, tmp)
@@ -150,16 +150,21 @@ def quality_table(q: dict) -> list[str]:
     return lines
 
 
-def rescore_shipped(name: str, test2: Path, threads: int) -> dict:
-    """Score shipped model ``name`` again as it is now (after an inference-setting change,
-    :func:`update_shipped`) and replace its card's quality (JSON, and the Markdown table,
-    keeping every other section). Returns the new quality."""
+def rescore_shipped(name: str, test2: Path, threads: int, quality: str = "fast") -> dict:
+    """Score shipped model ``name`` again as it is now, with inference preset
+    ``quality`` (``sep separate --quality``), and replace its card's quality
+    and ``measured_with`` (JSON, and the Markdown table, keeping every other
+    section). Returns the new quality."""
     path = registry.models_dir() / f"{name}.safetensors"
-    quality = _score(path, test2, None, threads)
+    scores = _score(path, test2, None, threads, quality)
     card_path = path.with_suffix(".json")
     card = json.loads(card_path.read_text())
-    card["quality"] = quality
+    card["quality"] = scores
+    settings = Separator(path, device="cpu", quality=quality).settings.to_dict()
+    settings.pop("precision")
+    card["measured_with"] = {"preset": quality, **settings}
     write_atomic(card_path, json.dumps(card, indent=2) + "\n")
+    quality = scores
     md_path = path.with_suffix(".md")
     md = md_path.read_text()
     start = md.index("Measured with `sep separate`")
@@ -176,6 +181,8 @@ def main() -> None:
     ap.add_argument("--rescore", metavar="NAME",
                     help="only score shipped model NAME again as it is now and replace its card's quality "
                          "(after recipes/ship.py's update_shipped changed an inference setting)")
+    ap.add_argument("--quality", choices=["fast", "high"], default="fast",
+                    help="inference preset the scores are measured with (recorded as the card's measured_with)")
     ap.add_argument("--test2", type=Path, default=ROOT / "data" / "test2", help="2-speaker test set")
     ap.add_argument("--test3", type=Path, default=None, help="3-speaker test set (clustering models)")
     ap.add_argument("--hardware", default=None, help="what it trained on (default: this CPU)")
@@ -189,7 +196,7 @@ def main() -> None:
                          "auto_threshold=0.12 as tuned on the valid split (repeatable; JSON values)")
     args = ap.parse_args()
     if args.rescore:
-        quality = rescore_shipped(args.rescore, args.test2, args.threads)
+        quality = rescore_shipped(args.rescore, args.test2, args.threads, args.quality)
         print(json.dumps({"name": args.rescore, "si_snri": quality["si_snri"], "sdri": quality["sdri"]}, indent=2))
         return
     if args.run is None or not args.name or not args.recipe:
@@ -204,7 +211,9 @@ def main() -> None:
     sha = registry.save_model(model, dest, dtype=torch.float16, force=True)
     shipped = registry.load_file(dest)
 
-    quality = _score(dest, args.test2, None, args.threads)
+    quality = _score(dest, args.test2, None, args.threads, args.quality)
+    measured = Separator(dest, device="cpu", quality=args.quality).settings.to_dict()
+    measured.pop("precision")
     card = {
         "name": args.name,
         "family": model.family,
@@ -214,6 +223,7 @@ def main() -> None:
         "causal": bool(getattr(model.config, "causal", False)),
         "params": registry.count_parameters(shipped),
         "sha256": sha,
+        "measured_with": {"preset": args.quality, **measured},
         "quality": quality,
         "training": {
             **_training_summary(args.run),

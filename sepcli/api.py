@@ -57,14 +57,21 @@ import torch
 
 from sepcli import audio, engine, registry
 from sepcli.errors import SepError
+from sepcli.inference import protocol
+from sepcli.inference.settings import (
+    DEFAULT_OVERLAP,
+    DEFAULT_QUALITY,
+    DEFAULT_SEGMENT,
+    QUALITIES,
+    InferenceSettings,
+    check_quality,
+    check_segment,
+    check_speeds,
+    preset_settings,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SEGMENT = 4.0
-"""Chunk length in seconds for models that name no ``default_segment`` of
-their own (docs/long-recordings.md has the trade-off)."""
-DEFAULT_OVERLAP = 0.25
-"""Fraction of each chunk shared with the next (cross-fade and alignment region)."""
 DEFAULT_FILENAME = "{stem}/s{i}.wav"
 PRECISIONS = engine.PRECISIONS
 """``precision`` choices (see :func:`sepcli.engine.set_precision`)."""
@@ -75,6 +82,8 @@ _IO_BLOCK = 1 << 16  # model-rate samples per block in the second pass
 
 ProgressFn = Callable[[int, int], None]
 """``progress(done, total)`` in samples at the model's rate."""
+BlocksFn = Callable[[Iterable[np.ndarray], Any], Iterable[np.ndarray]]
+"""``blocks_fn(blocks, stats)``: mono model-rate blocks ``[n]`` -> tracks ``[S, m]``, all of the input."""
 
 
 # ----------------------------------------------------------------------------- results
@@ -112,6 +121,7 @@ class BatchResult:
 
     results: list[SeparationResult]
     model: str = ""
+    quality: str | None = DEFAULT_QUALITY  # preset the settings came from (Separator.quality)
     precision: str = "float32"  # of the matrix products (Separator.precision)
     passes: int = 1  # forward passes averaged (Separator.passes)
     pass_signs: bool = False  # whether they alternate the input's sign (Separator.pass_signs)
@@ -132,6 +142,7 @@ class BatchResult:
     def to_dict(self) -> dict:
         return {
             "model": self.model,
+            "quality": self.quality,
             "precision": self.precision,
             "passes": self.passes,
             "pass_signs": self.pass_signs,
@@ -359,16 +370,6 @@ def _save_plot(path: Path, specs: list[np.ndarray], titles: list[str], sample_ra
 # ----------------------------------------------------------------------------- Separator
 
 
-def _check_segment(segment: Any) -> float:
-    try:
-        segment = float(segment)
-    except (TypeError, ValueError):
-        raise SepError(f"segment must be a number of seconds, got {segment!r}") from None
-    if not (segment > 0 and np.isfinite(segment)):
-        raise SepError(f"segment must be a positive number of seconds, got {segment}")
-    return segment
-
-
 class Separator:
     """A loaded model plus chunking settings; reusable for many inputs.
 
@@ -378,18 +379,22 @@ class Separator:
             ``config`` has ``sample_rate`` and ``n_src``). ``None``: the best
             shipped non-causal model (SepError if none is installed).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
-        segment: chunk length in seconds; ``None`` for the model's
-            ``default_segment`` attribute if it has one (``dpcl``: 30 s, because
-            its clusters keep speakers apart better with more context), else
-            :data:`DEFAULT_SEGMENT`.
+        quality: preset that chooses the inference settings (:data:`QUALITIES`):
+            ``"fast"`` (default) one pass at speed 1; ``"high"`` the averaged
+            passes and speeds the shipped models were tuned with (each model's
+            ``inference_presets()``; Conv-TasNet: 4 passes with sign flips at
+            3 speeds, about 12x the work). The options below override it.
+        settings: an :class:`InferenceSettings` to use instead of a preset.
+        segment: chunk length in seconds; ``None`` for the preset's (Conv-TasNet
+            and ``dpcl``: 30 s; models without presets: :data:`DEFAULT_SEGMENT`).
         overlap: fraction of each chunk shared with the next, in ``[0, 1)``.
         n_src: number of speakers; ``None`` for the model's own; ``"auto"`` lets
             a clustering model (``dpcl``) estimate it per chunk (tracks may then
             open part-way, silent before). A model with a fixed number of
             outputs refuses any other count.
         batch_size: chunks per model call (default 1 on CPU, 8 on GPU).
-        precision: one of :data:`PRECISIONS`, for models with a ``products``
-            attribute (set on the model): ``"bfloat16"`` rounds the operands of
+        precision: one of :data:`PRECISIONS` (None: the preset's, ``"auto"``), for
+            models whose ``set_products`` accepts it: ``"bfloat16"`` rounds the operands of
             the matrix products only (activations and statistics stay float32):
             faster offline Conv-TasNet on CPUs with native bfloat16 (measured in
             docs/long-recordings.md). Other models run float32;
@@ -397,22 +402,20 @@ class Separator:
             is :attr:`precision`.
         passes: forward passes averaged per chunk (test-time augmentation: the
             input delayed by fractions of the model's ``frame_hop``,
-            :func:`sepcli.engine.pass_transforms`); ``None`` for the model's
-            ``default_passes`` (the shipped ``convtasnet`` sets 4,
-            ``convtasnet-causal`` 2), else 1. Each pass costs one forward.
+            :func:`sepcli.engine.pass_transforms`); ``None`` for the preset's
+            (``high``: ``convtasnet`` 4, ``convtasnet-causal`` 2; ``fast``: 1). Each pass costs one forward.
             Needs a fixed number of speakers (not ``n_src="auto"``). A causal
             model's passes are aligned causally (:class:`sepcli.engine.CausalAlign`),
             as :class:`sepcli.streaming.AveragedStreamer` streams them.
         pass_signs: alternate the input's sign between passes (pairs of the
             same delay), which makes the output odd, ``f(-x) = -f(x)``: the same
             tracks whatever the recording's polarity. Needs an even ``passes``
-            to be exact. ``None`` for the model's ``default_pass_signs`` (the
-            shipped ``convtasnet`` sets it), else False.
+            to be exact. ``None`` for the preset's (``convtasnet`` at ``high``).
         speeds: speed factors at which the model also hears each chunk
             (:func:`sepcli.engine.speed_fn`: resampled, so 0.92 plays it 8 %
             slower and lower), each view averaging ``passes`` forwards, the
             views' tracks averaged in turn (:func:`sepcli.engine.ensemble_fn`);
-            ``None`` for the model's ``default_speeds``, else ``[1.0]``. Costs
+            ``None`` for the preset's (``convtasnet`` at ``high``: 1, 0.92, 0.88). Costs
             about ``1/speed`` of a view at speed 1 each. Offline only: a
             causal model refuses speeds other than 1.
     """
@@ -422,60 +425,62 @@ class Separator:
         model: str | os.PathLike | torch.nn.Module | None = None,
         *,
         device: str | torch.device = "auto",
+        quality: str = DEFAULT_QUALITY,
+        settings: InferenceSettings | None = None,
         segment: float | None = None,
-        overlap: float = DEFAULT_OVERLAP,
+        overlap: float | None = None,
         n_src: int | str | None = None,
         batch_size: int | None = None,
-        precision: str = "auto",
+        precision: str | None = None,
         passes: int | None = None,
         pass_signs: bool | None = None,
         speeds: Sequence[float] | None = None,
     ) -> None:
         self.device = engine.resolve_device(device)
         if segment is not None:
-            segment = _check_segment(segment)
+            segment = check_segment(segment)
+        check_quality(quality)
         self.model, self.model_name = _load_model(model, self.device)
-        self.precision: str = engine.set_precision(self.model, precision, self.device, self.model_name)
-        if segment is None:
-            segment = _check_segment(getattr(self.model, "default_segment", None) or DEFAULT_SEGMENT)
-        config = getattr(self.model, "config", None)
-        rate = getattr(config, "sample_rate", None)
-        if not isinstance(rate, int) or rate <= 0:
-            raise SepError("the model has no config.sample_rate; it does not follow the model contract")
-        self.sample_rate: int = rate
-        self.segment = segment
-        self.segment_samples = max(1, int(round(segment * rate)))
-        engine.chunk_plan(self.segment_samples, overlap)  # validates overlap
-        self.overlap = float(overlap)
+        info = protocol.describe(self.model)
+        base = settings if settings is not None else preset_settings(info.presets, quality)
+        self.quality: str | None = None if settings is not None else quality
+        self.settings: InferenceSettings = base.override(
+            segment=segment, overlap=overlap, passes=passes, pass_signs=pass_signs, precision=precision,
+            speeds=None if speeds is None else check_speeds(speeds),
+        )
+        s = self.settings
+        self.precision: str = engine.set_precision(self.model, s.precision, self.device, self.model_name)
+        self.sample_rate: int = info.sample_rate
+        self.segment_samples = max(1, int(round(s.segment * info.sample_rate)))
+        engine.chunk_plan(self.segment_samples, s.overlap)  # validates overlap against the chunk
         n_src = _check_n_src(n_src)
-        model_n = getattr(config, "n_src", None)
-        self.n_src: int | str | None = None if n_src == model_n else n_src
+        self.n_src: int | str | None = None if n_src == info.n_src else n_src
         if batch_size is None:
             batch_size = 1 if self.device.type == "cpu" else 8
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise SepError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size)
-        # Sign flips are the model's choice: they pay only for a model trained with
-        # random polarity (docs/experiments.md, "Passes").
-        passes, pass_signs = engine.model_passes(self.model, passes, pass_signs)
-        transforms = engine.pass_transforms(passes, int(getattr(self.model, "frame_hop", 1)), signs=pass_signs)
-        speeds = engine.model_speeds(self.model, speeds)
-        if (passes > 1 or len(speeds) > 1) and self.n_src == "auto":
+        if (s.passes > 1 or len(s.speeds) > 1) and self.n_src == "auto":
             raise SepError("averaging several passes or speeds needs a fixed number of speakers, not 'auto'")
         # A causal model's passes are aligned causally, as its stream is (sep stream).
-        causal = bool(getattr(getattr(self.model, "config", None), "causal", False))
-        if causal and any(v != 1 for v in speeds):
+        if info.causal and any(v != 1 for v in s.speeds):
             raise SepError("speeds other than 1 need a non-causal model: the resampling looks ahead")
-        self.passes: int = passes
-        self.pass_signs: bool = pass_signs
-        self.speeds: list[float] = speeds
-        views = engine.averaged_fn(engine.model_fn(self.model, self.device, self.n_src), transforms, causal=causal)
-        self.fn = engine.ensemble_fn([engine.speed_fn(views, rate, v) for v in speeds], what="speeds")
+        transforms = engine.pass_transforms(s.passes, info.frame_hop, signs=s.pass_signs)
+        views = engine.averaged_fn(engine.model_fn(self.model, self.device, self.n_src), transforms,
+                                   causal=info.causal)
+        self.fn = engine.ensemble_fn([engine.speed_fn(views, info.sample_rate, v) for v in s.speeds], what="speeds")
         if self.n_src is not None:
             # Fail now, once, rather than on every file: models with a fixed
             # number of outputs refuse another count.
             probe = np.random.default_rng(0).standard_normal((1, min(self.segment_samples, 1024)))
             self.fn(probe.astype(np.float32) * 0.01)
+
+    # The settings' values, as attributes (what BatchResult and the CLI report).
+    segment = property(lambda self: self.settings.segment)
+    overlap = property(lambda self: self.settings.overlap)
+    passes = property(lambda self: self.settings.passes)
+    pass_signs = property(lambda self: self.settings.pass_signs)
+    speeds = property(lambda self: list(self.settings.speeds))
 
     @property
     def expected_n_src(self) -> int | None:
@@ -487,7 +492,7 @@ class Separator:
         n = getattr(self.model.config, "n_src", None)
         return int(n) if isinstance(n, int) else None
 
-    # -- streams (hook: a streaming backend replaces this method)
+    # -- streams
 
     def separate_blocks(
         self, blocks: Iterable[np.ndarray], stats: engine.EngineStats | None = None
@@ -572,8 +577,12 @@ class Separator:
         plot: bool = False,
         parent: str = "",
         progress: ProgressFn | None = None,
+        blocks_fn: BlocksFn | None = None,
     ) -> SeparationResult:
         """Separate one audio file into one WAV per speaker (see the module docstring).
+
+        ``blocks_fn``: what separates the model-rate blocks, instead of
+        :meth:`separate_blocks` (``sep stream`` passes its stateful streamer).
 
         Returns a result with ``status="skipped"`` if all its outputs exist and
         ``force`` is false. SepError for an unreadable input, partial earlier
@@ -617,7 +626,7 @@ class Separator:
         stats = engine.EngineStats()
         temps: list[_TrackTemp] = []
         try:
-            peak = self._pass1(path, folder, temps, stats, progress)
+            peak = self._pass1(path, folder, temps, stats, progress, blocks_fn or self.separate_blocks)
             n_src = len(temps)
             outs = self.output_paths(path, out_dir, n_src, filename, parent)
             gain = 1.0
@@ -655,7 +664,7 @@ class Separator:
 
     def _pass1(
         self, path: Path, folder: Path, temps: list[_TrackTemp], stats: engine.EngineStats,
-        progress: ProgressFn | None,
+        progress: ProgressFn | None, blocks_fn: BlocksFn,
     ) -> float:
         """Separate into model-rate temp tracks (appended to ``temps``); return
         their peak after resampling to the input rate, over the input's length."""
@@ -684,7 +693,7 @@ class Separator:
 
             if progress is not None:
                 progress(0, total)
-            for block in self.separate_blocks(reader, stats):  # [S, n]
+            for block in blocks_fn(reader, stats):  # [S, n]
                 while len(temps) < block.shape[0]:  # a new track (n_src="auto")
                     temps.append(_TrackTemp(folder, path.stem, written))
                     resamplers.append(
@@ -926,7 +935,7 @@ def separate_files(
     model: str | os.PathLike | torch.nn.Module | None = None,
     device: str | torch.device = "auto",
     segment: float | None = None,
-    overlap: float = DEFAULT_OVERLAP,
+    overlap: float | None = None,
     n_src: int | str | None = None,
     batch_size: int | None = None,
     jobs: int = 1,
@@ -936,10 +945,11 @@ def separate_files(
     plot: bool = False,
     threads: int | None = None,
     events: BatchEvents | None = None,
-    precision: str = "auto",
+    precision: str | None = None,
     passes: int | None = None,
     pass_signs: bool | None = None,
     speeds: Sequence[float] | None = None,
+    quality: str = DEFAULT_QUALITY,
 ) -> BatchResult:
     """Separate many files (what ``sep separate`` runs).
 
@@ -966,8 +976,8 @@ def separate_files(
             import matplotlib  # noqa: F401
         except ImportError:
             raise SepError("--plot needs matplotlib: pip install 'sepcli[plot]'") from None
-    spec = dict(model=model, device=device, segment=segment, overlap=overlap, n_src=n_src, batch_size=batch_size,
-                precision=precision, passes=passes, pass_signs=pass_signs, speeds=speeds)
+    spec = dict(model=model, device=device, quality=quality, segment=segment, overlap=overlap, n_src=n_src,
+                batch_size=batch_size, precision=precision, passes=passes, pass_signs=pass_signs, speeds=speeds)
     sep = Separator(**spec)  # model and option errors surface here, once
     found, problems = find_audio_files(inputs, exclude=[out])
 
@@ -1008,7 +1018,7 @@ def separate_files(
         r = SeparationResult(input=arg, status="failed", error=msg)
         final.append(r)
         events.file_done(base + j, r)
-    return BatchResult(final, model=sep.model_name, precision=sep.precision, passes=sep.passes,
+    return BatchResult(final, model=sep.model_name, quality=sep.quality, precision=sep.precision, passes=sep.passes,
                        pass_signs=sep.pass_signs, speeds=sep.speeds)
 
 
@@ -1065,122 +1075,27 @@ def _run_parallel(
         pool.shutdown()
 
 
-def _failure_text(result: SeparationResult) -> str:
-    """The error, prefixed with the input unless the message already names it."""
-    error = result.error or "failed"
-    return error if result.input in error else f"{result.input}: {error}"
+def __getattr__(name: str) -> Any:
+    # ConsoleReport (progress bars, per-file lines) is CLI code now; the old
+    # import path keeps working for scripts.
+    if name == "ConsoleReport":
+        from sepcli.cli_console import ConsoleReport
 
-
-class ConsoleReport(BatchEvents):
-    """What ``sep separate`` shows: rich progress bars (overall and per file)
-    on stderr when it is a terminal, and one line per finished file.
-
-    Args:
-        quiet: only errors.
-        lines_to_stderr: per-file lines go to stderr (stdout is kept for ``--json``).
-        bars: draw progress bars (default: stderr is a terminal and not quiet).
-    """
-
-    def __init__(self, quiet: bool = False, lines_to_stderr: bool = False, bars: bool | None = None) -> None:
-        import sys
-
-        from rich.console import Console
-
-        self.quiet = quiet
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.out = self.err if lines_to_stderr else Console(highlight=False, soft_wrap=True)
-        self.bars = (not quiet and sys.stderr.isatty()) if bars is None else bars
-        self.progress: Any = None
-        self.overall: Any = None
-        self.tasks: dict[int, Any] = {}
-        self.n_files = self.n_done = 0
-
-    def __enter__(self) -> ConsoleReport:
-        if self.bars:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("{task.description}", justify="left"), BarColumn(),
-                TextColumn("{task.percentage:>3.0f}% {task.fields[detail]}"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=self.err, transient=True,
-            )
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-    def _print(self, console: Any, text: str) -> None:
-        (self.progress.console if self.progress is not None and console is self.err else console).print(
-            text, markup=False
-        )
-
-    def files_found(self, n_files: int) -> None:
-        self.n_files, self.n_done = n_files, 0
-        if self.progress is not None:
-            self.overall = self.progress.add_task("all files", total=n_files, detail=f"0/{n_files} files")
-
-    def file_started(self, index: int, path: str) -> None:
-        if self.progress is not None:
-            self.tasks[index] = self.progress.add_task(f"  {Path(path).name}", total=None, detail="")
-
-    def file_progress(self, index: int, done: int, total: int) -> None:
-        if self.progress is not None and index in self.tasks:
-            self.progress.update(self.tasks[index], completed=done, total=total)
-
-    def file_done(self, index: int, result: SeparationResult) -> None:
-        self.n_done += 1
-        if self.progress is not None:
-            task = self.tasks.pop(index, None)
-            if task is not None:
-                self.progress.remove_task(task)
-            if self.overall is not None:
-                self.progress.update(self.overall, advance=1, detail=f"{self.n_done}/{self.n_files} files")
-        name = result.input
-        if result.status == "failed":
-            self._print(self.err, f"Error: {_failure_text(result)}")
-        elif self.quiet:
-            return
-        elif result.status == "skipped":
-            where = Path(result.outputs[0]).parent if result.outputs else ""
-            self._print(self.out, f"{name}: skipped, outputs exist in {where} (--force to redo)")
-        else:
-            folder = Path(result.outputs[0]).parent
-            names = " ".join(Path(p).name if Path(p).parent == folder else str(p) for p in result.outputs)
-            extra = f", scaled {result.gain_db:.1f} dB" if result.gain_db < 0 else ""
-            self._print(
-                self.out,
-                f"{name} -> {folder}/ {names} ({result.n_src} speakers, {result.duration:.1f} s in "
-                f"{result.seconds:.1f} s{extra})",
-            )
-
-    def summary(self, batch: BatchResult) -> None:
-        """Final line; failures are listed again so they are not lost in a long log."""
-        parts = [f"{batch.ok} separated"]
-        if batch.skipped:
-            parts.append(f"{batch.skipped} skipped")
-        if batch.failed:
-            parts.append(f"{batch.failed} failed")
-        if batch.failed:
-            self._print(self.err, "Done: " + ", ".join(parts) + ". Failed:")
-            for r in batch.results:
-                if r.status == "failed":
-                    self._print(self.err, f"  {_failure_text(r)}")
-        elif not self.quiet:
-            self._print(self.out, "Done: " + ", ".join(parts) + ".")
+        return ConsoleReport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "AUDIO_EXTENSIONS",
     "BatchEvents",
     "BatchResult",
-    "ConsoleReport",
     "DEFAULT_FILENAME",
     "DEFAULT_OVERLAP",
+    "DEFAULT_QUALITY",
     "DEFAULT_SEGMENT",
+    "InferenceSettings",
     "InputFile",
+    "QUALITIES",
     "SeparationResult",
     "Separator",
     "check_template",

@@ -42,6 +42,7 @@ import torch
 
 from sepcli import engine, registry
 from sepcli.errors import SepError
+from sepcli.inference.settings import DEFAULT_QUALITY
 from sepcli.streaming import Streamer, make_streamer, offline
 
 DEFAULT_CHUNKS_MS = (2.0, 4.0, 8.0, 16.0, 32.0)
@@ -300,6 +301,7 @@ def run_bench(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     passes: int | None = None,
+    quality: str = DEFAULT_QUALITY,
     backend: str = "auto",
 ) -> BenchResult:
     """Measure streaming latency (see the module docstring).
@@ -344,7 +346,7 @@ def run_bench(
         net, label, random_weights = load_bench_model(model, dev, seed=seed)
         # SepError now if it cannot stream (non-causal, other family) or the backend is unavailable
         used = Streamer(net, backend=backend).backend
-        passes, signs = engine.model_passes(net, passes)
+        passes, signs = engine.model_passes(net, passes, quality=quality)
         c = net.config
         sr = c.sample_rate
         chunks = [_chunk_samples(float(ms), sr, c.stride) for ms in chunk_ms]

@@ -548,8 +548,12 @@ def train_cmd(
               help="Number of speakers; another count or 'auto' for dpcl only.")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
               help="Where the model runs; auto uses CUDA when present.")
+@click.option("--quality", type=click.Choice(["fast", "high"]), default="fast", show_default=True,
+              help="Inference preset. fast: one forward pass per chunk. high: the averaged passes "
+                   "and speeds of each model (several times the compute), like Demucs' --shifts. "
+                   "--passes, --pass-signs, --speeds and --segment override it.")
 @click.option("--segment", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SEC",
-              help="Chunk length in seconds. Default: the model's.")
+              help="Chunk length in seconds. Default: the --quality preset's.")
 @click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.25, show_default=True,
               metavar="F", help="Fraction of each chunk shared with the next (0: no alignment).")
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
@@ -557,13 +561,13 @@ def train_cmd(
               help="Conv-TasNet's matrix products; auto: bfloat16 on CPUs with native bfloat16.")
 @click.option("--passes", type=click.IntRange(min=1), default=None, metavar="N",
               help="Forward passes averaged per chunk (sign-flipped and delayed copies); each costs one "
-                   "forward. Default: the model's (sep models).")
+                   "forward. Default: the --quality preset's.")
 @click.option("--pass-signs/--no-pass-signs", default=None,
               help="Alternate the input's sign between passes (polarity-independent output with even "
-                   "--passes). Default: the model's.")
+                   "--passes). Default: the --quality preset's.")
 @click.option("--speeds", default=None, metavar="F,F,...",
               help="Speed factors (0.92: resampled slower) the model also hears, tracks averaged; each "
-                   "costs about 1/F. Default: the model's. Non-causal models only.")
+                   "costs about 1/F. Default: the --quality preset's. Non-causal models only.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Files separated at once, each with (CPU cores / N) threads.")
 @click.option("--threads", type=click.IntRange(min=1), metavar="N",
@@ -577,7 +581,7 @@ def train_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (messages go to stderr).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-file lines; only errors.")
 def separate_cmd(
-    inputs: tuple[str, ...], model: str | None, out: str, num_speakers: str | None, device: str,
+    inputs: tuple[str, ...], model: str | None, out: str, num_speakers: str | None, device: str, quality: str,
     segment: float | None, overlap: float, precision: str, passes: int | None, pass_signs: bool | None,
     speeds: str | None, jobs: int, threads: int | None, filename: str, as_float: bool, plot: bool, force: bool,
     as_json: bool, quiet: bool,
@@ -601,12 +605,15 @@ def separate_cmd(
     _setup_logging(quiet)
     if jobs == 1 and threads is None:
         engine.set_threads(1)
-    with api.ConsoleReport(quiet=quiet, lines_to_stderr=as_json) as report:
+    from sepcli.cli_console import ConsoleReport
+
+    with ConsoleReport(quiet=quiet, lines_to_stderr=as_json) as report:
         batch = api.separate_files(
             inputs, out, model=model, device=device, segment=segment, overlap=overlap,
             n_src=num_speakers, jobs=jobs, threads=threads, force=force, filename=filename,
             subtype="FLOAT" if as_float else "PCM_16", plot=plot, events=report, precision=precision,
             passes=passes, pass_signs=pass_signs, speeds=None if speeds is None else _speeds_list(speeds),
+            quality=quality,
         )
     report.summary(batch)
     if as_json:
@@ -661,7 +668,9 @@ _backend_option = click.option(
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads (one is fastest for chunks of a few ms).")
 @click.option("--passes", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Forward passes averaged (delayed copies; N times the compute). Default: the model's.")
+              help="Forward passes averaged (delayed copies; N times the compute). Default: the preset's.")
+@click.option("--quality", type=click.Choice(["fast", "high"]), default="fast", show_default=True,
+              help="Inference preset: fast streams one pass; high the model's averaged passes.")
 @_backend_option
 @click.option("--filename", default="{stem}/s{i}.wav", show_default=True, metavar="TEMPLATE",
               help="Output path under --out; fields {stem} (input name, or --name for stdin), {i}, {n}.")
@@ -677,7 +686,7 @@ _backend_option = click.option(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def stream_cmd(
     input_path: str, model: str | None, out: str, chunk_ms: float, device: str, threads: int,
-    passes: int | None, backend: str, filename: str, stdin_rate: int | None, stdin_format: str, name: str,
+    passes: int | None, quality: str, backend: str, filename: str, stdin_rate: int | None, stdin_format: str, name: str,
     as_float: bool, force: bool, as_json: bool,
 ) -> None:
     """Separate with a causal model chunk by chunk, as live audio would arrive.
@@ -707,14 +716,14 @@ def stream_cmd(
         result = streaming.stream_pcm(
             sys.stdin.buffer, stdin_rate, out, model, name=name, sample_format=stdin_format,
             chunk_ms=chunk_ms, device=device, force=force, filename=filename, subtype="FLOAT", passes=passes,
-            backend=backend,
+            quality=quality, backend=backend,
         )
     else:
         if stdin_rate is not None:
             raise click.UsageError("--stdin-rate is only for INPUT '-' (stdin)")
         result = streaming.stream_file(
             input_path, out, model, chunk_ms=chunk_ms, device=device, force=force, filename=filename,
-            subtype="FLOAT" if as_float else "PCM_16", passes=passes, backend=backend,
+            subtype="FLOAT" if as_float else "PCM_16", passes=passes, quality=quality, backend=backend,
         )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -798,7 +807,9 @@ def _print_bench(result) -> None:
 @click.option("--naive-chunks", type=click.IntRange(min=0), default=5, show_default=True,
               help="Chunks timed for the naive re-run-everything baseline (0 skips it).")
 @click.option("--passes", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Forward passes averaged per chunk, as sep stream --passes. Default: the model's.")
+              help="Forward passes averaged per chunk, as sep stream --passes. Default: the preset's.")
+@click.option("--quality", type=click.Choice(["fast", "high"]), default="fast", show_default=True,
+              help="Inference preset, as sep stream: fast times one pass; high the averaged passes.")
 @_backend_option
 @click.option("--offline-model", metavar="NAME|PATH",
               help="Non-causal model whose offline RTF is reported. Default: shipped convtasnet, "
@@ -807,7 +818,7 @@ def _print_bench(result) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
 def bench_cmd(
     model: str | None, device: str, chunk_ms: str, threads: int, duration: float, naive_chunks: int,
-    passes: int | None, backend: str, offline_model: str | None, no_offline: bool, as_json: bool,
+    passes: int | None, quality: str, backend: str, offline_model: str | None, no_offline: bool, as_json: bool,
 ) -> None:
     """Measure streaming latency and real-time factor of a causal Conv-TasNet.
 
@@ -835,7 +846,7 @@ def bench_cmd(
         result = bench.run_bench(
             model, device=device, chunk_ms=chunks, threads=threads, duration=duration,
             naive_chunks=naive_chunks, offline_model=False if no_offline else offline_model, passes=passes,
-            backend=backend, progress=lambda msg: status.update(msg) if not as_json else None,
+            quality=quality, backend=backend, progress=lambda msg: status.update(msg) if not as_json else None,
         )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

@@ -77,6 +77,7 @@ import torch
 
 from sepcli.audio import resample
 from sepcli.errors import SepError
+from sepcli.inference import protocol, settings
 from sepcli.metrics import EXHAUSTIVE_MAX_SRC, permutations, pit_permutation
 
 log = logging.getLogger(__name__)
@@ -325,28 +326,28 @@ def native_bfloat16() -> bool:
         return False
 
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = settings.PRECISIONS
 """``precision`` choices (:func:`set_precision`)."""
 
 
 def set_precision(
     model: torch.nn.Module, precision: str = "auto", device: str | torch.device = "cpu", name: str = "this model"
 ) -> str:
-    """Set the dtype of the matrix products of a model with a ``products``
-    attribute (Conv-TasNet with gLN; see the model contract in DESIGN.md).
+    """Set the dtype of the matrix products of a model that has that choice
+    (:meth:`SeparationModel.set_products`; Conv-TasNet with gLN).
     ``auto``: bfloat16 on CPUs that multiply it natively (AVX512-BF16 / AMX),
-    float32 elsewhere and on CUDA. Models without the attribute run float32;
-    asking them for ``"bfloat16"`` raises SepError. Returns the resolved name."""
+    float32 elsewhere and on CUDA. Other models run float32; asking them for
+    ``"bfloat16"`` raises SepError. Returns the resolved name."""
     if precision not in PRECISIONS:
         raise SepError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if not hasattr(model, "products"):
+    resolved = precision
+    if precision == "auto":
+        resolved = "bfloat16" if torch.device(device).type == "cpu" and native_bfloat16() else "float32"
+    if not protocol.set_products(model, torch.bfloat16 if resolved == "bfloat16" else torch.float32):
         if precision == "bfloat16":
             raise SepError(f"{name} has no bfloat16 path; use --precision float32 or auto")
         return "float32"
-    if precision == "auto":
-        precision = "bfloat16" if torch.device(device).type == "cpu" and native_bfloat16() else "float32"
-    model.products = torch.bfloat16 if precision == "bfloat16" else torch.float32
-    return precision
+    return resolved
 
 
 def model_fn(
@@ -374,16 +375,17 @@ def model_fn(
     return fn
 
 
-def model_passes(model: Any, passes: int | None = None, signs: bool | None = None) -> tuple[int, bool]:
-    """``(passes, signs)`` with None filled in from the model's inference
-    defaults (``default_passes``, else 1; ``default_pass_signs``, else False),
-    validated: what :class:`sepcli.api.Separator` and ``sep stream`` average."""
+def model_passes(model: Any, passes: int | None = None, signs: bool | None = None,
+                 quality: str = settings.DEFAULT_QUALITY) -> tuple[int, bool]:
+    """``(passes, signs)`` with None filled in from the model's ``quality``
+    preset (:meth:`SeparationModel.inference_presets`; default ``fast``: one
+    pass), validated: what :class:`sepcli.api.Separator` and ``sep stream`` average."""
+    preset = settings.preset_settings(protocol.describe(model).presets, quality)
     if passes is None:
-        passes = getattr(model, "default_passes", None) or 1
+        passes = preset.passes
     if signs is None:
-        signs = bool(getattr(model, "default_pass_signs", False))
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise SepError(f"passes must be a positive integer, got {passes!r}")
+        signs = preset.pass_signs
+    settings.check_passes(passes)
     if not isinstance(signs, bool):
         raise SepError(f"pass_signs must be True, False or None, got {signs!r}")
     return passes, signs
@@ -398,12 +400,11 @@ def pass_transforms(passes: int, frame_hop: int = 1, signs: bool = True) -> list
     0). With ``signs``, passes also alternate the input's sign, in pairs of
     the same delay, so that with an even count the average is exactly odd,
     ``f(-x) = -f(x)``, as a separator should be. :class:`sepcli.api.Separator`
-    asks for signs where the model does (``default_pass_signs``): they pay
+    asks for signs where the preset does (``high`` for convtasnet): they pay
     only for a model trained with random polarity (docs/experiments.md, "Passes"). Delays
     are whole samples; a hop too short to split repeats delay 0.
     """
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise SepError(f"passes must be a positive integer, got {passes!r}")
+    settings.check_passes(passes)
     if isinstance(frame_hop, bool) or not isinstance(frame_hop, int) or frame_hop < 1:
         raise SepError(f"frame_hop must be a positive integer, got {frame_hop!r}")
 
@@ -528,28 +529,16 @@ def ensemble_fn(fns: Sequence[SeparateFn], causal: bool = False, what: str = "vi
     return mean
 
 
-SPEED_RANGE = (0.5, 2.0)
+SPEED_RANGE = settings.SPEED_RANGE
+check_speeds = settings.check_speeds
 
 
-def check_speeds(speeds: Any) -> list[float]:
-    """``speeds`` as a non-empty list of floats in :data:`SPEED_RANGE` (SepError otherwise)."""
-    lo, hi = SPEED_RANGE
-    if isinstance(speeds, (str, bytes)) or not isinstance(speeds, Sequence) or not speeds:
-        raise SepError(f"speeds must be a non-empty list of speed factors, got {speeds!r}")
-    out = []
-    for v in speeds:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-            raise SepError(f"each speed must be a number from {lo} to {hi}, got {v!r}")
-        out.append(float(v))
-    return out
-
-
-def model_speeds(model: Any, speeds: Sequence[float] | None = None) -> list[float]:
+def model_speeds(model: Any, speeds: Sequence[float] | None = None,
+                 quality: str = settings.DEFAULT_QUALITY) -> list[float]:
     """The speed views to average: ``speeds`` if given, else the model's
-    ``default_speeds`` (the shipped ``convtasnet`` sets some), else ``[1.0]``;
-    validated (:func:`check_speeds`)."""
+    ``quality`` preset's (default ``fast``: ``[1.0]``); validated (:func:`check_speeds`)."""
     if speeds is None:
-        speeds = getattr(model, "default_speeds", None) or [1.0]
+        speeds = list(settings.preset_settings(protocol.describe(model).presets, quality).speeds)
     return check_speeds(speeds)
 
 

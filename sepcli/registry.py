@@ -128,6 +128,10 @@ def make_config(family: str, config: Any = None, **overrides: Any) -> Any:
     else:
         values = dict(config)
     values.update(overrides)
+    # Old checkpoints and cards carry inference settings in their config; a
+    # checkpoint now holds architecture and weights only, so they are dropped.
+    for key in getattr(fam.config_cls, "LEGACY_KEYS", ()):
+        values.pop(key, None)
     known = {f.name for f in dataclasses.fields(fam.config_cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -440,10 +444,13 @@ def _shipped_info(card: dict) -> dict:
         info["pass_signs"] = bool(config.get("pass_signs", False))
         info["speeds"] = config.get("speeds") or [1.0]
 
-    if isinstance(card.get("config"), dict):
+    if isinstance(card.get("measured_with"), dict):  # the settings the scores were measured with
+        set_passes(card["measured_with"])
+        info["preset"] = card["measured_with"].get("preset")
+    elif isinstance(card.get("config"), dict):  # older cards: inference settings in the config
         set_passes(card["config"])
-        if all(info[k] is not None for k in ("family", "sample_rate", "n_src", "causal", "params")):
-            return info
+    if "passes" in info and all(info[k] is not None for k in ("family", "sample_rate", "n_src", "causal", "params")):
+        return info
     try:
         meta, shapes = read_header(card["path"])
         config = json.loads(meta.get("config", "{}"))

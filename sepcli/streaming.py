@@ -79,6 +79,7 @@ import torch.nn.functional as F
 
 from sepcli import engine
 from sepcli.errors import SepError
+from sepcli.inference.settings import DEFAULT_QUALITY
 from sepcli.models.conv_tasnet import prelu_, prelu_slope
 
 SCALAR_STATS_MAX_FRAMES = 32
@@ -891,7 +892,7 @@ class AveragedStreamer:
         _check_model(model)
         if not isinstance(signs, bool):
             raise SepError(f"signs must be True or False, got {signs!r}")
-        self.transforms = engine.pass_transforms(passes, model.config.stride, signs=signs)
+        self.transforms = engine.pass_transforms(passes, model.frame_hop, signs=signs)
         self.passes = len(self.transforms)
         self.signs = signs
         self.streamer = Streamer(model, chunk_size=chunk_size, lanes=self.transforms, backend=backend)
@@ -958,12 +959,12 @@ class AveragedStreamer:
 
 def make_streamer(
     model: torch.nn.Module, chunk_size: int | None = None, passes: int | None = None, signs: bool | None = None,
-    backend: str = "auto",
+    backend: str = "auto", quality: str = DEFAULT_QUALITY,
 ) -> Streamer | AveragedStreamer:
-    """The streamer of ``passes`` averaged passes (None: the model's default,
-    ``config.passes``, as ``sep separate``): a plain :class:`Streamer` for one.
+    """The streamer of ``passes`` averaged passes (None: the model's ``quality``
+    preset's, as ``sep separate``; ``fast``: one): a plain :class:`Streamer` for one.
     ``backend``: see :class:`Streamer`."""
-    passes, signs = engine.model_passes(model, passes, signs)
+    passes, signs = engine.model_passes(model, passes, signs, quality=quality)
     if passes == 1:
         return Streamer(model, chunk_size=chunk_size, backend=backend)
     return AveragedStreamer(model, chunk_size=chunk_size, passes=passes, signs=signs, backend=backend)
@@ -975,7 +976,7 @@ def offline(
     """The offline output a stream equals: the causal forward over the whole
     signal, or the causal average of ``passes`` passes. Shape: [T] -> [S, T] float32."""
     x = mix.detach().cpu().numpy() if isinstance(mix, torch.Tensor) else np.asarray(mix)
-    fn = engine.averaged_fn(engine.model_fn(model), engine.pass_transforms(passes, model.config.stride, signs=signs),
+    fn = engine.averaged_fn(engine.model_fn(model), engine.pass_transforms(passes, model.frame_hop, signs=signs),
                             causal=True)
     return fn(x.reshape(1, -1).astype(np.float32))[0]
 
@@ -1173,6 +1174,7 @@ def stream_file(
     subtype: str = "PCM_16",
     progress: Callable[[int, int], None] | None = None,
     passes: int | None = None,
+    quality: str = DEFAULT_QUALITY,
     backend: str = "auto",
 ) -> StreamResult:
     """Separate a file by streaming it through a causal model in chunks of
@@ -1184,7 +1186,7 @@ def stream_file(
     The tracks are the causal model's own output, identical to its offline
     forward over the whole file (no per-chunk level fitting, which would need
     the whole chunk before any output). ``passes``: forward passes averaged
-    (:class:`AveragedStreamer`; None: the model's default, as ``sep separate``);
+    (:class:`AveragedStreamer`; None: the ``quality`` preset's, as ``sep separate``);
     equal to their offline average (:func:`offline`). ``backend``: the
     streaming step's implementation (see :class:`Streamer`).
     """
@@ -1193,7 +1195,7 @@ def stream_file(
     net, name = _load_causal(model, device)
     separator = api.Separator(net, device=device)
     chunk = _chunk_samples(chunk_ms, separator.sample_rate)
-    streamer = make_streamer(separator.model, chunk_size=chunk, passes=passes, backend=backend)
+    streamer = make_streamer(separator.model, chunk_size=chunk, passes=passes, backend=backend, quality=quality)
     runner = _Runner(streamer, chunk)
 
     def separate_blocks(blocks: Iterable[np.ndarray], stats: Any = None) -> Iterator[np.ndarray]:
@@ -1204,8 +1206,8 @@ def stream_file(
         if stats is not None:
             stats.chunks = len(runner.times.seconds)
 
-    separator.separate_blocks = separate_blocks  # the api's hook for a streaming backend
-    res = separator.separate_file(path, out_dir, force=force, filename=filename, subtype=subtype, progress=progress)
+    res = separator.separate_file(path, out_dir, force=force, filename=filename, subtype=subtype, progress=progress,
+                                  blocks_fn=separate_blocks)
     timing = runner.times.summary()
     return StreamResult(
         input=res.input, status=res.status, outputs=list(res.outputs), model=name, n_src=res.n_src,
@@ -1241,6 +1243,7 @@ def stream_pcm(
     filename: str = "{stem}/s{i}.wav",
     subtype: str = "FLOAT",
     passes: int | None = None,
+    quality: str = DEFAULT_QUALITY,
     backend: str = "auto",
 ) -> StreamResult:
     """Separate raw mono PCM read from a pipe (e.g. ``sys.stdin.buffer``) until
@@ -1271,7 +1274,7 @@ def stream_pcm(
     width = np.dtype(dtype).itemsize
     chunk = _chunk_samples(chunk_ms, sample_rate)  # read size, at the input's rate
     model_chunk = _chunk_samples(chunk_ms, sr_model)
-    streamer = make_streamer(net, chunk_size=model_chunk, passes=passes, backend=backend)
+    streamer = make_streamer(net, chunk_size=model_chunk, passes=passes, backend=backend, quality=quality)
     times = ChunkTimes(model_chunk, sr_model)
     resample = sample_rate != sr_model
 

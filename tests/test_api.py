@@ -362,39 +362,6 @@ def test_package_exports_the_functional_api():
         sepcli.no_such_thing  # noqa: B018
 
 
-def test_segment_defaults_to_the_models_own() -> None:
-    dpcl = registry.build("dpcl", hidden=8, layers=1, emb_dim=4)
-    assert Separator(dpcl, device="cpu").segment == dpcl.default_segment == 30.0
-    assert Separator(dpcl, device="cpu").segment_samples == 30 * 8000
-    assert Separator(FirstIsMix(), device="cpu").segment == api.DEFAULT_SEGMENT  # no default_segment
-    assert Separator(dpcl, device="cpu", segment=2.5).segment == 2.5  # an explicit value wins
-    with pytest.raises(SepError, match="positive"):
-        Separator(dpcl, device="cpu", segment=0)
-    # Conv-TasNet: its config's segment, saved with the weights; none means the library's
-    tiny = dict(N=16, L=16, B=8, H=16, Sc=8, X=2, R=1)
-    assert Separator(registry.build("convtasnet", **tiny), device="cpu").segment == api.DEFAULT_SEGMENT
-    long_chunks = registry.build("convtasnet", **tiny, segment=30.0)
-    assert Separator(long_chunks, device="cpu").segment == 30.0
-    with pytest.raises(SepError, match="segment"):
-        registry.build("convtasnet", **tiny, segment=-1.0)
-
-
-def test_passes_default_to_the_models_own_and_survive_the_checkpoint(tmp_path: Path) -> None:
-    tiny = dict(N=16, L=16, B=8, H=16, Sc=8, X=2, R=1)
-    assert Separator(registry.build("convtasnet", **tiny), device="cpu").passes == 1
-    model = registry.build("convtasnet", **tiny, passes=2)
-    assert model.default_passes == 2 and model.frame_hop == 8
-    registry.save_model(model, tmp_path / "m.safetensors")
-    assert Separator(tmp_path / "m.safetensors", device="cpu").passes == 2
-    assert Separator(tmp_path / "m.safetensors", device="cpu", passes=1).passes == 1  # an explicit value wins
-    assert Separator(FirstIsMix(), device="cpu").passes == 1  # a model without default_passes
-    for bad in (0, 1.5, True):
-        with pytest.raises(SepError, match="passes"):
-            Separator(model, device="cpu", passes=bad)
-    with pytest.raises(SepError, match="passes"):
-        registry.build("convtasnet", **tiny, passes=0)
-
-
 def test_two_passes_are_the_mean_of_the_model_and_its_half_hop_delayed_copy() -> None:
     torch.manual_seed(3)
     model = registry.build("convtasnet", N=16, L=16, B=8, H=16, Sc=8, X=2, R=1).eval()
@@ -452,33 +419,11 @@ def test_pass_signs_make_the_output_odd_whatever_the_model() -> None:
         assert si_snr_db(est, ref) > 60  # one chunk: the engine only fits levels
 
 
-def test_pass_signs_default_to_the_models_own_and_survive_the_checkpoint(tmp_path: Path) -> None:
-    tiny = dict(N=16, L=16, B=8, H=16, Sc=8, X=2, R=1)
-    assert Separator(registry.build("convtasnet", **tiny), device="cpu").pass_signs is False
-    model = registry.build("convtasnet", **tiny, passes=4, pass_signs=True)
-    assert model.default_pass_signs is True
-    registry.save_model(model, tmp_path / "m.safetensors")
-    sep = Separator(tmp_path / "m.safetensors", device="cpu")
-    assert sep.pass_signs is True and sep.passes == 4
-    assert Separator(tmp_path / "m.safetensors", device="cpu", pass_signs=False).pass_signs is False
-    assert Separator(FirstIsMix(), device="cpu").pass_signs is False  # a model without default_pass_signs
-    with pytest.raises(SepError, match="pass_signs"):
-        Separator(model, device="cpu", pass_signs="yes")
-    with pytest.raises(SepError, match="pass_signs"):
-        registry.build("convtasnet", **tiny, pass_signs=1)
-
-
 def test_passes_need_a_fixed_speaker_count() -> None:
     dpcl = registry.build("dpcl", hidden=8, layers=1, emb_dim=4, kmeans_n_init=1, kmeans_max_bins=500)
     with pytest.raises(SepError, match="fixed number"):
         Separator(dpcl, device="cpu", n_src="auto", passes=2)
     assert Separator(dpcl, device="cpu", n_src=2, passes=2).passes == 2 and dpcl.frame_hop == dpcl.config.hop
-
-
-def test_conv_tasnet_segment_survives_the_checkpoint(tmp_path: Path) -> None:
-    model = registry.build("convtasnet", N=16, L=16, B=8, H=16, Sc=8, X=2, R=1, segment=12.0)
-    registry.save_model(model, tmp_path / "m.safetensors")
-    assert Separator(tmp_path / "m.safetensors", device="cpu").segment == 12.0
 
 
 def test_precision_sets_the_products_and_stays_close_to_float32() -> None:
@@ -517,26 +462,6 @@ def test_causal_conv_tasnet_reports_float32_precision() -> None:
     assert Separator(causal, device="cpu").precision == "float32"
     with pytest.raises(SepError, match="no bfloat16 path"):
         Separator(causal, device="cpu", precision="bfloat16")
-
-
-def test_speeds_default_to_the_models_own_and_survive_the_checkpoint(tmp_path: Path) -> None:
-    tiny = dict(N=16, L=16, B=8, H=16, Sc=8, X=2, R=1)
-    assert Separator(registry.build("convtasnet", **tiny), device="cpu").speeds == [1.0]
-    model = registry.build("convtasnet", **tiny, speeds=[1, 0.9])
-    assert model.default_speeds == [1.0, 0.9]
-    registry.save_model(model, tmp_path / "m.safetensors")
-    assert Separator(tmp_path / "m.safetensors", device="cpu").speeds == [1.0, 0.9]
-    assert Separator(tmp_path / "m.safetensors", device="cpu", speeds=[1]).speeds == [1.0]
-    with pytest.raises(SepError, match="speed"):
-        registry.build("convtasnet", **tiny, speeds=[4.0])
-    with pytest.raises(SepError, match="causal"):
-        registry.build("convtasnet", **tiny, causal=True, speeds=[1, 0.9])
-    causal = registry.build("convtasnet", **tiny, causal=True)
-    with pytest.raises(SepError, match="non-causal"):
-        Separator(causal, device="cpu", speeds=[1, 0.9])
-    dpcl = registry.build("dpcl", hidden=8, layers=1, emb_dim=4, kmeans_n_init=1, kmeans_max_bins=500)
-    with pytest.raises(SepError, match="fixed number"):
-        Separator(dpcl, device="cpu", n_src="auto", speeds=[1, 0.9])
 
 
 def test_speed_views_of_a_level_model_give_back_its_tracks_through_chunking() -> None:

@@ -85,11 +85,14 @@ def test_threads_are_restored():
 
 def test_run_bench_averaged_passes():
     torch.manual_seed(0)
-    net = registry.build("convtasnet", {**TINY, "L": 8, "causal": True, "passes": 2}).eval()
-    d = bench.run_bench(net, chunk_ms=[2], duration=0.2, naive_chunks=1, offline_model=False).to_dict()
-    assert d["passes"] == 2 and d["pass_signs"] is False  # the model's default
+    net = registry.build("convtasnet", {**TINY, "L": 8, "causal": True}).eval()
+    assert bench.run_bench(net, chunk_ms=[2], duration=0.2, naive_chunks=1, offline_model=False).passes == 1  # fast
+    d = bench.run_bench(net, chunk_ms=[2], duration=0.2, naive_chunks=1, offline_model=False,
+                        quality="high").to_dict()
+    assert d["passes"] == 2 and d["pass_signs"] is False  # the causal model's high preset
     (r,) = d["results"]
     assert r["algorithmic_latency_ms"] == pytest.approx(1000 * (8 + 16 + 2) / 8000)  # L + chunk + hop/2
     assert r["max_rel_diff"] < 1e-5  # against the offline average of the two passes
-    one = bench.run_bench(net, chunk_ms=[2], duration=0.2, naive_chunks=1, offline_model=False, passes=1)
+    one = bench.run_bench(net, chunk_ms=[2], duration=0.2, naive_chunks=1, offline_model=False, passes=1,
+                          quality="high")  # --passes overrides the preset
     assert one.passes == 1 and one.results[0].algorithmic_latency_ms == pytest.approx(1000 * 24 / 8000)

@@ -183,3 +183,24 @@ def test_without_model_and_without_shipped_weights(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("SEP_MODELS_DIR", str(tmp_path / "empty"))
     r = run(str(write(tmp_path / "x.wav")), "--out", str(tmp_path / "o"))
     assert r.exit_code == 1 and "sep models" in r.stderr and "--model" in r.stderr
+
+
+def test_quality_chooses_the_preset_and_options_override_it(tmp_path: Path, tiny_ckpt: str) -> None:
+    src = write(tmp_path / "x.wav", seconds=1.0)
+    r = run(str(src), "--model", tiny_ckpt, "--out", str(tmp_path / "f"), "--json", "-q")
+    assert r.exit_code == 0, r.output
+    fast = json.loads(r.stdout)
+    assert (fast["quality"], fast["passes"], fast["pass_signs"], fast["speeds"]) == ("fast", 1, False, [1.0])
+    r = run(str(src), "--model", tiny_ckpt, "--out", str(tmp_path / "h"), "--json", "-q", "--quality", "high",
+            "--float")
+    high = json.loads(r.stdout)
+    assert (high["quality"], high["passes"], high["pass_signs"], high["speeds"]) == ("high", 4, True, [1.0, 0.92, 0.88])
+    got = np.stack([sf.read(tmp_path / "h" / "x" / f"s{i}.wav", dtype="float32")[0] for i in (1, 2)])
+    want = api.Separator(tiny_ckpt, device="cpu", quality="high").separate(sf.read(src, dtype="float32")[0], 8000)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    r = run(str(src), "--model", tiny_ckpt, "--out", str(tmp_path / "o"), "--json", "-q", "--quality", "high",
+            "--passes", "2", "--speeds", "1")
+    assert (json.loads(r.stdout)["passes"], json.loads(r.stdout)["speeds"]) == (2, [1.0])
+    r = CliRunner().invoke(main, ["separate", str(src), "--model", tiny_ckpt, "--quality", "best"])
+    assert r.exit_code == 2 and "quality" in r.output
+    assert "--shifts" in CliRunner().invoke(main, ["separate", "--help"]).output

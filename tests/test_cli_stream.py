@@ -177,13 +177,13 @@ def test_help_has_example(cmd):
 
 
 def test_stream_averages_the_models_passes(tmp_path, monkeypatch):
-    """A model whose config asks for 2 passes streams them by default (file and
-    stdin), equal to their offline average; --passes 1 streams one."""
+    """--quality high streams a causal model's 2 passes (file and stdin), equal
+    to their offline average; --passes 1 overrides it; the default (fast) streams one."""
     from sepcli import streaming
 
     monkeypatch.setenv("SEP_MODELS_DIR", str(tmp_path / "shipped"))
     torch.manual_seed(1)
-    model = registry.build("convtasnet", {**TINY, "L": 8, "causal": True, "passes": 2}).eval()
+    model = registry.build("convtasnet", {**TINY, "L": 8, "causal": True}).eval()
     registry.save_model(model, tmp_path / "two.safetensors")
     mix = (0.05 * np.random.default_rng(3).standard_normal(2345)).astype(np.float32)
     sf.write(tmp_path / "talk.wav", mix, 8000, subtype="FLOAT")
@@ -192,7 +192,7 @@ def test_stream_averages_the_models_passes(tmp_path, monkeypatch):
     for extra, ref, n in (((), two, 2), (("--passes", "1"), offline(model, mix), 1)):
         out = tmp_path / f"out{n}"
         res = invoke("stream", str(tmp_path / "talk.wav"), "--model", str(tmp_path / "two.safetensors"), "--out",
-                     str(out), "--float", "--json", *extra)
+                     str(out), "--float", "--json", "--quality", "high", *extra)
         assert res.exit_code == 0, res.output
         info = json.loads(res.stdout)
         assert info["passes"] == n
@@ -200,10 +200,14 @@ def test_stream_averages_the_models_passes(tmp_path, monkeypatch):
         scaled = ref * 10 ** (info["gain_db"] / 20)
         assert np.abs(est - scaled).max() <= TOL * np.abs(scaled).max()
     res = invoke("stream", "-", "--stdin-rate", "8000", "--stdin-format", "f32le", "--model",
-                 str(tmp_path / "two.safetensors"), "--out", str(tmp_path / "live"), "--json", input=mix.tobytes())
+                 str(tmp_path / "two.safetensors"), "--out", str(tmp_path / "live"), "--json", "--quality", "high",
+                 input=mix.tobytes())
     assert res.exit_code == 0, res.output
     est = read_tracks(json.loads(res.stdout)["outputs"])
     assert np.abs(est - two).max() <= TOL * np.abs(two).max()
+    res = invoke("stream", str(tmp_path / "talk.wav"), "--model", str(tmp_path / "two.safetensors"), "--out",
+                 str(tmp_path / "fast"), "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["passes"] == 1  # the default preset: fast
     res = invoke("stream", str(tmp_path / "talk.wav"), "--model", str(tmp_path / "two.safetensors"), "--passes", "0")
     assert res.exit_code != 0 and "Traceback" not in res.output
 

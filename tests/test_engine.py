@@ -608,16 +608,13 @@ def test_ensemble_puts_each_view_in_the_order_of_the_first_and_averages() -> Non
         engine.ensemble_fn([a, three], what="speeds")(x)
 
 
-def test_model_speeds_default_to_the_models_own() -> None:
-    class Plain:
-        pass
+def test_model_speeds_default_to_the_preset() -> None:
+    from sepcli import registry
 
-    class Slow:
-        default_speeds = [1, 0.9]
-
-    assert engine.model_speeds(Plain()) == [1.0]
-    assert engine.model_speeds(Slow()) == [1.0, 0.9]
-    assert engine.model_speeds(Slow(), [1.0]) == [1.0]  # an explicit value wins
+    model = registry.build("convtasnet", N=16, L=16, B=8, H=16, Sc=8, X=2, R=1)
+    assert engine.model_speeds(model) == [1.0]  # fast
+    assert engine.model_speeds(model, quality="high") == [1.0, 0.92, 0.88]
+    assert engine.model_speeds(model, [1.0], quality="high") == [1.0]  # an explicit value wins
     for bad in ([], "1", [0.1], [True]):
         with pytest.raises(SepError, match="speed"):
-            engine.model_speeds(Plain(), bad)
+            engine.model_speeds(model, bad)

@@ -47,11 +47,10 @@ def test_rescore_replaces_only_the_quality_and_matches_an_independent_score(tmp_
         for folder, x in (("s1", ref[0]), ("s2", ref[1]), ("mix", ref.sum(0))):
             (test / folder).mkdir(parents=True, exist_ok=True)
             sf.write(test / folder / f"{name}.wav", x, 8000, subtype="FLOAT")
-    ship.update_shipped("tiny", {"passes": 2})
-    quality = ship.rescore_shipped("tiny", test, threads=1)
+    quality = ship.rescore_shipped("tiny", test, threads=1, quality="high")
 
-    sep = Separator("tiny", device="cpu")
-    assert sep.passes == 2  # scored as it ships now
+    sep = Separator("tiny", device="cpu", quality="high")
+    assert sep.passes == 4  # scored with the preset it names
     expect = []
     for name in ("a", "b"):
         mix = sf.read(test / "mix" / f"{name}.wav", dtype="float32")[0]
@@ -60,7 +59,9 @@ def test_rescore_replaces_only_the_quality_and_matches_an_independent_score(tmp_
         expect.append(np.mean(values - si_snr(np.stack([mix, mix]), ref)))
     assert quality["n"] == 2 and abs(quality["si_snri"] - round(float(np.mean(expect)), 2)) <= 0.011
     saved = json.loads((models / "tiny.json").read_text())
-    assert saved["quality"] == quality and saved["notes"] == "kept" and saved["config"]["passes"] == 2
+    assert saved["quality"] == quality and saved["notes"] == "kept"
+    assert saved["measured_with"] == {"preset": "high", **{k: v for k, v in sep.settings.to_dict().items()
+                                                           if k != "precision"}}
     md = (models / "tiny.md").read_text()
     assert "99.00" not in md and f"| SI-SNRi | {quality['stats']['si_snri']['mean']:.2f} dB" in md
     assert "| SDR |" in md and "hand-written section that must survive" in md

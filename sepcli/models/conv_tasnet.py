@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sepcli.engine import check_speeds
+from sepcli.inference.settings import InferenceSettings
 from sepcli.errors import SepError
 from sepcli.registry import register, register_preset
 
@@ -62,23 +63,10 @@ class ConvTasNetConfig:
     causal: bool = False
     norm: str = "auto"  # "auto": gLN if non-causal, cLN if causal
     mask_activation: str = "sigmoid"  # "sigmoid" | "relu" | "softmax" (over sources)
-    # Inference setting: chunk seconds sep separate uses unless told otherwise
-    # (None: sepcli.api.DEFAULT_SEGMENT). Trained models may need long chunks:
-    # on short ones the shipped convtasnet swapped speakers between chunks.
-    segment: float | None = None
-    # Inference setting: forward passes sep separate averages (the input delayed
-    # by fractions of the hop L/2, sepcli.engine.pass_transforms; None: 1). Costs
-    # one forward per pass; chosen per shipped model on the valid speakers.
-    passes: int | None = None
-    # Inference setting: alternate the input's sign between those passes (pairs of
-    # the same delay, sepcli.engine.pass_transforms). The average is then an odd
-    # function, f(-x) = -f(x): the output no longer depends on the recording's
-    # polarity, which a model trained on one polarity is sensitive to.
-    pass_signs: bool = False
-    # Inference setting: speed factors at which sep separate also hears the input
-    # (sepcli.engine.speed_fn; each view runs the passes above), averaged; None:
-    # [1.0]. Non-causal models only: the resampler looks ahead.
-    speeds: list[float] | None = None
+    # Keys that older checkpoints and cards carry in their config and that are
+    # no longer architecture: inference settings (now sepcli.inference presets).
+    # Loading ignores them (registry.make_config).
+    LEGACY_KEYS: ClassVar[tuple[str, ...]] = ("segment", "passes", "pass_signs", "speeds")
 
     def __post_init__(self) -> None:
         # ValueError is turned into SepError by registry.make_config.
@@ -98,18 +86,6 @@ class ConvTasNetConfig:
             raise ValueError(
                 f"mask_activation must be one of {', '.join(_MASKS)}, got {self.mask_activation!r}"
             )
-        if self.segment is not None and (isinstance(self.segment, bool) or not isinstance(self.segment, (int, float))
-                                         or not self.segment > 0):
-            raise ValueError(f"segment must be a positive number of seconds or null, got {self.segment!r}")
-        if self.passes is not None and (isinstance(self.passes, bool) or not isinstance(self.passes, int)
-                                        or self.passes < 1):
-            raise ValueError(f"passes must be a positive integer or null, got {self.passes!r}")
-        if not isinstance(self.pass_signs, bool):
-            raise ValueError(f"pass_signs must be true or false, got {self.pass_signs!r}")
-        if self.speeds is not None:
-            self.speeds = check_speeds(self.speeds)
-            if self.causal and any(v != 1 for v in self.speeds):
-                raise ValueError("a causal model cannot have speeds other than 1 (resampling looks ahead)")
 
     @property
     def norm_type(self) -> str:
@@ -282,32 +258,36 @@ class ConvTasNet(nn.Module):
     on CPUs with native bfloat16; docs/long-recordings.md has the figures).
     """
 
-    @property
-    def default_segment(self) -> float | None:
-        """Chunk seconds for :class:`sepcli.api.Separator` (``config.segment``;
-        None: the library default)."""
-        return self.config.segment
-
-    @property
-    def default_passes(self) -> int | None:
-        """Forward passes :class:`sepcli.api.Separator` averages (``config.passes``; None: 1)."""
-        return self.config.passes
-
-    @property
-    def default_pass_signs(self) -> bool:
-        """Whether :class:`sepcli.api.Separator`'s passes alternate the input's sign
-        (``config.pass_signs``)."""
-        return self.config.pass_signs
-
-    @property
-    def default_speeds(self) -> list[float] | None:
-        """Speed views :class:`sepcli.api.Separator` averages (``config.speeds``; None: [1.0])."""
-        return self.config.speeds
+    # -- the SeparationModel protocol (sepcli.inference.protocol)
 
     @property
     def frame_hop(self) -> int:
         """Encoder frame shift in samples (L/2): the unit of the averaged passes' delays."""
         return self.config.stride
+
+    def inference_presets(self) -> dict[str, InferenceSettings]:
+        """``fast``: one pass. ``high``: what the shipped models were tuned with on
+        the valid speakers (models/*.md): 4 passes with sign flips at speeds
+        1, 0.92, 0.88 (non-causal; it was trained with random polarity), or 2
+        delayed passes aligned causally (causal: sign flips did not help it).
+        30-s chunks: on short ones the shipped convtasnet swapped speakers
+        between chunks."""
+        fast = InferenceSettings(segment=30.0)
+        if self.config.causal:
+            return {"fast": fast, "high": fast.override(passes=2)}
+        return {"fast": fast, "high": fast.override(passes=4, pass_signs=True, speeds=(1.0, 0.92, 0.88))}
+
+    def set_products(self, dtype: torch.dtype) -> bool:
+        """Set the dtype of the matrix products in :meth:`separate`'s fast path;
+        False (nothing set) for cLN models, which have no such path."""
+        if self.config.norm_type != "gLN":
+            return False
+        self.products = dtype
+        return True
+
+    def streaming_layout(self) -> ConvTasNet | None:
+        """A causal model streams statefully (:class:`sepcli.streaming.Streamer`); None otherwise."""
+        return self if self.config.causal else None
 
     def __init__(self, config: ConvTasNetConfig | None = None) -> None:
         super().__init__()

@@ -47,6 +47,7 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from sepcli.errors import SepError
+from sepcli.inference.settings import InferenceSettings
 from sepcli.losses import deep_clustering_loss
 from sepcli.registry import register, register_preset
 
@@ -163,14 +164,35 @@ class DeepClustering(nn.Module):
     """The loss takes references with silent rows (they own no bins), so one
     batch can mix speaker counts (``speaker_counts`` in training recipes)."""
 
-    default_segment: float = 30.0
-    """Chunk length (seconds) that :class:`sepcli.api.Separator` uses unless told
-    otherwise. k-means labels clusters afresh in every chunk, and a cluster
-    follows one voice only while the BLSTM has context: on 4-s chunks about one
-    chunk in five switched speakers part-way, which no alignment between chunks
-    can undo. On the 10-minute stitching check (``bench/separate_long.py
-    --stitch-check --model dpcl``) 16-30 s chunks removed the swaps and scored
-    higher per piece; see docs/long-recordings.md."""
+    # -- the SeparationModel protocol (sepcli.inference.protocol)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def n_src(self) -> int:
+        return self.config.n_src
+
+    causal: bool = False  # the BLSTM runs both ways
+    receptive_field: int | None = None  # recurrent: the whole chunk
+
+    def inference_presets(self) -> dict[str, InferenceSettings]:
+        """One pass at every quality, 30-s chunks: k-means labels clusters afresh
+        in every chunk, and a cluster follows one voice only while the BLSTM has
+        context: on 4-s chunks about one chunk in five switched speakers
+        part-way, which no alignment between chunks can undo. On the 10-minute
+        stitching check (``bench/separate_long.py --stitch-check --model dpcl``)
+        16-30 s chunks removed the swaps and scored higher per piece; see
+        docs/long-recordings.md."""
+        settings = InferenceSettings(segment=30.0)
+        return {"fast": settings, "high": settings}
+
+    def set_products(self, dtype: torch.dtype) -> bool:
+        return False  # float32 only
+
+    def streaming_layout(self) -> None:
+        return None  # a BLSTM looks ahead
 
     @property
     def frame_hop(self) -> int:
