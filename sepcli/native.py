@@ -63,7 +63,7 @@ class SepNet(ctypes.Structure):
 
     _fields_ = [
         *[(n, ctypes.c_int32) for n in ("N", "L", "hop", "q", "S", "B", "Sc", "n_out", "H", "n_blocks",
-                                         "n_slope_out", "mask_act", "half")],
+                                         "n_slope_out", "half")],
         ("eps0", ctypes.c_float),
         *[(n, ctypes.c_void_p) for n in ("w_enc", "w_acc", "gain0", "b_acc", "slope_out", "w_mask", "b_mask",
                                          "w_dec")],

@@ -492,7 +492,6 @@ class _Native:
         net.B, net.Sc, net.n_out, net.H = d["B"], d["Sc"], d["B"] + d["Sc"], d["H"]
         net.n_blocks = len(st.blocks)
         net.n_slope_out = self.arrays["slope_out"].numel()
-        net.mask_act = {"relu": 1, "softmax": 2}.get(st.mask_activation, 0)
         net.half = int(self.half)
         net.eps0 = st.norm0.eps
         for name, t in self.arrays.items():
@@ -635,7 +634,6 @@ class Streamer:
         self.slope_out = prelu_slope(sep.prelu)
         self.w_mask_t = sep.mask_conv.weight.detach()[:, :, 0].t().contiguous()  # [Sc, S*N]
         self.b_mask = sep.mask_conv.bias.detach().clone()  # [S*N]
-        self.mask_activation = sep.mask_activation
         w_dec = model.decoder.weight.detach()[:, 0, :]  # [N, L]
         w_dec = F.pad(w_dec, (0, self._q * self.hop - self.L))  # [N, q*hop]
         # overlap-add as matrix products: output hop k = sum_j (masked frame k-j) @ w_dec_hops[j]
@@ -850,12 +848,7 @@ class Streamer:
         skip = prelu_(ws.acc_skip, self.slope_out)  # [R, Sc]
         torch.addmm(self.b_mask, skip, self.w_mask_t, out=ws.mask)  # [R, S*N]
         mask = ws.mask3  # [R, S, N]
-        if self.mask_activation == "relu":
-            mask.relu_()
-        elif self.mask_activation == "softmax":
-            mask.copy_(torch.softmax(mask, dim=1))
-        else:
-            mask.sigmoid_()
+        mask.sigmoid_()
         ws.masked[:, : q - 1] = self._masked_tail
         torch.mul(ws.mask4, w.view(G, frames, 1, -1), out=ws.masked_new)  # [G, K, S, N]
         self._masked_tail.copy_(ws.masked[:, frames:])

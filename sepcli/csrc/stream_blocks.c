@@ -276,7 +276,7 @@ void sep_blocks(SepBlock *blocks, int n_blocks, int half, float *acc, int K, int
 /* The whole network around the blocks, folded as in sepcli.streaming.Streamer._fold. */
 typedef struct {
     int32_t N, L, hop, q, S, B, Sc, n_out, H, n_blocks;
-    int32_t n_slope_out, mask_act; /* mask_act: 0 sigmoid, 1 relu, 2 softmax over sources */
+    int32_t n_slope_out;
     int32_t half;           /* the packed matrices hold float16 */
     float eps0;
     const void *w_enc;      /* packed [L -> N] */
@@ -327,18 +327,7 @@ void sep_network(SepNet *net, const float *const *lane_in, int K, int G, int64_t
     sep_gemm(R, S * N, net->Sc, acc + net->B, n_out, net->w_mask, net->half, mask, S * N, net->b_mask, 0);
     for (int i = 0; i < R; i++) {
         float *mi = mask + (int64_t)i * S * N;
-        if (net->mask_act == 1) {
-            for (int j = 0; j < S * N; j++) mi[j] = mi[j] > 0.0f ? mi[j] : 0.0f;
-        } else if (net->mask_act == 2) {
-            for (int c = 0; c < N; c++) {
-                float top = mi[c], total = 0.0f;
-                for (int s = 1; s < S; s++) top = mi[s * N + c] > top ? mi[s * N + c] : top;
-                for (int s = 0; s < S; s++) total += (mi[s * N + c] = expf(mi[s * N + c] - top));
-                for (int s = 0; s < S; s++) mi[s * N + c] /= total;
-            }
-        } else {
-            for (int j = 0; j < S * N; j++) mi[j] = 1.0f / (1.0f + expf(-mi[j]));
-        }
+        for (int j = 0; j < S * N; j++) mi[j] = 1.0f / (1.0f + expf(-mi[j])); /* sigmoid masks */
     }
     const int64_t frame = (int64_t)S * N, tail_n = (int64_t)(q - 1) * frame;
     for (int g = 0; g < G; g++) {

@@ -43,7 +43,7 @@ from sepcli.errors import SepError
 from sepcli.registry import register, register_preset
 
 _NORMS = ("auto", "gLN", "cLN")
-_MASKS = ("sigmoid", "relu", "softmax")
+_MASKS = ("sigmoid",)  # relu and softmax were never trained or shipped; removed
 
 
 @dataclass
@@ -62,7 +62,7 @@ class ConvTasNetConfig:
     R: int = 3  # repeats
     causal: bool = False
     norm: str = "auto"  # "auto": gLN if non-causal, cLN if causal
-    mask_activation: str = "sigmoid"  # "sigmoid" | "relu" | "softmax" (over sources)
+    mask_activation: str = "sigmoid"  # the only choice; kept so that configs naming it load
     # Keys that older checkpoints and cards carry in their config and that are
     # no longer architecture: inference settings (now sepcli.inference presets).
     # Loading ignores them (registry.make_config).
@@ -213,7 +213,6 @@ class Separator(nn.Module):
         c = config
         self.n_src = c.n_src
         self.N = c.N
-        self.mask_activation = c.mask_activation
         self.norm = make_norm(c.norm_type, c.N)
         self.bottleneck = nn.Conv1d(c.N, c.B, 1)
         self.blocks = nn.ModuleList(
@@ -232,17 +231,12 @@ class Separator(nn.Module):
             skip_sum = skip if skip_sum is None else skip_sum + skip
         scores = self.mask_conv(self.prelu(skip_sum))  # [B, S*N, K]
         scores = scores.view(w.shape[0], self.n_src, self.N, w.shape[-1])  # [B, S, N, K]
-        return apply_mask_activation(scores, self.mask_activation)
+        return apply_mask_activation(scores)
 
 
-def apply_mask_activation(scores: torch.Tensor, kind: str, inplace: bool = False) -> torch.Tensor:
-    """Shape: [B, S, ...] -> the same; softmax normalises over sources (dim 1).
-    ``inplace`` overwrites ``scores`` (inference buffers)."""
-    if kind == "relu":
-        return scores.relu_() if inplace else torch.relu(scores)
-    if kind == "softmax":
-        probs = torch.softmax(scores, dim=1)
-        return scores.copy_(probs) if inplace else probs
+def apply_mask_activation(scores: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Sigmoid masks. Shape: [B, S, ...] -> the same. ``inplace`` overwrites
+    ``scores`` (inference buffers)."""
     return scores.sigmoid_() if inplace else torch.sigmoid(scores)
 
 
@@ -621,8 +615,7 @@ class FoldedInference:
         skip = prelu_(torch.add(acc[:, B:], skip_const.to(dt), out=ws["skip"]), self.slope_out)  # [K, Sc]
         scores = ws["scores"]  # [K, S*N]
         self._set_product(scores, self.b_mask, skip, self.w_mask_t, low("skip_lp"), low("scores_lp"))
-        # [K, S, N] has the sources on dim 1, as apply_mask_activation's softmax expects
-        masks = apply_mask_activation(scores.view(K, c.n_src, c.N), c.mask_activation, inplace=True)  # [K, S, N]
+        masks = apply_mask_activation(scores.view(K, c.n_src, c.N), inplace=True)  # [K, S, N]
         masks.mul_(w[:, None, :])
         # The decoder (a transposed conv) as one product and an overlap-add of
         # q hop-long pieces: conv_transpose1d on time-major input cost ~8% of a forward.
