@@ -38,7 +38,7 @@ import numpy as np
 import scipy.signal
 import soxr
 
-from sepcli.audio import read_audio, write_audio
+from sepcli.audio import publish_dir, read_audio, write_audio
 from sepcli.errors import SepError
 
 SPEEDS = (0.9, 1.1)
@@ -155,15 +155,7 @@ def build_shifted(src: str | os.PathLike, out: str | os.PathLike, seed: int = 7,
         (tmp / "shift.csv").write_text(buf.getvalue())
         if (src / "metadata.csv").is_file():
             shutil.copy(src / "metadata.csv", tmp / "metadata.csv")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -150,16 +150,20 @@ def quality_table(q: dict) -> list[str]:
     return lines
 
 
-def rescore_shipped(name: str, test2: Path, threads: int, quality: str = "fast") -> dict:
+def rescore_shipped(name: str, test2: Path, threads: int, quality: str = "fast",
+                    shifted: Path | None = None) -> dict:
     """Score shipped model ``name`` again as it is now, with inference preset
     ``quality`` (``sep separate --quality``), and replace its card's quality
     and ``measured_with`` (JSON, and the Markdown table, keeping every other
-    section). Returns the new quality."""
+    section); with ``shifted`` (recipes/shifted.py's copy of the test set) also
+    its ``quality_shifted``. Returns the new quality."""
     path = registry.models_dir() / f"{name}.safetensors"
     scores = _score(path, test2, None, threads, quality)
     card_path = path.with_suffix(".json")
     card = json.loads(card_path.read_text())
     card["quality"] = scores
+    if shifted is not None:
+        card["quality_shifted"] = _score(path, shifted, None, threads, quality)
     settings = Separator(path, device="cpu", quality=quality).settings.to_dict()
     settings.pop("precision")
     card["measured_with"] = {"preset": quality, **settings}
@@ -185,6 +189,8 @@ def main() -> None:
                     help="inference preset the scores are measured with (recorded as the card's measured_with)")
     ap.add_argument("--test2", type=Path, default=ROOT / "data" / "test2", help="2-speaker test set")
     ap.add_argument("--test3", type=Path, default=None, help="3-speaker test set (clustering models)")
+    ap.add_argument("--shifted", type=Path, default=None,
+                    help="shifted copy of the test set (recipes/shifted.py), scored into quality_shifted")
     ap.add_argument("--hardware", default=None, help="what it trained on (default: this CPU)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for scoring")
     ap.add_argument("--notes", default="", help="free text for the card")
@@ -196,7 +202,7 @@ def main() -> None:
                          "auto_threshold=0.12 as tuned on the valid split (repeatable; JSON values)")
     args = ap.parse_args()
     if args.rescore:
-        quality = rescore_shipped(args.rescore, args.test2, args.threads, args.quality)
+        quality = rescore_shipped(args.rescore, args.test2, args.threads, args.quality, args.shifted)
         print(json.dumps({"name": args.rescore, "si_snri": quality["si_snri"], "sdri": quality["sdri"]}, indent=2))
         return
     if args.run is None or not args.name or not args.recipe:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -328,6 +329,25 @@ def temp_path_for(path: str | os.PathLike) -> Path:
     os.close(fd)
     os.chmod(tmp, NEW_FILE_MODE)
     return Path(tmp)
+
+
+def publish_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Move the finished folder ``tmp`` to ``out``, replacing an old ``out``.
+
+    ``tmp`` must be a sibling of ``out`` (same file system). The old folder is
+    moved aside before the new one takes its name, so ``out`` is at every
+    moment either the old set or the new one, never half of each.
+    """
+    tmp, out = Path(tmp), Path(out)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
 
 
 def _prepare_dest(path: str | os.PathLike, force: bool) -> Path:

@@ -118,16 +118,7 @@ def test_cards_hold_architecture_only_and_their_preset_reproduces_the_measured_s
     assert sep.settings.override(precision="auto") == _measured_with(name)
 
 
-# The figures of these cards were measured with --quality high; once they are
-# re-measured at the default (fast), this xfail turns into a failure (strict)
-# and the marker must go: the test then pins card and defaults together.
-_REMEASURE = {"convtasnet", "convtasnet-causal"}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="card measured at --quality high; re-measure at fast"))
-    if n in _REMEASURE else n for n in CARDS
-])
+@pytest.mark.parametrize("name", CARDS)
 def test_default_settings_equal_what_the_card_was_measured_with(name: str) -> None:
     sep = Separator(name, device="cpu", precision="float32")
     assert sep.settings.override(precision="auto") == _measured_with(name)

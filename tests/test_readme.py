@@ -75,17 +75,18 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_model_table_matches_cards():
-    """The README's shipped-models table: clean SI-SNRi and params as in models/NAME.json."""
+    """The README's shipped-models table: clean and shifted SI-SNRi and params as in models/NAME.json."""
     rows = {}
     for line in README.read_text().splitlines():
-        m = re.match(r"\| `([\w-]+)` \| [^|]+ \| (yes|no) \| ([\d.]+)M \| ([\d.]+) dB \|", line)
+        m = re.match(r"\| `([\w-]+)` \| [^|]+ \| (yes|no) \| ([\d.]+)M \| ([\d.]+) dB \| ([\d.]+) dB \|", line)
         if m:
-            rows[m.group(1)] = (m.group(2), float(m.group(3)), float(m.group(4)))
+            rows[m.group(1)] = (m.group(2), float(m.group(3)), float(m.group(4)), float(m.group(5)))
     cards = sorted(p.stem for p in (ROOT / "models").glob("*.json"))
     assert sorted(rows) == cards
-    for name, (causal, params_m, si_snri) in rows.items():
+    for name, (causal, params_m, si_snri, shifted) in rows.items():
         card = json.loads((ROOT / "models" / f"{name}.json").read_text())
         assert si_snri == card["quality"]["si_snri"], name
+        assert shifted == card["quality_shifted"]["si_snri"], name
         assert params_m == round(card["params"] / 1e6, 2), name
         assert causal == ("yes" if card["causal"] else "no"), name
 

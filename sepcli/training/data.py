@@ -41,7 +41,7 @@ import numpy as np
 import soxr
 import torch
 
-from sepcli.audio import read_audio, write_audio
+from sepcli.audio import publish_dir, read_audio, write_audio
 from sepcli.errors import SepError
 from sepcli.training.augment import AugmentConfig, add_noise, augment_sources
 from sepcli.training.corpus import Corpus, _is_audio
@@ -538,15 +538,7 @@ def build_mixture_set(
         writer.writerow(header)
         writer.writerows(rows)
         (tmp / "metadata.csv").write_text(buf.getvalue())
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
