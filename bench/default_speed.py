@@ -36,13 +36,12 @@ def run(model: str, minutes: float, workdir: Path) -> dict:
         sf.write(src, np.tile(x, n // len(x) + 1)[:n], sr, subtype="PCM_16")
     out = workdir / f"out-{model}"
     shutil.rmtree(out, ignore_errors=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     subprocess.run([SEP, "separate", str(src), "--model", model, "--out", str(out), "-q"], check=True)
     wall = time.perf_counter() - t0
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"model": model, "minutes": minutes, "rtf": round(wall / (n / sr), 4), "wall_s": round(wall, 1),
-            "peak_rss_mb": round(max(peak_kb, before) / 1024), "cores": os.cpu_count()}
+            "peak_rss_mb": round(peak_kb / 1024), "cores": os.cpu_count()}
 
 
 def main() -> None:

@@ -40,6 +40,8 @@ import soxr
 
 from sepcli.audio import publish_dir, read_audio, write_audio
 from sepcli.errors import SepError
+from sepcli.evaluate import source_dirs
+from sepcli.training.data import check_replaceable
 
 SPEEDS = (0.9, 1.1)
 RT60 = (0.3, 0.8)
@@ -127,12 +129,8 @@ def build_shifted(src: str | os.PathLike, out: str | os.PathLike, seed: int = 7,
     mixes = sorted((src / "mix").glob("*.wav"))
     if not mixes:
         raise SepError(f"{src} is not a mixture set (no mix/*.wav)")
-    n_src = len([d for d in src.iterdir() if d.is_dir() and d.name[:1] == "s" and d.name[1:].isdigit()])
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise SepError(f"{out} exists and is not empty; use --force to replace it")
-        if not (out / "shift.csv").is_file():
-            raise SepError(f"refusing to replace {out}: it is not a shifted set (no shift.csv)")
+    n_src = len(source_dirs(src))
+    check_replaceable(out, force, marker="shift.csv", what="a shifted set")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     rows = []

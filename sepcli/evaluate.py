@@ -279,7 +279,7 @@ def _audio_files(folder: Path) -> dict[str, Path]:
     return out
 
 
-def _source_dirs(set_dir: Path) -> list[Path]:
+def source_dirs(set_dir: Path) -> list[Path]:
     found = {}
     for p in set_dir.iterdir():
         m = re.fullmatch(r"s([1-9][0-9]*)", p.name)
@@ -327,7 +327,7 @@ def evaluate_set(
     mix_dir = next((set_dir / m for m in MIX_FOLDERS if (set_dir / m).is_dir()), None)
     if mix_dir is None:
         raise SepError(f"{set_dir}: no mixture folder ({' or '.join(m + '/' for m in MIX_FOLDERS)})")
-    src_dirs = _source_dirs(set_dir)
+    src_dirs = source_dirs(set_dir)
     mixes = _audio_files(mix_dir)
     if not mixes:
         raise SepError(f"{mix_dir}: no audio files")

@@ -445,7 +445,8 @@ class MixtureSetSummary:
         self.metadata = self.out / "metadata.csv"
 
 
-def _check_replaceable(out: Path, force: bool) -> None:
+def check_replaceable(out: Path, force: bool, marker: str = "metadata.csv", what: str = "a mixture set") -> None:
+    """SepError unless ``out`` is absent, empty, or (with ``force``) a folder holding ``marker``."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -454,9 +455,9 @@ def _check_replaceable(out: Path, force: bool) -> None:
         return
     if not force:
         raise SepError(f"{out} exists and is not empty; use --force to replace it")
-    if not (out / "metadata.csv").is_file():
+    if not (out / marker).is_file():
         # --force replaces a set, never an arbitrary folder.
-        raise SepError(f"refusing to replace {out}: it is not a mixture set (no metadata.csv)")
+        raise SepError(f"refusing to replace {out}: it is not {what} (no {marker})")
 
 
 def build_mixture_set(
@@ -490,7 +491,7 @@ def build_mixture_set(
     out = Path(out)
     if n_mixtures < 1:
         raise SepError(f"n_mixtures must be positive, got {n_mixtures}")
-    _check_replaceable(out, force)
+    check_replaceable(out, force)
     mixing = MixingConfig(
         n_src=n_src, segment=segment, mode=mode, snr_range=tuple(snr_range),
         speed_range=None if speed_range is None else tuple(speed_range), sampling=sampling,
