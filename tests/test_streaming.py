@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from sepcli import native, registry, streaming
+from sepcli import native, registry
 from sepcli.errors import SepError
+from sepcli.inference import streaming
 from sepcli.streaming import Streamer, stream_array
 
 TINY = dict(N=8, L=4, B=6, H=10, Sc=5, P=3, X=3, R=2)
@@ -123,7 +124,7 @@ def test_every_statistics_path(monkeypatch):
     for frames in (4, 24, 100):  # <= GRAM_MAX_FRAMES, <= SCALAR_STATS_MAX_FRAMES, above
         assert_close(stream_array(model, mix, frames * hop), ref)
     streamer = Streamer(model, chunk_size=3 * hop)
-    for norm in [streamer.norm0] + [n for b in streamer.blocks for n in (b.norm1, b.norm2)]:
+    for norm in [streamer.network.norm0] + [n for b in streamer.network.blocks for n in (b.norm1, b.norm2)]:
         norm.host = False
     outs = [streamer.process(mix[i : i + 3 * hop]) for i in range(0, mix.shape[0], 3 * hop)]
     assert_close(torch.cat(outs + [streamer.flush()], 1), ref)
@@ -365,7 +366,7 @@ def test_averaged_passes_every_statistics_path(monkeypatch):
         assert_close(stream_array(model, mix, frames * hop, passes=2), ref)
     streamer = streaming.AveragedStreamer(model, chunk_size=3 * hop, passes=2)
     inner = streamer.streamer
-    for norm in [inner.norm0] + [n for b in inner.blocks for n in (b.norm1, b.norm2)]:
+    for norm in [inner.network.norm0] + [n for b in inner.network.blocks for n in (b.norm1, b.norm2)]:
         norm.host = False
     outs = [streamer.process(mix[i : i + 3 * hop]) for i in range(0, mix.shape[0], 3 * hop)]
     assert_close(torch.cat(outs + [streamer.flush()], 1), ref)

@@ -4,19 +4,65 @@ The engine, :class:`sepcli.api.Separator` and the streamer use these members
 only; nothing is probed by name. A plain ``nn.Module`` that follows just the
 registry's training contract (``config.sample_rate``, ``config.n_src``,
 ``forward``) is wrapped by :func:`describe` with neutral defaults (one pass,
-float32, no streaming).
+float32, no streaming). A family that streams statefully returns a
+:class:`StreamingLayout` from ``streaming_layout()``; the generic
+:class:`sepcli.streaming.Streamer` buffers, frames and times the input and
+runs the family's :class:`StreamingNetwork` step by step.
 
 Shape: mix ``[B, T]`` -> ``[B, S, T]`` (B batch, S sources, T samples).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from sepcli.errors import SepError
 from sepcli.inference.settings import InferenceSettings
+
+
+class StreamingNetwork(Protocol):
+    """One stream's state of a streaming family, for G lanes in lockstep (copies
+    of the stream that share every product; :class:`sepcli.streaming.AveragedStreamer`)."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    def reset(self) -> None:
+        """Start a new stream (the state before the first sample)."""
+        ...
+
+    def step(self, xs: list[torch.Tensor], frames: int) -> torch.Tensor:
+        """The next ``frames`` frames of every lane, in order since the stream's start.
+        Shape: xs [(K-1)*hop + frame_length] per lane -> [G, S, K*hop], the output
+        hops these frames complete (the first ones belong to the left padding)."""
+        ...
+
+    def drain(self) -> torch.Tensor:
+        """At the end of the stream: the output that only past frames still add to.
+        Shape: [G, S, n] (n fixed by the family, n >= 0)."""
+        ...
+
+
+class StreamingLayout(Protocol):
+    """What the generic streamer needs of a family that streams: its framing, and
+    :meth:`network` to start a stream. Returned by ``streaming_layout()``."""
+
+    frame_length: int  # samples per frame
+    hop: int  # samples between frames
+    device: torch.device
+    dtype: torch.dtype
+
+    def frame_padding(self, n_samples: int) -> tuple[int, int]:
+        """Zeros (left, right) the offline forward pads around T samples."""
+        ...
+
+    def network(self, lanes: int, chunk_size: int | None, backend: str, max_frames: int) -> StreamingNetwork:
+        """A new stream of ``lanes`` lanes; buffers sized for ``chunk_size`` samples
+        per call (None: one hop) and steps of at most ``max_frames`` frames;
+        ``backend``: ``"native"`` (the compiled kernel, float32 on the CPU) or ``"torch"``."""
+        ...
 
 
 @runtime_checkable
@@ -60,9 +106,9 @@ class SeparationModel(Protocol):
         """Use ``dtype`` for the matrix products' operands; False if the model has no such choice."""
         ...
 
-    def streaming_layout(self) -> Any | None:
-        """What a stateful streamer needs (Conv-TasNet: its causal layers), or
-        None for a model that cannot be streamed."""
+    def streaming_layout(self) -> StreamingLayout | None:
+        """How the model streams statefully (:class:`StreamingLayout`), or None for
+        a model that cannot be streamed (non-causal, recurrent)."""
         ...
 
 
@@ -98,4 +144,4 @@ def set_products(model: torch.nn.Module, dtype: torch.dtype) -> bool:
     return bool(model.set_products(dtype)) if isinstance(model, SeparationModel) else False
 
 
-__all__ = ["ModelInfo", "SeparationModel", "describe", "set_products"]
+__all__ = ["ModelInfo", "SeparationModel", "StreamingLayout", "StreamingNetwork", "describe", "set_products"]

@@ -3,7 +3,8 @@
 Registered as family ``convtasnet``; presets ``convtasnet-paper`` (non-causal,
 gLN) and ``convtasnet-paper-causal`` (causal, cLN).
 
-Module names (stable: :mod:`sepcli.streaming` reuses these weights chunk by chunk)::
+Module names (stable: checkpoints name them; :mod:`sepcli.models.conv_tasnet_folded` folds them for
+inference and :mod:`sepcli.models.conv_tasnet_stream` streams them)::
 
     model.encoder                 Conv1d(1, N, L, stride=L//2, bias=False), then ReLU
     model.separator.norm          GlobalLayerNorm(N) | CumulativeLayerNorm(N)
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,10 @@ from torch import nn
 from sepcli.inference.settings import InferenceSettings
 from sepcli.errors import SepError
 from sepcli.registry import register, register_preset
+
+if TYPE_CHECKING:
+    from sepcli.models.conv_tasnet_folded import FoldedInference
+    from sepcli.models.conv_tasnet_stream import ConvTasNetStreaming
 
 _NORMS = ("auto", "gLN", "cLN")
 _MASKS = ("sigmoid",)  # relu and softmax were never trained or shipped; removed
@@ -99,17 +104,21 @@ class ConvTasNetConfig:
         return self.L // 2
 
 
-class GlobalLayerNorm(nn.Module):
-    """gLN: mean and variance over all channels and all frames, per-channel gain/bias.
-
-    ``y = weight * (x - mean) / sqrt(var + eps) + bias``. Shape: [B, C, K] -> [B, C, K].
-    """
+class _ChannelAffine(nn.Module):
+    """A layer norm's per-channel gain (``weight``) and bias, and its ``eps``."""
 
     def __init__(self, channels: int, eps: float = 1e-8) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
+
+
+class GlobalLayerNorm(_ChannelAffine):
+    """gLN: mean and variance over all channels and all frames, per-channel gain/bias.
+
+    ``y = weight * (x - mean) / sqrt(var + eps) + bias``. Shape: [B, C, K] -> [B, C, K].
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean(dim=(1, 2), keepdim=True)  # [B, 1, 1]
@@ -118,7 +127,7 @@ class GlobalLayerNorm(nn.Module):
         return y * self.weight[:, None] + self.bias[:, None]
 
 
-class CumulativeLayerNorm(nn.Module):
+class CumulativeLayerNorm(_ChannelAffine):
     """cLN (the paper's causal norm): at frame k, mean and variance over all C
     channels and all frames 0..k (count C*(k+1)), per-channel gain/bias.
 
@@ -127,12 +136,6 @@ class CumulativeLayerNorm(nn.Module):
     values per item: sum of x, sum of x**2 and the count.
     Shape: [B, C, K] -> [B, C, K].
     """
-
-    def __init__(self, channels: int, eps: float = 1e-8) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels, frames = x.shape[1], x.shape[2]
@@ -279,9 +282,14 @@ class ConvTasNet(nn.Module):
         self.products = dtype
         return True
 
-    def streaming_layout(self) -> ConvTasNet | None:
-        """A causal model streams statefully (:class:`sepcli.streaming.Streamer`); None otherwise."""
-        return self if self.config.causal else None
+    def streaming_layout(self) -> ConvTasNetStreaming | None:
+        """A causal model streams statefully (:class:`sepcli.streaming.Streamer`
+        runs :mod:`sepcli.models.conv_tasnet_stream`); None otherwise."""
+        if not self.config.causal:
+            return None
+        from sepcli.models.conv_tasnet_stream import ConvTasNetStreaming  # it imports this module
+
+        return ConvTasNetStreaming(self)
 
     def __init__(self, config: ConvTasNetConfig | None = None) -> None:
         super().__init__()
@@ -382,6 +390,8 @@ class ConvTasNet(nn.Module):
     def _folded(self) -> FoldedInference:
         """The :class:`FoldedInference` of the current weights (rebuilt when any
         parameter is replaced or changed in place, e.g. by an optimiser step)."""
+        from sepcli.models.conv_tasnet_folded import FoldedInference  # it imports this module
+
         key = (self.products, *((p.data_ptr(), p._version) for p in self.parameters()))
         cached = self.__dict__.get("_folded_cache")
         if cached is None or cached[0] != key:
@@ -404,249 +414,6 @@ class ConvTasNet(nn.Module):
         return loss
 
 
-class FoldedInference:
-    """Inference-only evaluation of a non-causal (gLN) Conv-TasNet: the same
-    function as ``ConvTasNet.forward`` with far fewer passes over memory.
-
-    Why: a gLN computed as written reads and writes its ``[H, K]`` input about
-    eight times, and with the padding, residual and skip sums the element-wise
-    work took ~40% of an offline forward on the CPU, next to matrix products
-    that already run near the machine's arithmetic rate. Here, per item:
-
-    * activations are time-major ``[K, C]``, so every 1x1 conv is one matrix
-      product and the depthwise conv's zero padding is rows above and below a
-      contiguous slab (no copy);
-    * each gLN costs one statistics pass: its gain and bias, and the
-      per-utterance mean and standard deviation, are folded into the next
-      layer (the depthwise taps, or the res/skip weights, which become one
-      matrix product that adds into a shared ``[residual | skip]``
-      accumulator); frames where a tap reads the padding get an exact
-      correction;
-    * constant outputs of the blocks are carried as biases instead of being
-      added to every frame.
-
-    Only rounding differs from ``forward`` (tested). ``products=torch.bfloat16``
-    rounds the operands of the matrix products (the 1x1 convs, the decoder) to
-    bfloat16; they accumulate in float32 inside the product, and activations,
-    statistics and every element-wise step stay float32. On CPUs with
-    AVX512-BF16 or AMX the products run faster and the output stays far
-    closer to float32 than the separation error (measured in
-    docs/long-recordings.md). (Element-wise work in bfloat16 is slower than float32
-    on the CPU, which is why only the products change.)
-    Built from the current weights: rebuild after changing them (the model's
-    :meth:`ConvTasNet.separate` does that by itself). Keeps its buffers for
-    the last input length between calls, so it is not thread-safe.
-
-    Shape: mix ``[B, T]`` -> ``[B, S, T]``.
-    """
-
-    def __init__(self, model: ConvTasNet, products: torch.dtype = torch.float32) -> None:
-        c = model.config
-        if c.norm_type != "gLN":
-            raise SepError("FoldedInference needs a non-causal Conv-TasNet with gLN")
-        if products not in (torch.float32, torch.bfloat16):
-            raise SepError(f"products must be torch.float32 or torch.bfloat16, got {products}")
-        self.model = model
-        self.products = products
-        self.dtype = dtype = torch.float32  # activations
-        self.config = c
-        self._ws_key: tuple | None = None
-        self._ws: dict[str, torch.Tensor] = {}
-        f64 = torch.float64
-        sep = model.separator
-
-        def mat(conv: nn.Conv1d) -> torch.Tensor:
-            return conv.weight.detach()[:, :, 0].to(f64)  # [out, in]
-
-        def vec(t: torch.Tensor | None, n: int) -> torch.Tensor:
-            return t.detach().to(f64) if t is not None else torch.zeros(n, dtype=f64, device=dev)
-
-        dev = model.encoder.weight.device
-        self.w_enc_t = model.encoder.weight.detach()[:, 0, :].t().contiguous().to(dtype)  # [L, N]
-        wb = mat(sep.bottleneck)  # [B, N]
-        self.wb_g = wb * sep.norm.weight.detach().to(f64)  # [B, N] the norm's gain folded in
-        self.wb_g_sum = self.wb_g.sum(1)  # [B]
-        self.cb = vec(sep.bottleneck.bias, c.B) + wb @ sep.norm.bias.detach().to(f64)  # [B]
-        self.eps0 = sep.norm.eps
-        self.blocks = []
-        for blk in sep.blocks:
-            w_in = mat(blk.conv_in)  # [H, B]
-            wd = blk.dconv.weight.detach()[:, 0, :].to(f64)  # [H, P]
-            g1, be1 = blk.norm1.weight.detach().to(f64), blk.norm1.bias.detach().to(f64)
-            w_out = torch.cat((mat(blk.res_out), mat(blk.skip_out)))  # [B+Sc, H]
-            b_out = torch.cat((vec(blk.res_out.bias, c.B), vec(blk.skip_out.bias, c.Sc)))  # [B+Sc]
-            g2, be2 = blk.norm2.weight.detach().to(f64), blk.norm2.bias.detach().to(f64)
-            self.blocks.append(dict(
-                w_in=w_in, w_in_t=w_in.t().contiguous().to(products), b_in=vec(blk.conv_in.bias, c.H),
-                slope1=prelu_slope(blk.prelu1), slope2=prelu_slope(blk.prelu2),
-                wd=wd, taps_g=wd * g1[:, None], g1=g1, be1=be1, b_d=vec(blk.dconv.bias, c.H),
-                d=blk.dconv.dilation[0], P=blk.dconv.kernel_size[0], pad_left=blk.pad_left,
-                w_out_g=w_out * g2, w_out_g_sum=(w_out * g2).sum(1), c_out=b_out + w_out @ be2,
-                eps1=blk.norm1.eps, eps2=blk.norm2.eps,
-            ))
-        self.pad = max([max(b["pad_left"], (b["P"] - 1) * b["d"] - b["pad_left"]) for b in self.blocks] + [0])
-        self.slope_out = prelu_slope(sep.prelu)
-        self.w_mask_t = mat(sep.mask_conv).t().contiguous().to(products)  # [Sc, S*N]
-        self.b_mask = vec(sep.mask_conv.bias, c.n_src * c.N).to(products)
-        w_dec = model.decoder.weight.detach()[:, 0, :]  # [N, L]
-        q = -(-c.L // c.stride)
-        w_dec = F.pad(w_dec, (0, q * c.stride - c.L))  # [N, q*hop]
-        self.dec_hops = w_dec.view(c.N, q, c.stride).permute(1, 0, 2).contiguous().to(products)  # [q, N, hop]
-
-    def _workspace(self, K: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """Buffers for ``K`` frames, kept for the next call of the same length.
-
-        Why: the engine calls with one chunk length again and again, and fresh
-        tensors of this size come from the OS each time (mmap), so every call
-        paid ~20k page faults (~20% of its time)."""
-        key = (K, device)
-        if self._ws_key == key:
-            return self._ws
-        c, f32, lp = self.config, torch.float32, self.products
-        S, N, H, B, Sc = c.n_src, c.N, c.H, c.B, c.Sc
-        q, hop = self.dec_hops.shape[0], c.stride
-
-        def new(*shape: int, dtype: torch.dtype = f32) -> torch.Tensor:
-            return torch.empty(*shape, dtype=dtype, device=device)
-
-        ws = dict(
-            w=new(K, N), acc=new(K, B + Sc), h_buf=new(self.pad + K + self.pad, H), z=new(K, H),
-            skip=new(K, Sc), scores=new(K, S * N), pieces=new(q, K * S, hop), out=new(S, K + q - 1, hop),
-        )
-        if lp != f32:  # the products' operands and results
-            ws.update(
-                w_lp=new(K, N, dtype=lp), res_lp=new(K, B, dtype=lp), h_lp=new(K, H, dtype=lp),
-                z_lp=new(K, H, dtype=lp), acc_lp=new(K, B + Sc, dtype=lp), skip_lp=new(K, Sc, dtype=lp),
-                scores_lp=new(K, S * N, dtype=lp), masks_lp=new(K * S, N, dtype=lp),
-                pieces_lp=new(q, K * S, hop, dtype=lp),
-            )
-        self._ws_key, self._ws = key, ws
-        return ws
-
-    def _set_product(self, out: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, w_t: torch.Tensor,
-                     x_lp: torch.Tensor | None, out_lp: torch.Tensor | None) -> None:
-        """out = bias + x @ w_t (out and x float32; ``*_lp``: buffers in the products' dtype)."""
-        if x_lp is None or out_lp is None:
-            torch.addmm(bias.to(out.dtype), x, w_t, out=out)
-        else:
-            x_lp.copy_(x)
-            torch.addmm(bias.to(x_lp.dtype), x_lp, w_t, out=out_lp)
-            out.copy_(out_lp)
-
-    def _add_product(self, acc: torch.Tensor, x: torch.Tensor, w_t: torch.Tensor,
-                     x_lp: torch.Tensor | None, out_lp: torch.Tensor | None) -> None:
-        """acc += x @ w_t (acc and x float32; ``w_t`` in the products' dtype)."""
-        if x_lp is None or out_lp is None:
-            acc.addmm_(x, w_t)
-        else:
-            x_lp.copy_(x)
-            acc.add_(torch.mm(x_lp, w_t, out=out_lp))
-
-    def _stats(self, x: torch.Tensor, eps: float) -> tuple[float, float]:
-        """(mean, 1/sqrt(var + eps)) over every element, accumulated in at least
-        float32 and combined in float64. From the sum and the sum of squares
-        (two vectorised passes): torch.var_mean is a serial Welford pass here,
-        which alone took half the time of a forward."""
-        n = x.numel()
-        flat = x.reshape(-1)
-        if x.dtype in (torch.float32, torch.float64):
-            total, squares = float(flat.sum()), float(torch.dot(flat, flat))
-        else:
-            total = float(flat.sum(dtype=torch.float32))
-            squares = float(torch.linalg.vector_norm(flat, dtype=torch.float32)) ** 2
-        mean = total / n
-        var = max(0.0, squares / n - mean * mean)
-        return mean, 1.0 / math.sqrt(var + eps)
-
-    @torch.no_grad()
-    def __call__(self, mix: torch.Tensor) -> torch.Tensor:
-        mix = self.model._check_mix(mix)
-        left, right = self.model.frame_padding(mix.shape[-1])
-        x = F.pad(mix.to(self.w_enc_t.device, self.dtype), (left, right))  # [B, T_pad]
-        out = torch.empty(x.shape[0], self.config.n_src, x.shape[1], dtype=torch.float32, device=x.device)
-        for item, y in zip(x, out, strict=True):  # [T_pad], [S, T_pad]
-            y.copy_(self._one(item))
-        return out[..., left : left + mix.shape[-1]]  # [B, S, T]
-
-    def _one(self, x: torch.Tensor) -> torch.Tensor:
-        """Shape: [T_pad] -> [S, T_pad] (a view of the workspace: copy it before the next call)."""
-        c, dt, lp = self.config, self.dtype, self.products
-        B, pad = c.B, self.pad
-        K = (x.shape[0] - c.L) // c.stride + 1
-        ws = self._workspace(K, x.device)
-        low = ws.get  # the products' buffers; None when the products are float32
-        w = torch.mm(x.unfold(0, c.L, c.stride), self.w_enc_t, out=ws["w"]).relu_()  # [K, N]
-        mean, inv = self._stats(w, self.eps0)
-        acc = ws["acc"].zero_()  # [K, B+Sc] = [residual | skip sum], constants apart
-        self._add_product(acc[:, :B], w, (self.wb_g * inv).t().to(lp), low("w_lp"), low("res_lp"))
-        res_const = self.cb - self.wb_g_sum * (mean * inv)  # [B] float64
-        skip_const = torch.zeros(c.Sc, dtype=torch.float64, device=w.device)
-        h_buf = ws["h_buf"]
-        h_buf[:pad].zero_()  # zero rows = the convs' padding
-        h_buf[pad + K :].zero_()
-        h = h_buf[pad : pad + K]  # [K, H]
-        z = ws["z"]
-        for blk in self.blocks:
-            self._set_product(h, blk["b_in"] + blk["w_in"] @ res_const, acc[:, :B], blk["w_in_t"],
-                              low("res_lp"), low("h_lp"))
-            prelu_(h, blk["slope1"])
-            mean, inv = self._stats(h, blk["eps1"])
-            # norm1(h) = (g1 * inv) * h + shift; the gain goes into the taps, the shift into a bias
-            shift = blk["be1"] - blk["g1"] * (mean * inv)  # [H]
-            taps = (blk["taps_g"] * inv).to(dt)  # [H, P]
-            wd_shift = blk["wd"] * shift[:, None]  # [H, P] what each tap adds through the shift
-            d, base = blk["d"], pad - blk["pad_left"]
-            torch.addcmul((blk["b_d"] + wd_shift.sum(1)).to(dt), h_buf[base : base + K], taps[:, 0], out=z)
-            for p in range(1, blk["P"]):
-                z.addcmul_(h_buf[base + p * d : base + p * d + K], taps[:, p])
-            for p in range(blk["P"]):
-                # frame k's tap p reads padded frame k + p*d - pad_left: zeros (not the shift) outside [0, K)
-                lo, hi = blk["pad_left"] - p * d, K + blk["pad_left"] - p * d
-                if lo > 0:
-                    z[: min(lo, K)] -= wd_shift[:, p].to(dt)
-                if hi < K:
-                    z[max(hi, 0) :] -= wd_shift[:, p].to(dt)
-            prelu_(z, blk["slope2"])
-            mean, inv = self._stats(z, blk["eps2"])
-            self._add_product(acc, z, (blk["w_out_g"] * inv).t().to(lp), low("z_lp"), low("acc_lp"))
-            const = blk["c_out"] - blk["w_out_g_sum"] * (mean * inv)  # [B+Sc]
-            res_const = res_const + const[:B]
-            skip_const = skip_const + const[B:]
-        skip = prelu_(torch.add(acc[:, B:], skip_const.to(dt), out=ws["skip"]), self.slope_out)  # [K, Sc]
-        scores = ws["scores"]  # [K, S*N]
-        self._set_product(scores, self.b_mask, skip, self.w_mask_t, low("skip_lp"), low("scores_lp"))
-        masks = apply_mask_activation(scores.view(K, c.n_src, c.N), inplace=True)  # [K, S, N]
-        masks.mul_(w[:, None, :])
-        # The decoder (a transposed conv) as one product and an overlap-add of
-        # q hop-long pieces: conv_transpose1d on time-major input cost ~8% of a forward.
-        hop, q = c.stride, self.dec_hops.shape[0]
-        rows = masks.view(K * c.n_src, c.N)  # [K*S, N]
-        if "masks_lp" in ws:
-            pieces = torch.matmul(ws["masks_lp"].copy_(rows), self.dec_hops, out=ws["pieces_lp"])
-        else:
-            pieces = torch.matmul(rows, self.dec_hops, out=ws["pieces"])  # [q, K*S, hop]
-        pieces = pieces.view(q, K, c.n_src, hop).permute(0, 2, 1, 3)  # [q, S, K, hop]
-        out = ws["out"].zero_()  # [S, K+q-1, hop]
-        for j in range(q):
-            out[:, j : j + K] += pieces[j]
-        return out.view(c.n_src, -1)[:, : (K - 1) * hop + c.L]  # [S, T_pad]
-
-
-def prelu_slope(prelu: nn.PReLU) -> float | torch.Tensor:
-    """PReLU with one shared slope runs as an in-place leaky ReLU (one op);
-    a per-channel PReLU keeps its weight vector. Used by the folded forward
-    and by :mod:`sepcli.streaming`."""
-    w = prelu.weight.detach()
-    return float(w.reshape(-1)[0]) if w.numel() == 1 else w.clone()
-
-
-def prelu_(x: torch.Tensor, slope: float | torch.Tensor) -> torch.Tensor:
-    """PReLU in place on ``[K, C]`` (a per-channel slope is ``[C]``)."""
-    if isinstance(slope, float):
-        return F.leaky_relu_(x, slope)
-    return x.copy_(torch.where(x >= 0, x, x * slope.to(x.dtype)))
-
-
 register_preset(
     "convtasnet-paper",
     "convtasnet",
@@ -661,3 +428,4 @@ register_preset(
     causal=True,
     norm="cLN",
 )
+

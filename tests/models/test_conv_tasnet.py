@@ -13,9 +13,9 @@ from sepcli.models.conv_tasnet import (
     ConvTasNet,
     ConvTasNetConfig,
     CumulativeLayerNorm,
-    FoldedInference,
     GlobalLayerNorm,
 )
+from sepcli.models.conv_tasnet_folded import FoldedInference
 
 TINY = dict(N=8, L=4, B=6, H=10, Sc=5, P=3, X=3, R=2)
 
