@@ -1,14 +1,15 @@
 /* One streaming step of a causal Conv-TasNet, in C: sep_network().
  *
  * sepcli/native.py compiles this file on first use with the machine's C
- * compiler (-O3 -march=native) and sepcli/streaming.py (Streamer,
- * backend="native") calls sep_network() through ctypes once per step; the
- * torch step there (Streamer._step) is the reference it must equal. Why: a
- * real-time chunk is only a few frames, so every 1x1 conv is a product of a
- * few rows with a large weight matrix. BLAS libraries are tuned for large
- * products and spend most of such a call on overheads; the kernel below
- * streams each packed weight panel once per step and keeps a tile of rows x
- * panel columns in registers (the README's "The streaming kernel").
+ * compiler (-O3 -march=native) and sepcli/models/conv_tasnet_native.py
+ * (NativeStep, what a Streamer with backend="native" runs) calls
+ * sep_network() through ctypes once per step; the torch step
+ * (ConvTasNetStream.step in sepcli/models/conv_tasnet_stream.py) is the
+ * reference it must equal. Why: a real-time chunk is only a few frames, so
+ * every 1x1 conv is a product of a few rows with a large weight matrix. BLAS
+ * libraries are tuned for large products and spend most of such a call on
+ * overheads; the kernel below streams each packed weight panel once per step
+ * and keeps a tile of rows x panel columns in registers (docs/streaming-kernel.md).
  *
  * Everything is float32 except the cumulative norms' running sums (float64,
  * as in the offline CumulativeLayerNorm). Only GCC/Clang vector extensions
@@ -273,7 +274,7 @@ void sep_blocks(SepBlock *blocks, int n_blocks, int half, float *acc, int K, int
     }
 }
 
-/* The whole network around the blocks, folded as in sepcli.streaming.Streamer._fold. */
+/* The whole network around the blocks, folded as in ConvTasNetStream._fold (sepcli/models/conv_tasnet_stream.py). */
 typedef struct {
     int32_t N, L, hop, q, S, B, Sc, n_out, H, n_blocks;
     int32_t n_slope_out;
