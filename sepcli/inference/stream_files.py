@@ -292,7 +292,8 @@ def stream_pcm(
         def emit(y: np.ndarray, last: bool = False) -> None:
             nonlocal held, written
             if ups is not None:
-                y = np.stack([up.resample_chunk(np.ascontiguousarray(t), last=last) for up, t in zip(ups, y, strict=True)])
+                y = np.stack([up.resample_chunk(np.ascontiguousarray(t), last=last)
+                              for up, t in zip(ups, y, strict=True)])
             held = np.concatenate((held, y), axis=1) if held.shape[1] else y
             if last:
                 held = held[:, : max(0, n_in - written)]

@@ -95,7 +95,8 @@ def fold_norms(model: ConvTasNet) -> FoldedNet:
         blocks.append(FoldedBlock(
             w_in=mat(blk.conv_in), b_in=vec(blk.conv_in.bias, H),
             slope1=prelu_slope(blk.prelu1), slope2=prelu_slope(blk.prelu2),
-            taps=wd * blk.norm1.weight.detach().to(f64)[:, None], tap_bias=wd * blk.norm1.bias.detach().to(f64)[:, None],
+            taps=wd * blk.norm1.weight.detach().to(f64)[:, None],
+            tap_bias=wd * blk.norm1.bias.detach().to(f64)[:, None],
             b_d=vec(blk.dconv.bias, H), dilation=blk.dconv.dilation[0], P=blk.dconv.kernel_size[0],
             pad_left=blk.pad_left, w_out=w_out, g2=g2, w_out_g=w_out * g2,
             c_out=b_out + w_out @ blk.norm2.bias.detach().to(f64), eps1=blk.norm1.eps, eps2=blk.norm2.eps,
