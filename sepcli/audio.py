@@ -234,6 +234,8 @@ class Resampler:
             return x
         return self.stream.resample_chunk(x, last=last)
 
+    resample_chunk = __call__  # soxr.ResampleStream's name, so a stream can be swapped for this
+
 
 def resample_blocks(blocks: Iterable[np.ndarray], sr_in: int, sr_out: int, length: int) -> Iterator[np.ndarray]:
     """Stream mono blocks through a :class:`Resampler`, pinned to exactly ``length``
