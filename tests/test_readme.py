@@ -170,6 +170,13 @@ def test_readme_links_exist():
         assert (ROOT / target).exists(), target
 
 
+@pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "docs").glob("*.md")))
+def test_docs_links_exist(page):
+    """The docs' relative links (to cards, other pages, code) point at files that exist."""
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", (ROOT / "docs" / page).read_text()):
+        assert (ROOT / "docs" / target).exists(), (page, target)
+
+
 def test_readme_runnable_blocks_run(tmp_path):
     if not (ROOT / "models" / "convtasnet.safetensors").exists():
         pytest.skip("no shipped weights in this checkout")
