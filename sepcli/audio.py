@@ -1,30 +1,40 @@
-"""Audio file I/O: read anything libsndfile reads, write WAV atomically, resample with soxr.
+"""The project's I/O module: audio files, atomic writes, the audio-extension
+list, the resampler.
 
-Every reader returns float32 mono ``[T]``: multichannel files are averaged to
-mono (logged once per file). Every writer takes ``[T]`` or ``[C, T]`` and
-writes WAV through a temp file in the destination folder followed by
-``os.replace``, so an interrupted write never leaves a partial output.
-
-Resampling uses soxr at ``"HQ"`` quality. The one-shot :func:`resample` and the
-streaming :class:`BlockReader` give bit-identical output for the same input
-(soxr's one-shot call is its streaming resampler run over the whole signal),
-so whole-file and streamed processing agree. The output length of a
-conversion is ``floor(T * sr_out / sr_in + 1/2)`` (:func:`resampled_length`).
+* **Audio files.** Every reader returns float32 mono ``[T]``: multichannel
+  files are averaged to mono (logged once per file). Every writer takes
+  ``[T]`` or ``[C, T]`` and writes WAV.
+* **Atomic writes.** Every output of the package (audio, weights,
+  checkpoints, CSV/JSON, plots, folders of files) goes through a temp file or
+  folder beside the destination followed by ``os.replace``
+  (:class:`AtomicFile`, :func:`atomic_write`, :func:`atomic_dir`), so an
+  interrupted write never leaves a partial output.
+* **Extensions.** :data:`AUDIO_EXTENSIONS` is the one list of file endings
+  treated as audio when a folder is searched (inputs, corpora, mixture sets,
+  estimates).
+* **Resampling** uses soxr at ``"HQ"`` quality, built here only: the one-shot
+  :func:`resample` and the streaming :class:`Resampler` (what
+  :class:`BlockReader` and :func:`resample_blocks` run) give bit-identical
+  output for the same input (soxr's one-shot call is its streaming resampler
+  run over the whole signal), so whole-file and streamed processing agree.
+  The output length of a conversion is ``floor(T * sr_out / sr_in + 1/2)``
+  (:func:`resampled_length`).
 
 Shape legend: T samples, C channels.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
+from typing import IO, Any
 
 import numpy as np
 import soundfile as sf
@@ -39,6 +49,11 @@ SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 
 RESAMPLE_QUALITY = "HQ"
 DEFAULT_BLOCK_FRAMES = 65536
+
+AUDIO_EXTENSIONS = frozenset(
+    ".wav .wave .flac .ogg .oga .opus .mp3 .aif .aiff .aifc .au .snd .caf .w64 .rf64 .sph .nist".split()
+)
+"""File endings treated as audio when a folder is searched (any file given by name is tried)."""
 
 # Files written via a private temp file (mode 0600) get the mode an ordinary
 # open() would have given them; the umask is read once, at import.
@@ -60,6 +75,11 @@ class AudioInfo:
 
 
 # ----------------------------------------------------------------------------- reading
+
+
+def has_audio_suffix(path: str | os.PathLike) -> bool:
+    """Whether ``path`` ends in one of :data:`AUDIO_EXTENSIONS` (any case)."""
+    return Path(path).suffix.lower() in AUDIO_EXTENSIONS
 
 
 def _check_file(path: Path) -> None:
@@ -181,10 +201,64 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float32)
     if x.ndim == 1:
-        return soxr.resample(x, sr_in, sr_out, quality=RESAMPLE_QUALITY)
+        return _soxr_resample(x, sr_in, sr_out)
     # soxr wants frames first: [C, T] -> [T, C] -> resample -> [C, T']
-    y = soxr.resample(np.ascontiguousarray(x.T), sr_in, sr_out, quality=RESAMPLE_QUALITY)
-    return np.ascontiguousarray(y.T)
+    return np.ascontiguousarray(_soxr_resample(np.ascontiguousarray(x.T), sr_in, sr_out).T)
+
+
+def play_faster(x: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
+    """``x`` played ``factor`` times as fast (tempo and pitch together): resampled
+    from ``sample_rate * factor`` to ``sample_rate`` Hz, a fractional ratio
+    :func:`resample` does not take. Shape: ``[T]`` -> ``[~T / factor]``."""
+    return _soxr_resample(x, sample_rate * factor, sample_rate)
+
+
+def _soxr_resample(x: np.ndarray, sr_in: float, sr_out: float) -> np.ndarray:
+    return soxr.resample(x, sr_in, sr_out, quality=RESAMPLE_QUALITY)
+
+
+class Resampler:
+    """Streaming soxr resampling of one mono track; a pass-through at equal rates.
+
+    ``resampler(block)`` returns what is ready, ``resampler(empty, last=True)``
+    the rest. Shape: ``[n]`` -> ``[m]`` float32.
+    """
+
+    def __init__(self, sr_in: int, sr_out: int) -> None:
+        self.stream = None if sr_in == sr_out else soxr.ResampleStream(
+            sr_in, sr_out, 1, dtype="float32", quality=RESAMPLE_QUALITY
+        )
+
+    def __call__(self, x: np.ndarray, last: bool = False) -> np.ndarray:
+        if self.stream is None:
+            return x
+        return self.stream.resample_chunk(x, last=last)
+
+    resample_chunk = __call__  # soxr.ResampleStream's name, so a stream can be swapped for this
+
+
+def resample_blocks(blocks: Iterable[np.ndarray], sr_in: int, sr_out: int, length: int) -> Iterator[np.ndarray]:
+    """Stream mono blocks through a :class:`Resampler`, pinned to exactly ``length``
+    output samples (cut, or zero-padded at the end). Output blocks are never
+    empty. Shape: blocks ``[n]`` -> yields float32 ``[m]``."""
+    resampler = Resampler(sr_in, sr_out)
+    left = length
+
+    def pinned(y: np.ndarray) -> Iterator[np.ndarray]:
+        nonlocal left
+        # Header frame counts of compressed formats can disagree with what the
+        # decoder delivers, and resampling twice can add or lose a sample.
+        y = y[:left]
+        left -= y.shape[0]
+        if y.shape[0]:
+            yield np.ascontiguousarray(y, dtype=np.float32)
+
+    for block in blocks:
+        yield from pinned(resampler(block))
+    if resampler.stream is not None:
+        yield from pinned(resampler(np.zeros(0, np.float32), last=True))
+    if left > 0:
+        yield np.zeros(left, np.float32)
 
 
 class BlockReader:
@@ -233,12 +307,7 @@ class BlockReader:
     def __enter__(self) -> BlockReader:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -265,30 +334,8 @@ class BlockReader:
             yield _downmix(data)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        stream = None
-        if self.sample_rate != self.info.sample_rate:
-            stream = soxr.ResampleStream(
-                self.info.sample_rate, self.sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY
-            )
-        remaining = self.out_frames
-
-        def emit(y: np.ndarray) -> Iterator[np.ndarray]:
-            nonlocal remaining
-            # Header frame counts of compressed formats can disagree with what
-            # the decoder delivers; the output length is pinned to out_frames.
-            y = y[:remaining]
-            remaining -= y.shape[0]
-            if y.shape[0]:
-                yield np.ascontiguousarray(y, dtype=np.float32)
-
-        for block in self._file_blocks():
-            y = block if stream is None else stream.resample_chunk(block)
-            yield from emit(y)
-        if stream is not None:
-            yield from emit(stream.resample_chunk(np.zeros(0, np.float32), last=True))
-        if remaining > 0:
-            yield np.zeros(remaining, np.float32)
-            remaining = 0
+        # The output length is pinned to out_frames (see resample_blocks).
+        return resample_blocks(self._file_blocks(), self.info.sample_rate, self.sample_rate, self.out_frames)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -329,6 +376,71 @@ def temp_path_for(path: str | os.PathLike) -> Path:
     os.close(fd)
     os.chmod(tmp, NEW_FILE_MODE)
     return Path(tmp)
+
+
+class AtomicFile:
+    """A temp file beside ``path`` (:func:`temp_path_for`) that becomes ``path``
+    on :meth:`commit` (``os.replace``) or is removed by :meth:`discard`: the
+    one way the package writes a file.
+
+    As a context manager it gives the temp path, commits on a clean exit and
+    removes the temp file on an exception::
+
+        with AtomicFile("scores.csv") as tmp:
+            tmp.write_text(text)
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.tmp = temp_path_for(self.path)
+
+    def commit(self) -> None:
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self.commit()
+        finally:
+            self.discard()
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes]], Any], *,
+                 fsync: bool = False) -> Path:
+    """Write ``data`` (bytes, text as UTF-8, or a function that writes to the
+    open binary file) to ``path`` atomically (:class:`AtomicFile`). ``fsync``:
+    the data reach the disk before the rename does (state a crash must not
+    lose). Returns the path."""
+    with AtomicFile(path) as tmp, open(tmp, "wb") as f:
+        if callable(data):
+            data(f)
+        else:
+            f.write(data.encode() if isinstance(data, str) else data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """A new folder beside ``out`` to fill; on a clean exit it replaces ``out``
+    (:func:`publish_dir`), on an exception it is removed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        publish_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def publish_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
@@ -387,15 +499,11 @@ def write_audio(
         raise SepError(f"{path}: audio to write contains NaN or infinite samples")
     path = _prepare_dest(path, force)
     clipped = _count_clipped(data, subtype)
-    tmp = temp_path_for(path)
     try:
-        sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV")
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, (sf.LibsndfileError, OSError)):
-            raise SepError(f"{path}: cannot write ({_short(exc)})") from None
-        raise
+        with AtomicFile(path) as tmp:
+            sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV")
+    except (sf.LibsndfileError, OSError) as exc:
+        raise SepError(f"{path}: cannot write ({_short(exc)})") from None
     if clipped:
         log.warning("%s: %d samples beyond ±1.0 clipped (subtype FLOAT keeps them)", path, clipped)
     return path
@@ -432,17 +540,17 @@ class AudioWriter:
         self.path = _prepare_dest(path, force)
         self.frames = 0
         self._clipped = 0
-        self._tmp: Path | None = None
+        self._target: AtomicFile | None = None
         self._file: sf.SoundFile | None = None
 
     def __enter__(self) -> AudioWriter:
-        self._tmp = temp_path_for(self.path)
+        self._target = AtomicFile(self.path)
         try:
             self._file = sf.SoundFile(
-                str(self._tmp), "w", self.sample_rate, self.channels, self.subtype, format="WAV"
+                str(self._target.tmp), "w", self.sample_rate, self.channels, self.subtype, format="WAV"
             )
         except BaseException:
-            self._tmp.unlink(missing_ok=True)
+            self._target.discard()
             raise
         return self
 
@@ -457,15 +565,10 @@ class AudioWriter:
         self._file.write(data)
         self.frames += data.shape[0]
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        f, tmp = self._file, self._tmp
-        self._file = self._tmp = None
-        if f is None or tmp is None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        f, target = self._file, self._target
+        self._file = self._target = None
+        if f is None or target is None:
             return
         try:
             f.close()
@@ -473,9 +576,9 @@ class AudioWriter:
                 return
             if self.frames == 0:
                 raise SepError(f"{self.path}: nothing was written (0 samples)")
-            os.replace(tmp, self.path)
+            target.commit()
         finally:
-            tmp.unlink(missing_ok=True)
+            target.discard()
         if self._clipped:
             log.warning(
                 "%s: %d samples beyond ±1.0 clipped (subtype FLOAT keeps them)",

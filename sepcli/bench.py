@@ -124,10 +124,7 @@ def cpu_name() -> str:
 def resolve_device(device: str) -> torch.device:
     """``cpu`` or ``cuda[:N]`` (timings name a device, so no ``auto``).
     SepError (one line) when CUDA is not available."""
-    name = str(device).strip().lower()
-    if name != "cpu" and not name.startswith("cuda"):
-        raise SepError(f"unsupported device {device!r}; use cpu or cuda")
-    return engine.resolve_device(device)
+    return engine.resolve_device(device, kinds=("cpu", "cuda"))
 
 
 def load_bench_model(

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from sepcli import metrics
-from sepcli.audio import read_audio, resample, temp_path_for
+from sepcli.audio import atomic_write, has_audio_suffix, read_audio, resample
 from sepcli.errors import SepError
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 METRICS = ("si_snr", "si_snri", "sdr", "sdri")
 LENGTH_TOLERANCE = 0.01
 """Largest relative length difference that is trimmed/padded instead of refused."""
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 MIX_FOLDERS = ("mix", "mix_clean")
 _MAX_LOGGED_NOTES = 5
 
@@ -274,7 +273,7 @@ def _audio_files(folder: Path) -> dict[str, Path]:
     """Stem -> path of the audio files directly in ``folder``."""
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith("."):
+        if p.is_file() and has_audio_suffix(p) and not p.name.startswith("."):
             out.setdefault(p.stem, p)
     return out
 
@@ -299,7 +298,7 @@ def _est_files(folder: Path) -> dict[int, Path]:
     out: dict[int, Path] = {}
     for p in folder.iterdir():
         m = re.fullmatch(r"s([1-9][0-9]*)", p.stem)
-        if m and p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS:
+        if m and p.is_file() and has_audio_suffix(p):
             k = int(m.group(1))
             if k in out:
                 raise SepError(f"{folder}: two estimate files for source {k}: {out[k].name}, {p.name}")
@@ -432,13 +431,6 @@ def write_csv(
     text = csv_text(scores, missing)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path_for(path)
+        return atomic_write(path, text)
     except OSError as exc:
         raise SepError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 from sepcli import __version__
-from sepcli.audio import NEW_FILE_MODE, temp_path_for
+from sepcli.audio import NEW_FILE_MODE, AtomicFile
 from sepcli.errors import SepError
 
 log = logging.getLogger(__name__)
@@ -180,10 +180,6 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def atomic_replace(tmp: str | Path, dest: str | Path) -> None:
-    os.replace(tmp, dest)
-
-
 def save_model(
     model: torch.nn.Module,
     path: str | Path,
@@ -225,14 +221,9 @@ def save_model(
         meta.update({str(k): str(v) for k, v in extra.items()})
     meta["digest"] = _digest(meta, tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(path)
-    try:
+    with AtomicFile(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
         os.chmod(tmp, NEW_FILE_MODE)  # save_file recreates the file as 0600: weights are often shared
-        atomic_replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return file_sha256(path)
 
 

@@ -338,3 +338,72 @@ def test_block_reader_nan_and_bad_block_size(tmp_path):
             list(r)
     with pytest.raises(SepError, match="block_frames"):
         BlockReader(p, block_frames=0)
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def test_one_extension_list_covers_every_former_list():
+    corpus_list = (".flac", ".wav", ".ogg", ".oga", ".aiff", ".aif", ".mp3")  # training/corpus before issue 31
+    evaluate_list = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")  # evaluate before issue 31
+    assert set(corpus_list) | set(evaluate_list) <= audio.AUDIO_EXTENSIONS
+    assert audio.has_audio_suffix("a/B.FLAC") and audio.has_audio_suffix("x.opus")
+    assert not audio.has_audio_suffix("notes.txt") and not audio.has_audio_suffix("wav")
+
+
+def test_atomic_file_commits_on_success_and_leaves_nothing_on_error(tmp_path):
+    dest = tmp_path / "x.bin"
+    with audio.AtomicFile(dest) as tmp:
+        assert tmp.parent == tmp_path and tmp != dest
+        tmp.write_bytes(b"new")
+        assert not dest.exists()  # nothing at the destination until the rename
+    assert dest.read_bytes() == b"new" and leftover_temps(tmp_path) == []
+    with pytest.raises(RuntimeError):
+        with audio.AtomicFile(dest) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("cut")
+    assert dest.read_bytes() == b"new" and leftover_temps(tmp_path) == []
+
+
+@pytest.mark.parametrize("data", [b"\x00bytes", "text é\n", lambda f: f.write(b"from a function")])
+def test_atomic_write_takes_bytes_text_or_a_writer(tmp_path, data):
+    p = audio.atomic_write(tmp_path / "x", data, fsync=True)
+    want = data if isinstance(data, bytes) else data.encode() if isinstance(data, str) else b"from a function"
+    assert p.read_bytes() == want
+    assert stat.S_IMODE(os.stat(p).st_mode) == audio.NEW_FILE_MODE and leftover_temps(tmp_path) == []
+
+
+def test_atomic_dir_replaces_the_old_folder_or_leaves_it(tmp_path):
+    out = tmp_path / "set"
+    with audio.atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+        assert not out.exists()
+    assert [p.name for p in out.iterdir()] == ["a.txt"]
+    with pytest.raises(RuntimeError):
+        with audio.atomic_dir(out) as tmp:
+            (tmp / "b.txt").write_text("2")
+            raise RuntimeError("cut")
+    assert [p.name for p in out.iterdir()] == ["a.txt"]  # the old set, untouched
+    with audio.atomic_dir(out) as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert [p.name for p in out.iterdir()] == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no temp or old folder left
+
+
+@pytest.mark.parametrize("sr_in, sr_out", [(8000, 8000), (16000, 8000), (8000, 44100)])
+def test_resample_blocks_equals_one_shot_and_is_pinned(sr_in, sr_out):
+    x = speechlike(RNG, 9001).astype(np.float32)
+    whole = resample(x, sr_in, sr_out)
+    blocks = list(audio.resample_blocks(np.array_split(x, 7), sr_in, sr_out, len(whole)))
+    assert all(b.dtype == np.float32 and len(b) > 0 for b in blocks)
+    np.testing.assert_allclose(np.concatenate(blocks), whole, atol=1e-6)
+    longer = np.concatenate(list(audio.resample_blocks([x], sr_in, sr_out, len(whole) + 5)))
+    assert len(longer) == len(whole) + 5 and not longer[-5:].any()  # zero-padded at the end
+    assert len(np.concatenate(list(audio.resample_blocks([x], sr_in, sr_out, 100)))) == 100
+
+
+def test_play_faster_is_the_fractional_soxr_ratio():
+    x = speechlike(RNG, 8000).astype(np.float32)
+    y = audio.play_faster(x, 1.25, 8000)
+    np.testing.assert_array_equal(y, soxr.resample(x, 8000 * 1.25, 8000, quality="HQ"))
+    assert abs(len(y) - 8000 / 1.25) <= 1

@@ -122,3 +122,38 @@ def test_cards_hold_architecture_only_and_their_preset_reproduces_the_measured_s
 def test_default_settings_equal_what_the_card_was_measured_with(name: str) -> None:
     sep = Separator(name, device="cpu", precision="float32")
     assert sep.settings.override(precision="auto") == _measured_with(name)
+
+
+class NoConfig(torch.nn.Module):
+    """Implements the protocol and has no ``config``: whatever Separator needs
+    must come through the protocol."""
+
+    sample_rate, n_src, causal, receptive_field, frame_hop = 8000, 3, False, 1, 1
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        return torch.stack([mix, 0 * mix, 0 * mix], dim=1)  # [B, T] -> [B, 3, T]
+
+    def separate(self, mix: torch.Tensor, n_src: int | str | None = None) -> torch.Tensor:
+        return self.forward(mix)
+
+    def inference_presets(self) -> dict[str, InferenceSettings]:
+        return {"fast": InferenceSettings(segment=0.5), "high": InferenceSettings(segment=0.5, passes=2)}
+
+    def set_products(self, dtype: torch.dtype) -> bool:
+        return False
+
+    def streaming_layout(self) -> None:
+        return None
+
+
+def test_separator_reads_the_model_through_the_protocol() -> None:
+    model = NoConfig()
+    assert isinstance(model, SeparationModel) and not hasattr(model, "config")
+    sep = Separator(model, device="cpu", quality="high")
+    assert (sep.expected_n_src, sep.sample_rate, sep.segment, sep.passes) == (3, 8000, 0.5, 2)
+    mix = torch.randn(6000).numpy() * 0.1
+    est = sep.separate(mix, 8000)
+    assert est.shape == (3, 6000)
+    assert abs(est.sum(axis=0) - mix).max() < 1e-4  # the tracks add up to the mixture
+    plain = protocol.separate_method(Plain())  # no separate(): the forward, which takes no n_src
+    assert plain(torch.ones(1, 4), n_src=2).shape == (1, 2, 4)

@@ -10,6 +10,7 @@ Shape: mix ``[B, T]`` -> ``[B, S, T]`` (B batch, S sources, T samples).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -93,9 +94,19 @@ def describe(model: torch.nn.Module) -> ModelInfo:
                      1, None, False)
 
 
+def separate_method(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """The inference route ``f(mix, n_src=...)``: :meth:`SeparationModel.separate`;
+    for a plain module its own ``separate`` if it has one, else its forward
+    (which takes no ``n_src``). Shape: ``[B, T] -> [B, S, T]``."""
+    separate = getattr(model, "separate", None)
+    if separate is not None:
+        return separate
+    return lambda mix, n_src=None: model(mix)
+
+
 def set_products(model: torch.nn.Module, dtype: torch.dtype) -> bool:
     """:meth:`SeparationModel.set_products`, False for plain modules."""
     return bool(model.set_products(dtype)) if isinstance(model, SeparationModel) else False
 
 
-__all__ = ["ModelInfo", "SeparationModel", "describe", "set_products"]
+__all__ = ["ModelInfo", "SeparationModel", "describe", "separate_method", "set_products"]

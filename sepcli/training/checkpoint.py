@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sepcli.audio import temp_path_for
+from sepcli.audio import atomic_write
 from sepcli.errors import SepError
 
 CHECKPOINT_FORMAT = "sep-train-1"
@@ -23,16 +23,8 @@ RECIPE = "recipe.toml"
 
 
 def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = temp_path_for(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not land before the data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # fsync: the rename must not land before the data (a run resumes from these files)
+    atomic_write(path, write, fsync=True)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -95,7 +87,6 @@ def _trim_log(path: Path, step: int, epoch: int) -> None:
             continue
         keep.append(line)
     _atomic_write_bytes(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
-
 
 
 def _prepare_run_dir(out: Path, resume: bool, force: bool) -> dict | None:

@@ -18,13 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sepcli.audio import read_audio
+from sepcli.audio import AUDIO_EXTENSIONS, has_audio_suffix, read_audio
 from sepcli.errors import SepError
 
 log = logging.getLogger(__name__)
-
-AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
-"""File endings treated as audio when scanning a corpus or a mixture set."""
 
 SPLIT_NAMES = ("train", "valid", "test")
 
@@ -35,7 +32,7 @@ _MIN_RMS = 1e-5  # below this an utterance is digital silence: nothing to separa
 
 
 def _is_audio(path: Path) -> bool:
-    return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
+    return has_audio_suffix(path) and not path.name.startswith(".")
 
 
 def _expand_roots(roots: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -76,7 +73,7 @@ def find_speakers(roots: str | os.PathLike | Sequence[str | os.PathLike]) -> dic
                 speakers.setdefault(f.parent.name, set()).add(f)
     if not speakers:
         raise SepError(
-            f"no audio files ({', '.join(AUDIO_SUFFIXES)}) found in {roots}; a corpus is "
+            f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) found in {roots}; a corpus is "
             "one folder per speaker holding that speaker's utterances"
         )
     return {spk: sorted(files) for spk, files in sorted(speakers.items())}

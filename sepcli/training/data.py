@@ -31,17 +31,14 @@ import io
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soxr
 import torch
 
-from sepcli.audio import publish_dir, read_audio, write_audio
+from sepcli.audio import atomic_dir, play_faster, read_audio, write_audio
 from sepcli.errors import SepError
 from sepcli.training.augment import AugmentConfig, add_noise, augment_sources
 from sepcli.training.corpus import Corpus, _is_audio
@@ -174,9 +171,7 @@ def make_mixture(
         off = int(rng.integers(0, n - need + 1))
         x = corpus.audio(u, off, off + need)
         if f != 1.0:
-            # Resampling by 1/f then playing at `sr` plays f times faster. soxr
-            # directly: audio.resample takes integer rates, f is fractional.
-            x = soxr.resample(x, sr * f, sr, quality="HQ").astype(np.float32)
+            x = play_faster(x, f, sr).astype(np.float32)
         if seg is not None:
             x = x[:seg]
         srcs.append(x)
@@ -503,8 +498,6 @@ def build_mixture_set(
     if len(corpus.speakers) < n_src:
         raise SepError(f"{n_src}-speaker mixtures need {n_src} speakers; found {len(corpus.speakers)}")
     sr = corpus.sample_rate
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     width = max(4, len(str(n_mixtures - 1)))
     header = ["mixture_ID", "mixture_path", "length", "sample_rate"]
     for k in range(1, n_src + 1):
@@ -515,7 +508,7 @@ def build_mixture_set(
     rows = []
     used: set[str] = set()
     total = 0
-    try:
+    with atomic_dir(out) as tmp:
         for sub in ["mix"] + [f"s{k}" for k in range(1, n_src + 1)]:
             (tmp / sub).mkdir()
         for i in range(n_mixtures):
@@ -539,8 +532,4 @@ def build_mixture_set(
         writer.writerow(header)
         writer.writerows(rows)
         (tmp / "metadata.csv").write_text(buf.getvalue())
-        publish_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return MixtureSetSummary(out, n_mixtures, n_src, sr, sorted(used), total / sr)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sepcli.errors import SepError
+from sepcli.inference.device import resolve_device
 
 
 @dataclass
@@ -57,16 +57,6 @@ def _any_rank(flag: bool, d: _Dist, device: torch.device) -> bool:
 
 
 def _pick_device(device: str | None, d: _Dist) -> torch.device:
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SepError(f"unknown device {device!r} (e.g. cpu, cuda, cuda:1)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SepError("--device cuda: no CUDA GPU is available")
-        if d.world > 1:
-            dev = torch.device("cuda", d.local_rank)
-    return dev
+    """``device`` (None: CUDA if available, else CPU); under torchrun a CUDA device is the rank's own GPU."""
+    return resolve_device("auto" if device is None else device, local_rank=d.local_rank if d.world > 1 else None)
 
