@@ -8,7 +8,6 @@ import click
 from sepcli.cli.app import main, setup_logging
 from sepcli.cli.options import speeds_list
 
-
 # Defaults mirror sepcli.api (not imported here: it loads torch, which would
 # slow down every `sep --help`); tests/test_cli_separate.py checks they agree.
 

@@ -195,6 +195,27 @@ def make_config(base: dict | None = None, **overrides: Any) -> TrainConfig:
     return cfg
 
 
+def resumed_config(ckpt: dict, overrides: dict) -> TrainConfig:
+    """The checkpoint's config with ``overrides``, which may change only
+    :data:`RESUMABLE_KEYS` (others must equal the saved values) and never the model."""
+    saved = dict(ckpt["config"])
+    for key, value in overrides.items():
+        if key in PATH_KEYS and isinstance(value, str):
+            value = _abs_path(value)
+        if key == "model" and isinstance(value, dict):
+            changed = {k: v for k, v in value.items() if saved["model"].get(k) != v}
+            if changed:
+                raise SepError(f"cannot change the model ({', '.join(changed)}) when resuming")
+        elif key in RESUMABLE_KEYS:
+            saved[key] = value
+        elif saved.get(key) != value:
+            raise SepError(
+                f"cannot change {key!r} when resuming (checkpoint has {saved.get(key)!r}); "
+                f"settings you may change: {', '.join(sorted(RESUMABLE_KEYS))}"
+            )
+    return make_config(saved)
+
+
 def _check_config(cfg: TrainConfig) -> None:
     def positive(name: str, integer: bool = False, allow_zero: bool = False) -> None:
         v = getattr(cfg, name)
