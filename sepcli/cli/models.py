@@ -38,7 +38,8 @@ def _print_models_table(rows: list[dict], models_dir: str) -> None:
 
     shipped = [r for r in rows if r["kind"] == "shipped"]
     if shipped:
-        columns = ["Name", "Rate", "Speakers", "Causal", "Params", *(["Passes"] if passes_col else []), "SI-SNRi", "SDRi"]
+        columns = ["Name", "Rate", "Speakers", "Causal", "Params", *(["Passes"] if passes_col else []),
+                   "SI-SNRi", "SDRi"]
         table = new_table(f"Shipped models ({models_dir})", *columns, *(["Family"] if wide else []))
         for r in shipped:
             name = r["name"] + (" *" if r["default"] else "") + (" (unreadable)" if r.get("error") else "")
