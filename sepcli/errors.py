@@ -18,12 +18,12 @@ def check_keys(given: Iterable[str], valid: Iterable[str], what: str) -> None:
     ``what`` names the kind of key, e.g. ``"training setting"``: the message
     reads ``unknown training setting(s): batch_sze (did you mean batch_size?); valid: ...``.
     """
-    valid = sorted(valid)
-    unknown = sorted(set(given) - set(valid))
+    names = sorted(valid)
+    unknown = sorted(set(given) - set(names))
     if not unknown:
         return
     named = []
     for key in unknown:
-        close = difflib.get_close_matches(key, valid, n=1)
+        close = difflib.get_close_matches(key, names, n=1)
         named.append(f"{key} (did you mean {close[0]}?)" if close else key)
-    raise SepError(f"unknown {what}(s): {', '.join(named)}; valid: {', '.join(valid)}")
+    raise SepError(f"unknown {what}(s): {', '.join(named)}; valid: {', '.join(names)}")

@@ -179,14 +179,17 @@ def read_recipe(path: str | os.PathLike) -> tuple[dict, str]:
 def make_config(base: dict | None = None, **overrides: Any) -> TrainConfig:
     """A :class:`TrainConfig` from recipe values and overrides (None = not given).
 
-    ``model`` overrides are merged key by key into the recipe's model config.
+    ``model`` overrides are merged key by key into the recipe's model config,
+    ``augment.KEY`` ones into its ``augment`` table; ``augment`` replaces the table.
     """
     values = dict(base or {})
     for key, value in overrides.items():
         if value is None:
             continue
-        if key in ("model", "augment") and isinstance(value, dict) and isinstance(values.get(key), dict):
-            values[key] = {**values[key], **value}
+        if key == "model":
+            values["model"] = {**values.get("model", {}), **value}
+        elif key.startswith("augment."):  # one augmentation setting (parse_set's augment.KEY)
+            values["augment"] = {**(values.get("augment") or {}), key[len("augment."):]: value}
         else:
             values[key] = value
     check_keys(values, (f.name for f in dataclasses.fields(TrainConfig)), "training setting")
@@ -276,7 +279,8 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict:
 
     Values are parsed as TOML (bare words are strings). Keys are :class:`TrainConfig`
     fields (optionally behind their recipe section, ``optim.lr``), ``model.KEY`` and
-    ``augment.KEY`` (merged into those tables) or :data:`SESSION_KEYS`. Unknown keys
+    ``augment.KEY`` (merged into those tables by :func:`make_config`; ``augment={...}``
+    replaces the table) or :data:`SESSION_KEYS`. Unknown keys
     are one :class:`SepError` with the closest spelling; the model's own keys are
     checked when the model is built, against its family's config.
     """
@@ -292,14 +296,16 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict:
         except tomllib.TOMLDecodeError:
             value = text  # bare words are strings
         head, dot, rest = key.partition(".")
-        if dot and head in ("model", "augment") and rest:
-            if head == "augment":
-                from sepcli.training.augment import AugmentConfig
+        if dot and head == "augment" and rest:
+            from sepcli.training.augment import AugmentConfig
 
-                check_keys([rest], (f.name for f in dataclasses.fields(AugmentConfig)), "augment setting")
-            table = out.setdefault(head, {})
+            check_keys([rest], (f.name for f in dataclasses.fields(AugmentConfig)), "augment setting")
+            out[key] = value  # merged into the recipe's table by make_config
+            continue
+        if dot and head == "model" and rest:
+            table = out.setdefault("model", {})
             if not isinstance(table, dict):
-                raise SepError(f"--set {key}: {head} is already set as a whole")
+                raise SepError(f"--set {key}: model is already set as a whole")
             table[rest] = value
             continue
         if dot and head in SECTIONS and head != "model":
