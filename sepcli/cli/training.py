@@ -6,10 +6,15 @@
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from sepcli.cli.app import main, setup_logging
 from sepcli.cli.options import range_option
+
+if TYPE_CHECKING:  # the training package loads torch: not at import, for a fast `sep --help`
+    from sepcli.training.config import TrainResult
 
 
 @main.command("mix")
@@ -131,7 +136,8 @@ def train_cmd(
         _report(result)
 
 
-def _report(result) -> None:
+def _report(result: TrainResult) -> None:
+    """How the run ended, its best epoch, and how to continue it."""
     why = {
         "finished": "finished all epochs", "early_stop": "stopped early (no improvement)",
         "max_steps": "stopped at max_steps", "max_minutes": "stopped at --max-minutes",
