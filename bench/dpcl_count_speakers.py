@@ -6,11 +6,10 @@ never seen in training, see ``recipes/splits/librispeech-8k.json``) and reports:
 * the confusion matrix and accuracy of the speaker count that the model itself
   estimates (``n_src="auto"``, with its own ``auto_method``: for ``logistic``,
   the classifier ``recipes/dpcl_counter.py`` fitted on training speakers);
-* the same for the other estimators: eigenvalue shares (bins weighted by
-  |X| ** the model's ``auto_power``) above the model's ``auto_threshold`` and
-  a few others, and the best k-means silhouette for the model's
-  ``auto_silhouette`` and a few others (tune on ``--split valid``; measure
-  once on ``--split test``);
+* the same for the eigenvalue-share threshold (``auto_method="eigen"``:
+  shares, bins weighted by |X| ** the model's ``auto_power``, above the
+  model's ``auto_threshold`` and a few others; tune on ``--split valid``,
+  measure once on ``--split test``);
 * the PIT SI-SNRi of ``separate(mix, n_src=true count)``: a model trained on
   2-speaker mixtures should still separate 3 speakers with K = 3.
 
@@ -55,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="level difference between sources in dB (wsj0-2mix: 0 5)")
     ap.add_argument("--thresholds", type=float, nargs="*", default=[0.05, 0.08, 0.1, 0.12, 0.15, 0.2],
                     help="extra auto_threshold values to score (the model's own is always scored)")
-    ap.add_argument("--silhouette-mins", type=float, nargs="*", default=[0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4],
-                    help="auto_silhouette values to score for auto_method='silhouette'")
     ap.add_argument("--no-separation", action="store_true", help="skip the SI-SNRi measurement")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -74,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 
     shares: dict[int, list[np.ndarray]] = {c: [] for c in args.counts}
     own: dict[int, list[int]] = {c: [] for c in args.counts}  # the model's own estimate
-    silh: dict[int, list[np.ndarray]] = {c: [] for c in args.counts}
     sisnri: dict[int, list[float]] = {c: [] for c in args.counts if c >= 2}
     t0 = time.perf_counter()
     for count in args.counts:
@@ -86,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
             emb, energy = model.active_bins(mix_t)[0]  # [N, D], [N]
             shares[count].append(embedding_shares(emb, energy, cfg.auto_power))
             own[count].append(model.count_from_bins(emb, energy))
-            silh[count].append(model.silhouettes(emb))
             if count >= 2 and not args.no_separation:
                 est = model.separate(mix_t, n_src=count)[0].numpy()  # [S, T]
                 values, _perm = pit_si_snr(est, ref)
@@ -131,18 +126,6 @@ def main(argv: list[str] | None = None) -> int:
         results["thresholds"][f"{thr:g}"] = tally(
             f"threshold {thr:g}", {c: [int((sh > thr).sum()) for sh in shares[c]] for c in args.counts}, mark
         )
-    # the other estimator: best-silhouette K, or 1 below a minimum score
-    results["silhouette"] = {}
-    for smin in sorted({float(cfg.auto_silhouette), *args.silhouette_mins}):
-        results["silhouette"][f"{smin:g}"] = tally(f"silhouette, minimum {smin:g}", {
-            c: [1 if sc.size == 0 or sc.max() < smin else int(np.argmax(sc)) + 2 for sc in silh[c]]
-            for c in args.counts
-        })
-    print("\nmedian silhouette for K = 2..%d:" % n_max)
-    for count in args.counts:
-        med = np.median(np.stack(silh[count]), axis=0)
-        print(f"  {count} speaker(s): " + " ".join(f"{v:.3f}" for v in med))
-        results.setdefault("median_silhouettes", {})[str(count)] = med.tolist()
 
     print("\nmedian eigenvalue shares (largest 4):")
     for count in args.counts:

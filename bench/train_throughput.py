@@ -47,13 +47,13 @@ def measure(name: str, family: str, model_cfg: dict, segment: float, batch_size:
     mix = ref.sum(1)  # [B, T]
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
-    # what `sep train --compile` does; the first (warm-up) step pays for compiling
+    # what `sep train --set compile=true` does; the first (warm-up) step pays for compiling
     loss_fn = torch.compile(model.compute_loss) if compile_step else model.compute_loss
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        # what `sep train --amp-cpu` does on a CPU with native bfloat16
+        # what `sep train --set amp_cpu=true` does on a CPU with native bfloat16
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp_cpu):
             loss = loss_fn(mix, ref)
         loss.backward()
@@ -84,9 +84,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per model")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--no-valid", action="store_true", help="do not time model.separate")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the step (sep train --compile)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the step (sep train --set compile=true)")
     ap.add_argument("--amp-cpu", action="store_true",
-                    help="bfloat16 autocast on the CPU (sep train --amp-cpu; needs native bfloat16 to pay off)")
+                    help="bfloat16 autocast on the CPU (sep train --set amp_cpu=true; needs native bfloat16 to pay off)")
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -42,7 +42,7 @@ def __getattr__(name: str) -> Any:
     # ConsoleReport (progress bars, per-file lines) is CLI code now; the old
     # import path keeps working for scripts.
     if name == "ConsoleReport":
-        from sepcli.cli_console import ConsoleReport
+        from sepcli.cli.console import ConsoleReport
 
         return ConsoleReport
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

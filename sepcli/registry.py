@@ -52,7 +52,7 @@ import torch
 
 from sepcli import __version__
 from sepcli.audio import NEW_FILE_MODE, AtomicFile
-from sepcli.errors import SepError
+from sepcli.errors import SepError, check_keys
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +132,7 @@ def make_config(family: str, config: Any = None, **overrides: Any) -> Any:
     # checkpoint now holds architecture and weights only, so they are dropped.
     for key in getattr(fam.config_cls, "LEGACY_KEYS", ()):
         values.pop(key, None)
-    known = {f.name for f in dataclasses.fields(fam.config_cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SepError(
-            f"unknown {family} config key(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
-        )
+    check_keys(values, (f.name for f in dataclasses.fields(fam.config_cls)), f"{family} config key")
     try:
         return fam.config_cls(**values)
     except (TypeError, ValueError) as exc:

@@ -18,7 +18,7 @@ from sepcli.cli import main
 from tests.test_data import make_corpus
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--model", "convtasnet", "--set", "model.N=16", "--set", "model.L=8", "--set", "model.B=8",
+TINY = ["--set", "family=convtasnet", "--set", "model.N=16", "--set", "model.L=8", "--set", "model.B=8",
         "--set", "model.H=16", "--set", "model.Sc=8", "--set", "model.X=2", "--set", "model.R=1"]
 
 
@@ -32,9 +32,10 @@ def data(tmp_path_factory) -> dict:
 
 
 def tiny_args(data: dict, out: Path, *extra: str) -> list[str]:
-    return ["train", *TINY, "--train", data["corpus"], "--speakers-split", data["split"],
-            "--segment", "0.25", "--epoch-size", "16", "--valid-size", "4", "--set", "valid_segment=0.25",
-            "--log-every", "1", "--threads", "1", "--out", str(out), "-q", *extra]
+    return ["train", *TINY, "--set", f"train={data['corpus']}", "--set", f"speakers_split={data['split']}",
+            "--set", "segment=0.25", "--set", "epoch_size=16", "--set", "valid_size=4",
+            "--set", "valid_segment=0.25", "--set", "log_every=1", "--threads", "1", "--out", str(out), "-q",
+            *extra]
 
 
 def run_cli(*args: str):
@@ -77,14 +78,21 @@ def test_sep_mix_split_cli(data, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["mix", "{empty}", "--out", "{tmp}/o", "-n", "2"], "no audio files"),
     (["mix", "{corpus}", "--out", "{tmp}/o", "-n", "2", "--snr-range", "5"], "LOW,HIGH"),
-    (["train", "--model", "convtasnet", "--train", "{empty}", "--out", "{tmp}/r"], "no audio files"),
+    (["train", "--set", "family=convtasnet", "--set", "train={empty}", "--out", "{tmp}/r"], "no audio files"),
     (["train", "--config", "{tmp}/missing.toml", "--out", "{tmp}/r"], "recipe not found"),
     (["train", "--resume", "{tmp}/none"], "no checkpoint"),
-    (["train", "--train", "{corpus}", "--out", "{tmp}/r"], "--config RECIPE or --model"),
-    (["train", "--model", "convtasnet", "--train", "{corpus}", "--out", "{tmp}/r",
-      "--teacher", "{tmp}/none.safetensors"], "model file not found"),
-    (["train", "--model", "convtasnet", "--train", "{corpus}", "--out", "{tmp}/r",
-      "--teacher", "convtasnet", "--distill-weight", "2"], "0<=x<=1"),
+    (["train", "--set", "train={corpus}", "--out", "{tmp}/r"], "--config RECIPE or --set family"),
+    (["train", "--set", "family=convtasnet", "--set", "train={corpus}", "--out", "{tmp}/r",
+      "--set", "teacher={tmp}/none.safetensors"], "model file not found"),
+    (["train", "--set", "family=convtasnet", "--set", "train={corpus}", "--out", "{tmp}/r",
+      "--set", "teacher=convtasnet", "--set", "distill_weight=2"], "distill_weight must be between 0 and 1"),
+    (["train", "--set", "family=convtasnet", "--set", "batch_sze=2", "--out", "{tmp}/r"],
+     "unknown training setting(s): batch_sze (did you mean batch_size?)"),
+    (["train", "--set", "family=convtasnet", "--set", "augment.reverbb=0.5", "--out", "{tmp}/r"],
+     "unknown augment setting(s): reverbb (did you mean reverb?)"),
+    (["train", "--set", "family=convtasnet", "--set", "train={corpus}", "--set", "model.XX=2",
+      "--out", "{tmp}/r"], "unknown convtasnet config key(s): XX (did you mean X?)"),
+    (["train", "--set", "family=convtasnet", "--epochs", "2", "--out", "{tmp}/r"], "No such option '--epochs'"),
 ])
 def test_bad_input_is_one_line_error(data, tmp_path, args, message):
     (tmp_path / "empty").mkdir()
@@ -96,11 +104,11 @@ def test_bad_input_is_one_line_error(data, tmp_path, args, message):
 
 def test_train_cli_runs_resumes_and_reports(data, tmp_path):
     run = tmp_path / "run"
-    r = run_cli(*tiny_args(data, run, "--max-steps", "2"))
+    r = run_cli(*tiny_args(data, run, "--set", "max_steps=2"))
     assert r.exit_code == 0, r.output
-    assert "stopped at --max-steps after 2 steps" in r.output and f"sep train --resume {run}" in r.output
+    assert "stopped at max_steps after 2 steps" in r.output and f"sep train --resume {run}" in r.output
     assert json.loads((run / "config.json").read_text())["model"]["N"] == 16
-    r = run_cli("train", "--resume", str(run), "--epochs", "1", "-q")
+    r = run_cli("train", "--resume", str(run), "--set", "max_epochs=1", "-q")
     assert r.exit_code == 0, r.output
     assert "finished all epochs after 4 steps" in r.output and "best.safetensors" in r.output
     r = CliRunner().invoke(main, ["train", "--resume", str(run), "--lr", "0.5"])
@@ -115,7 +123,7 @@ def test_train_cli_recipe_with_overrides(data, tmp_path):
         'epoch_size = 16\nvalid_size = 4\nvalid_segment = 0.25\n[optim]\nbatch_size = 2\nlr = 0.01\n'
     )
     r = run_cli("train", "--config", str(recipe), "--out", str(tmp_path / "run"), "--lr", "0.002",
-                "--batch-size", "4", "--max-steps", "1", "--threads", "1", "-q")
+                "--set", "batch_size=4", "--set", "max_steps=1", "--threads", "1", "-q")
     assert r.exit_code == 0, r.output
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["lr"] == 0.002 and cfg["batch_size"] == 4 and cfg["segment"] == 0.25
@@ -131,7 +139,7 @@ def _last_step(run: Path) -> int:
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(data, tmp_path):
     killed = tmp_path / "killed"
-    args = tiny_args(data, killed, "--checkpoint-minutes", "0.00001", "--epochs", "200")
+    args = tiny_args(data, killed, "--set", "checkpoint_minutes=0.00001", "--set", "max_epochs=200")
     proc = subprocess.Popen([sys.executable, "-m", "sepcli", *args], env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -145,9 +153,9 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(data, tmp_path):
     step = _last_step(killed)
     assert 5 <= step
     target = step + 3
-    r = run_cli("train", "--resume", str(killed), "--max-steps", str(target), "--threads", "1", "-q")
+    r = run_cli("train", "--resume", str(killed), "--set", f"max_steps={target}", "--threads", "1", "-q")
     assert r.exit_code == 0, r.output
-    r = run_cli(*tiny_args(data, tmp_path / "straight", "--epochs", "200", "--max-steps", str(target)))
+    r = run_cli(*tiny_args(data, tmp_path / "straight", "--set", "max_epochs=200", "--set", f"max_steps={target}"))
     assert r.exit_code == 0, r.output
     a = torch.load(killed / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
@@ -161,7 +169,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(data, tmp_path):
 
 def test_sigterm_checkpoints_and_stops(data, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "sepcli", *tiny_args(data, run, "--epochs", "200")],
+    proc = subprocess.Popen([sys.executable, "-m", "sepcli", *tiny_args(data, run, "--set", "max_epochs=200")],
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -180,11 +188,11 @@ def test_sigterm_checkpoints_and_stops(data, tmp_path):
 
 
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(data, tmp_path):
-    common = ["--epochs", "2", "--seed", "3"]
-    r = run_cli(*tiny_args(data, tmp_path / "single", "--batch-size", "4", *common))
+    common = ["--set", "max_epochs=2", "--set", "seed=3"]
+    r = run_cli(*tiny_args(data, tmp_path / "single", "--set", "batch_size=4", *common))
     assert r.exit_code == 0, r.output
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "sepcli", *tiny_args(data, tmp_path / "ddp", "--batch-size", "2", *common)]
+           "-m", "sepcli", *tiny_args(data, tmp_path / "ddp", "--set", "batch_size=2", *common)]
     # no time limit asserted: a cold first run (fresh clone, no bytecode yet) is slow
     done = subprocess.run(cmd, env=env(), capture_output=True, timeout=300)
     err = done.stderr.decode()

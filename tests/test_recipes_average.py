@@ -48,15 +48,15 @@ def test_config_set_changes_inference_settings_of_the_averaged_model(tmp_path: P
     out = tmp_path / "avg.safetensors"
     monkeypatch.setattr("sys.argv", ["average.py", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
                                      "--out", str(out), "--config-set", "kmeans_power=2.0",
-                                     "--config-set", 'auto_method="silhouette"'])
+                                     "--config-set", 'auto_threshold=0.2'])
     average_mod.main()
     got = registry.load_file(out)
-    assert got.config.kmeans_power == 2.0 and got.config.auto_method == "silhouette"
+    assert got.config.kmeans_power == 2.0 and got.config.auto_threshold == 0.2
     assert got.config.hidden == 8  # the rest is the checkpoints' own
 
 
 @pytest.mark.parametrize("item, error", [("no_such_field=1", SystemExit), ("kmeans_power", SystemExit),
-                                         ("auto_method=silhouette", SystemExit), ("kmeans_power=-1", SepError)])
+                                         ("auto_method=eigen", SystemExit), ("kmeans_power=-1", SepError)])
 def test_config_set_refuses_unknown_fields_bad_json_and_bad_values(item: str, error: type) -> None:
     from ship import set_config
 

@@ -399,6 +399,26 @@ def test_set_overrides_parse_toml_values():
         training.parse_set(["novalue"])
 
 
+def test_set_checks_keys_with_the_closest_spelling_and_merges_tables():
+    over = training.parse_set(["augment.reverb=0.5", "augment.eq=0.25", "max_steps=3", "data.segment=2.0",
+                               "speed_perturb=none"])
+    assert over == {"augment.reverb": 0.5, "augment.eq": 0.25, "max_steps": 3, "segment": 2.0,
+                    "speed_perturb": "none"}
+    recipe = {"augment": {"reverb": 1.0, "noise": 0.5}, "family": "toy-train"}
+    over.pop("max_steps")  # a session limit, not a setting of the run
+    cfg = training.make_config(recipe, **over)
+    assert cfg.augment == {"reverb": 0.5, "noise": 0.5, "eq": 0.25} and cfg.speed_perturb is None
+    assert training.make_config(recipe, **training.parse_set(["augment={}"])).augment == {}  # replaced
+    for item, message in [("batch_sze=2", r"unknown training setting\(s\): batch_sze \(did you mean batch_size\?\)"),
+                          ("augment.rever=1", r"unknown augment setting\(s\): rever \(did you mean reverb\?\)"),
+                          ("optim.segment=1", r"unknown \[optim\] setting\(s\): segment"),
+                          ("zzz=1", r"unknown training setting\(s\): zzz; valid: ")]:
+        with pytest.raises(SepError, match=message):
+            training.parse_set([item])
+    with pytest.raises(SepError, match=r"unknown training setting\(s\): max_epoch \(did you mean max_epochs\?\)"):
+        training.make_config({}, max_epoch=1)  # a recipe's keys, checked the same way
+
+
 @pytest.mark.parametrize("name", ["convtasnet", "convtasnet-causal", "dpcl", "dpcl-mixed"])
 def test_shipped_recipes_are_valid(name):
     flat, _ = training.read_recipe(REPO / "recipes" / f"{name}.toml")

@@ -19,7 +19,7 @@ OUT=${OUT:?set OUT to the folder that comes back}
 DATA=${DATA:-.gpu/librispeech-8k/*/}
 WORKERS=${WORKERS:-4}
 MODELS=${MODELS:-convtasnet convtasnet-causal dpcl}
-COMPILE=${COMPILE:-0}  # 1: sep train --compile for the Conv-TasNets (untried on the GPU machine)
+COMPILE=${COMPILE:-0}  # 1: sep train --set compile=true for the Conv-TasNets (untried on the GPU machine)
 
 if [ -d .gpu/wheels ] && ! python3 -c "import soundfile, soxr" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -40,11 +40,11 @@ epoch() {
 pids=()
 for m in $MODELS; do
   extra=()
-  if [ "$COMPILE" = 1 ] && [ "$m" != dpcl ]; then extra+=(--compile); fi
+  if [ "$COMPILE" = 1 ] && [ "$m" != dpcl ]; then extra+=(--set compile=true); fi
   python3 -m sepcli train --config "recipes/$m.toml" --out "$RUNS/$m" --force \
-    --train "$DATA" --device "$DEVICE" --threads 2 --workers "$WORKERS" \
-    --batch-size "$(batch "$m")" --epoch-size "$(epoch "$m")" --valid-size "${VALID_SIZE:-150}" \
-    --max-minutes "$MINUTES" --checkpoint-minutes 2 --log-every 50 -q "${extra[@]}" \
+    --set "train=$DATA" --device "$DEVICE" --threads 2 --set "workers=$WORKERS" \
+    --set "batch_size=$(batch "$m")" --set "epoch_size=$(epoch "$m")" --set "valid_size=${VALID_SIZE:-150}" \
+    --max-minutes "$MINUTES" --set checkpoint_minutes=2 --set log_every=50 -q "${extra[@]}" \
     > "$RUNS/$m.out" 2>&1 &
   pids+=($!)
 done

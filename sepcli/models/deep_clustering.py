@@ -37,9 +37,9 @@ D embedding dim.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -49,21 +49,24 @@ from torch import nn
 from sepcli.errors import SepError
 from sepcli.inference.settings import InferenceSettings
 from sepcli.losses import deep_clustering_loss
+from sepcli.models.deep_clustering_clusters import (
+    AUTO_METHODS,
+    COUNT_FEATURE_FLOOR,  # noqa: F401  (its old home)
+    REMOVED_AUTO_METHODS,
+    classify_counts,
+    cluster_bins,
+    count_features,
+    count_from_shares,
+    embedding_shares,
+    fit_count_classifier,
+)
 from sepcli.registry import register, register_preset
 
 log = logging.getLogger(__name__)
 
-AUTO_METHODS = ("eigen", "silhouette", "logistic")
-"""Speaker-count estimators for ``n_src="auto"`` (see :meth:`DeepClustering.count_speakers`)."""
-
 # Floor inside the log of the magnitude: keeps digital silence finite
 # (log(1e-8) ≈ -18) instead of -inf.
 _LOG_EPS = 1e-8
-
-COUNT_FEATURE_FLOOR = 1e-4
-"""Floor inside the log of the eigenvalue shares that ``auto_method="logistic"``
-reads (:func:`count_features`): the smallest shares carry information (how far
-the embeddings spread), but an exact zero must stay finite."""
 
 
 @dataclass
@@ -88,15 +91,17 @@ class DeepClusteringConfig:
     kmeans_n_init: int = 3
     kmeans_power: float = 0.0  # fit weight of a bin: |mixture bin| ** kmeans_power (0: unweighted)
     auto_max_src: int = 4  # upper bound of the estimate for n_src="auto"
-    auto_method: str = "eigen"  # how n_src="auto" counts: "eigen", "silhouette" or "logistic"
+    auto_method: str = "eigen"  # how n_src="auto" counts: "eigen" or "logistic"
     auto_threshold: float = 0.1  # "eigen": eigenvalue share that counts as a speaker
     auto_power: float = 0.0  # "eigen"/"logistic": shares weigh each bin by |mixture bin| ** auto_power
     # "logistic": [C, D + 1] rows of a multinomial logistic regression over
     # count_features (last column the intercept); row c scores c + 1 speakers.
     # Fitted by fit_count_classifier on training speakers' mixtures.
     auto_logistic: list | None = None
-    auto_silhouette: float = 0.2  # "silhouette": best score below this means one speaker
-    auto_silhouette_bins: int = 2000  # "silhouette": bins scored (random subsample; cost is quadratic)
+
+    # The deleted "silhouette" counter's settings: old checkpoints and cards
+    # name them, and load with them ignored (registry.make_config).
+    LEGACY_KEYS: ClassVar[tuple[str, ...]] = ("auto_silhouette", "auto_silhouette_bins")
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -104,7 +109,7 @@ class DeepClusteringConfig:
                 raise SepError(f"bad dpcl config: {what}")
 
         for name in ("sample_rate", "n_src", "n_fft", "hop", "hidden", "layers", "emb_dim",
-                     "kmeans_max_bins", "kmeans_n_init", "auto_max_src", "auto_silhouette_bins"):
+                     "kmeans_max_bins", "kmeans_n_init", "auto_max_src"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                  f"{name} must be a positive integer, got {value!r}")
@@ -118,12 +123,10 @@ class DeepClusteringConfig:
              f"kmeans_power must be a number in [0, 4], got {self.kmeans_power!r}")
         need(isinstance(self.kmeans_seed, int), f"kmeans_seed must be an integer, got {self.kmeans_seed!r}")
         need(0.0 < self.auto_threshold < 1.0, f"auto_threshold must be in (0, 1), got {self.auto_threshold}")
+        need(self.auto_method not in REMOVED_AUTO_METHODS,
+             f"auto_method {self.auto_method!r} was removed; use one of {', '.join(AUTO_METHODS)}")
         need(self.auto_method in AUTO_METHODS,
              f"auto_method must be one of {', '.join(AUTO_METHODS)}, got {self.auto_method!r}")
-        need(-1.0 <= self.auto_silhouette <= 1.0,
-             f"auto_silhouette must be in [-1, 1], got {self.auto_silhouette}")
-        need(self.auto_silhouette_bins >= 2 * self.auto_max_src,
-             "auto_silhouette_bins must be at least 2 * auto_max_src")
         need(self.kmeans_max_bins >= self.auto_max_src, "kmeans_max_bins must be at least auto_max_src")
         need(isinstance(self.auto_power, (int, float)) and not isinstance(self.auto_power, bool)
              and 0.0 <= self.auto_power <= 4.0,
@@ -423,17 +426,15 @@ class DeepClustering(nn.Module):
         """Estimate the number of speakers of each mixture from its embeddings.
 
         ``auto_method="eigen"``: the eigenvalue shares (:meth:`eigen_shares`)
-        above ``auto_threshold``. ``"silhouette"``: the K in 2..auto_max_src
-        whose k-means clustering has the best silhouette
-        (:meth:`silhouettes`), or 1 if even that is below ``auto_silhouette``.
-        ``"logistic"``: the most likely count under the classifier
-        ``auto_logistic`` over :func:`count_features` of the shares.
-        Clipped to ``[1, auto_max_src]``; digital silence counts as 1.
+        above ``auto_threshold``. ``"logistic"``: the most likely count under
+        the classifier ``auto_logistic`` over :func:`count_features` of the
+        shares. Clipped to ``[1, auto_max_src]``; digital silence counts as 1.
+        ``seed`` is accepted for the callers that pass k-means' seed; counting
+        itself draws nothing.
 
         Shape: [B, T] -> B ints.
         """
-        seed = self.config.kmeans_seed if seed is None else int(seed)
-        return [self.count_from_bins(emb, energy, seed) for emb, energy in self.active_bins(mix)]
+        return [self.count_from_bins(emb, energy) for emb, energy in self.active_bins(mix)]
 
     def active_bins(self, mix: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each mixture's non-silent bins (the ones clustering and counting look
@@ -457,65 +458,24 @@ class DeepClustering(nn.Module):
         without the energies). Shape: [B, T] -> B arrays [N_b, D] (float32)."""
         return [emb for emb, _energy in self.active_bins(mix)]
 
-    def silhouettes(self, emb: np.ndarray, seed: int | None = None) -> np.ndarray:
-        """Silhouette score of k-means with K = 2 .. auto_max_src clusters.
-
-        On a seeded subsample of at most ``auto_silhouette_bins`` bins. Values
-        in [-1, 1]; -1 where K clusters cannot be formed (too few distinct bins).
-
-        Shape: emb [N, D] -> [auto_max_src - 1] (entry i is K = i + 2).
-        """
-        from sklearn.cluster import KMeans
-        from sklearn.metrics import silhouette_score
-
-        seed = self.config.kmeans_seed if seed is None else int(seed)
-        n_max = self.config.auto_max_src
-        scores = np.full(max(0, n_max - 1), -1.0)
-        rng = np.random.default_rng(seed)
-        if emb.shape[0] > self.config.auto_silhouette_bins:
-            emb = emb[rng.choice(emb.shape[0], self.config.auto_silhouette_bins, replace=False)]
-        for i, k in enumerate(range(2, n_max + 1)):
-            if emb.shape[0] <= k:
-                break
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # fewer distinct points than clusters
-                labels = KMeans(n_clusters=k, n_init=self.config.kmeans_n_init, random_state=seed).fit_predict(emb)
-            if len(np.unique(labels)) < 2:
-                continue
-            scores[i] = float(silhouette_score(emb, labels))
-        return scores
-
     def count_from_bins(self, emb: np.ndarray, energy: np.ndarray, seed: int | None = None) -> int:
         """Speaker count from one mixture's non-silent bins (:meth:`active_bins`)
-        with the config's ``auto_method``; ``seed`` for k-means (silhouette),
-        default ``kmeans_seed``. Shape: emb [N, D], energy [N] -> int."""
-        seed = self.config.kmeans_seed if seed is None else int(seed)
+        with the config's ``auto_method`` (``seed``: unused, kept for callers).
+        Shape: emb [N, D], energy [N] -> int."""
         if emb.shape[0] == 0:
             return 1  # digital silence: nothing to count
-        if self.config.auto_method == "silhouette":
-            return self._count_from_silhouettes(self.silhouettes(emb, seed))
         share = embedding_shares(emb, energy, self.config.auto_power)
         if self.config.auto_method == "logistic":
             return self.count_from_features(count_features(share[None]))[0]
-        return self._count_from_shares(share)
+        return count_from_shares(share, self.config.auto_threshold, self.config.auto_max_src)
 
     def count_from_features(self, features: np.ndarray) -> list[int]:
-        """``auto_method="logistic"``'s decision: the count whose row of
-        ``auto_logistic`` scores highest, clipped to ``[1, auto_max_src]``.
-
-        Shape: features [M, D] (:func:`count_features`) -> M ints.
+        """``auto_method="logistic"``'s decision (:func:`classify_counts` with
+        ``auto_logistic``). Shape: features [M, D] (:func:`count_features`) -> M ints.
         """
         if self.config.auto_logistic is None:
             raise SepError("this dpcl model has no speaker-count classifier (auto_logistic)")
-        coef = np.asarray(self.config.auto_logistic, dtype=np.float64)  # [C, D + 1]
-        scores = features @ coef[:, :-1].T + coef[:, -1]  # [M, C]
-        counts = np.argmax(scores, axis=1) + 1
-        return [int(c) for c in np.clip(counts, 1, self.config.auto_max_src)]
-
-    def _count_from_silhouettes(self, scores: np.ndarray) -> int:
-        if scores.size == 0 or scores.max() < self.config.auto_silhouette:
-            return 1
-        return int(np.argmax(scores)) + 2
+        return classify_counts(features, self.config.auto_logistic, self.config.auto_max_src)
 
     def eigen_shares(self, mix: torch.Tensor) -> torch.Tensor:
         """Eigenvalues of the non-silent embeddings' second moment, as shares
@@ -535,54 +495,13 @@ class DeepClustering(nn.Module):
         return torch.stack([torch.from_numpy(embedding_shares(emb, energy, power))
                             for emb, energy in self.active_bins(mix)])
 
-    def _count_from_shares(self, share: np.ndarray) -> int:
-        count = int((share > self.config.auto_threshold).sum())
-        return max(1, min(self.config.auto_max_src, count))
-
     def _cluster(self, emb: np.ndarray, active: np.ndarray, energy: np.ndarray,
                  n_src: int, seed: int) -> np.ndarray:
-        """Label every bin with a cluster in ``[0, n_src)``, loudest cluster first.
-
-        Centroids are fitted on (a seeded subsample of at most
-        ``kmeans_max_bins``) non-silent bins, each weighted by its magnitude to
-        the power ``kmeans_power``; every bin, silent or not, then goes to its
-        nearest centroid.
-
-        Shape: emb [N, D], active [N] bool, energy [N] -> labels [N].
-        """
-        from sklearn.cluster import KMeans
-
-        n_bins = emb.shape[0]
-        if n_src == 1:
-            return np.zeros(n_bins, dtype=np.int64)
-        if n_src > n_bins:
-            raise SepError(f"cannot make {n_src} clusters from {n_bins} time-frequency bins")
-        fit_idx = np.flatnonzero(active)
-        if fit_idx.size < n_src:
-            # Almost silent input: any clustering is as good as another.
-            fit_idx = np.arange(n_bins)
-        rng = np.random.default_rng(seed)
-        if fit_idx.size > self.config.kmeans_max_bins:
-            fit_idx = np.sort(rng.choice(fit_idx, size=self.config.kmeans_max_bins, replace=False))
-        kmeans = KMeans(n_clusters=n_src, n_init=self.config.kmeans_n_init, random_state=seed)
-        weight = None
-        power = float(self.config.kmeans_power)
-        if power > 0.0:
-            weight = energy[fit_idx] ** (power / 2.0)  # energy is |X|^2
-            top = weight.max()
-            # relative weights only matter; all-zero ones (a silent fit set) mean unweighted
-            weight = weight / top if top > 0 else None
-        with warnings.catch_warnings():
-            # Fewer distinct points than clusters (e.g. a 1-speaker input asked
-            # for 3) is legitimate here; sklearn warns and returns duplicates.
-            warnings.simplefilter("ignore")
-            kmeans.fit(emb[fit_idx], sample_weight=weight)
-            labels = kmeans.predict(emb)
-        cluster_energy = np.bincount(labels, weights=energy, minlength=n_src)
-        order = np.argsort(-cluster_energy, kind="stable")  # loudest first
-        rank = np.empty(n_src, dtype=np.int64)
-        rank[order] = np.arange(n_src)
-        return rank[labels]
+        """:func:`~sepcli.models.deep_clustering_clusters.cluster_bins` with this config's k-means
+        settings. Shape: emb [N, D], active [N] bool, energy [N] -> labels [N]."""
+        cfg = self.config
+        return cluster_bins(emb, active, energy, n_src, seed, max_bins=cfg.kmeans_max_bins,
+                            n_init=cfg.kmeans_n_init, power=float(cfg.kmeans_power))
 
     def separate(
         self, mix: torch.Tensor, n_src: int | str | None = None, *, seed: int | None = None
@@ -639,62 +558,6 @@ class DeepClustering(nn.Module):
         masked = spec.unsqueeze(1) * masks  # [B, S, F, K]
         est = self.istft(masked.reshape(batch * n_out, n_freq, n_frames), length)  # [B*S, T]
         return est.view(batch, n_out, length)
-
-
-def embedding_shares(emb: np.ndarray, energy: np.ndarray | None = None, power: float = 0.0) -> np.ndarray:
-    """Descending eigenvalues of the embeddings' (weighted) second moment
-    ``sum_n w_n v_n v_nᵀ / sum_n w_n``, as shares that sum to 1.
-
-    ``w_n = energy_n ** (power / 2)`` (``energy`` is |X|^2, so the weight is
-    |X| ** power); ``power=0`` weighs every bin the same. All zeros when there
-    are no bins or no weight. Shape: emb [N, D], energy [N] -> [D] float64.
-    """
-    emb = np.asarray(emb, dtype=np.float64)
-    dim = emb.shape[1]
-    if power > 0.0:
-        if energy is None:
-            raise SepError("embedding_shares: power > 0 needs the bins' energies")
-        weight = np.asarray(energy, dtype=np.float64) ** (power / 2.0)  # [N]
-    else:
-        weight = np.ones(emb.shape[0])
-    total = weight.sum()
-    if emb.shape[0] == 0 or not total > 0:
-        return np.zeros(dim)
-    moment = (emb * (weight / total)[:, None]).T @ emb  # [D, D]
-    eig = np.clip(np.linalg.eigvalsh(moment)[::-1], 0.0, None)  # descending
-    return eig / max(float(eig.sum()), 1e-12)
-
-
-def count_features(shares: np.ndarray) -> np.ndarray:
-    """What ``auto_method="logistic"`` reads: the log of every eigenvalue share.
-
-    Logs, because the small shares matter: with more speakers the embeddings
-    spread over more directions, which shows in the tail long before a third
-    share passes any fixed threshold. Shape: [M, D] -> [M, D].
-    """
-    return np.log(np.asarray(shares, dtype=np.float64) + COUNT_FEATURE_FLOOR)
-
-
-def fit_count_classifier(features: np.ndarray, counts: np.ndarray, c: float = 10.0) -> list[list[float]]:
-    """Fit ``auto_logistic``: a multinomial logistic regression (scikit-learn,
-    L2 penalty of inverse strength ``c``) from :func:`count_features` to the
-    true speaker counts, which must cover 1..C with no gaps.
-
-    Shape: features [M, D], counts [M] -> C rows of D + 1 numbers (weights,
-    then the intercept), ready for ``DeepClusteringConfig(auto_logistic=...)``.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    features = np.asarray(features, dtype=np.float64)
-    counts = np.asarray(counts).astype(int)
-    classes = np.unique(counts)
-    if features.ndim != 2 or counts.shape != (features.shape[0],):
-        raise SepError(f"fit_count_classifier: features [M, D] and counts [M], got {features.shape} and {counts.shape}")
-    if classes.size < 2 or not np.array_equal(classes, np.arange(1, classes.size + 1)):
-        raise SepError(f"fit_count_classifier: counts must cover 1..C (C >= 2) with no gaps, got {classes.tolist()}")
-    clf = LogisticRegression(C=c, max_iter=20000).fit(features, counts)
-    coef = np.hstack([clf.coef_, clf.intercept_[:, None]])  # [C, D + 1], rows in class order 1..C
-    return coef.tolist()
 
 
 register_preset(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.signal
 
-from sepcli.errors import SepError
+from sepcli.errors import SepError, check_keys
 
 __all__ = ["AugmentConfig", "augment_sources", "add_noise", "room_rirs", "vtlp", "random_eq"]
 
@@ -80,10 +80,7 @@ class AugmentConfig:
             return None
         if not isinstance(values, dict):
             raise SepError(f"augment must be a table like {{reverb = 0.5}}, got {values!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise SepError(f"unknown augment setting(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        check_keys(values, (f.name for f in dataclasses.fields(cls)), "augment setting")
         return cls(**values)
 
     @property

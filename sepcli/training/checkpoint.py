@@ -13,6 +13,7 @@ import torch
 
 from sepcli.audio import atomic_write
 from sepcli.errors import SepError
+from sepcli.training.distributed import _broadcast, _Dist
 
 CHECKPOINT_FORMAT = "sep-train-1"
 LAST = "last.pt"
@@ -112,3 +113,19 @@ def _prepare_run_dir(out: Path, resume: bool, force: bool) -> dict | None:
         raise SepError(f"cannot create run folder {out}: {exc.strerror}") from None
     return None
 
+
+def open_run_dir(out: Path, resume: bool, force: bool, d: _Dist) -> dict | None:
+    """Rank 0 checks the folder and reads the checkpoint (None: a new run);
+    every rank gets the verdict, so all raise the same SepError or none does."""
+    payload: tuple[str | None, dict | None]
+    if d.main:
+        try:
+            payload = (None, _prepare_run_dir(out, resume, force))
+        except SepError as exc:
+            payload = (str(exc), None)
+    else:
+        payload = (None, None)
+    payload = _broadcast(payload, d)
+    if payload[0] is not None:
+        raise SepError(payload[0])
+    return payload[1]

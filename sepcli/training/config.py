@@ -15,7 +15,7 @@ else:  # the same parser, before it joined the standard library
     import tomli as tomllib
 
 from sepcli import registry
-from sepcli.errors import SepError
+from sepcli.errors import SepError, check_keys
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,11 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 }
 """Recipe sections and the :class:`TrainConfig` fields each may set."""
 
+SESSION_KEYS = ("max_steps",)
+"""``--set`` keys that steer one call of :func:`~sepcli.training.loop.train`, not the run,
+so they are not saved with it: ``max_steps`` stops (with a checkpoint) once that many
+optimizer steps are done in total."""
+
 PATH_KEYS = ("train", "valid", "speakers_split")
 # Fields a resumed run may change: they steer the session, not the result
 # (amp_cpu changes rounding only, as moving a run to another device does).
@@ -174,7 +179,8 @@ def read_recipe(path: str | os.PathLike) -> tuple[dict, str]:
 def make_config(base: dict | None = None, **overrides: Any) -> TrainConfig:
     """A :class:`TrainConfig` from recipe values and overrides (None = not given).
 
-    ``model`` overrides are merged key by key into the recipe's model config.
+    ``model`` overrides are merged key by key into the recipe's model config,
+    ``augment.KEY`` ones into its ``augment`` table; ``augment`` replaces the table.
     """
     values = dict(base or {})
     for key, value in overrides.items():
@@ -182,15 +188,35 @@ def make_config(base: dict | None = None, **overrides: Any) -> TrainConfig:
             continue
         if key == "model":
             values["model"] = {**values.get("model", {}), **value}
+        elif key.startswith("augment."):  # one augmentation setting (parse_set's augment.KEY)
+            values["augment"] = {**(values.get("augment") or {}), key[len("augment."):]: value}
         else:
             values[key] = value
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SepError(f"unknown training setting(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    check_keys(values, (f.name for f in dataclasses.fields(TrainConfig)), "training setting")
     cfg = TrainConfig(**values)
     _check_config(cfg)
     return cfg
+
+
+def resumed_config(ckpt: dict, overrides: dict) -> TrainConfig:
+    """The checkpoint's config with ``overrides``, which may change only
+    :data:`RESUMABLE_KEYS` (others must equal the saved values) and never the model."""
+    saved = dict(ckpt["config"])
+    for key, value in overrides.items():
+        if key in PATH_KEYS and isinstance(value, str):
+            value = _abs_path(value)
+        if key == "model" and isinstance(value, dict):
+            changed = {k: v for k, v in value.items() if saved["model"].get(k) != v}
+            if changed:
+                raise SepError(f"cannot change the model ({', '.join(changed)}) when resuming")
+        elif key in RESUMABLE_KEYS:
+            saved[key] = value
+        elif saved.get(key) != value:
+            raise SepError(
+                f"cannot change {key!r} when resuming (checkpoint has {saved.get(key)!r}); "
+                f"settings you may change: {', '.join(sorted(RESUMABLE_KEYS))}"
+            )
+    return make_config(saved)
 
 
 def _check_config(cfg: TrainConfig) -> None:
@@ -217,7 +243,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise SepError("model config must be a table of the family's settings")
     if not isinstance(cfg.random_polarity, bool):
         raise SepError(f"random_polarity must be true or false, got {cfg.random_polarity!r}")
-    if isinstance(cfg.speed_perturb, str) and cfg.speed_perturb.lower() in ("none", "off", "false"):
+    if cfg.speed_perturb is False or (
+            isinstance(cfg.speed_perturb, str) and cfg.speed_perturb.lower() in ("none", "off", "false")):
         cfg.speed_perturb = None
     for name in ("speed_perturb", "snr_range", "level_range"):
         v = getattr(cfg, name)
@@ -248,7 +275,16 @@ def _check_config(cfg: TrainConfig) -> None:
 
 
 def parse_set(items: list[str] | tuple[str, ...]) -> dict:
-    """``["lr=5e-4", "model.X=4"]`` -> overrides for :func:`make_config` (values parsed as TOML)."""
+    """``["lr=5e-4", "model.X=4", "augment.reverb=0.5"]`` -> overrides for :func:`make_config`.
+
+    Values are parsed as TOML (bare words are strings). Keys are :class:`TrainConfig`
+    fields (optionally behind their recipe section, ``optim.lr``), ``model.KEY`` and
+    ``augment.KEY`` (merged into those tables by :func:`make_config`; ``augment={...}``
+    replaces the table) or :data:`SESSION_KEYS`. Unknown keys
+    are one :class:`SepError` with the closest spelling; the model's own keys are
+    checked when the model is built, against its family's config.
+    """
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -259,10 +295,24 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict:
             value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             value = text  # bare words are strings
-        if key.startswith("model."):
-            out.setdefault("model", {})[key[len("model."):]] = value
-        else:
-            out[key.split(".")[-1] if key.split(".")[0] in SECTIONS else key] = value
+        head, dot, rest = key.partition(".")
+        if dot and head == "augment" and rest:
+            from sepcli.training.augment import AugmentConfig
+
+            check_keys([rest], (f.name for f in dataclasses.fields(AugmentConfig)), "augment setting")
+            out[key] = value  # merged into the recipe's table by make_config
+            continue
+        if dot and head == "model" and rest:
+            table = out.setdefault("model", {})
+            if not isinstance(table, dict):
+                raise SepError(f"--set {key}: model is already set as a whole")
+            table[rest] = value
+            continue
+        if dot and head in SECTIONS and head != "model":
+            check_keys([rest], SECTIONS[head], f"[{head}] setting")
+            key = rest
+        check_keys([key], [*fields, *SESSION_KEYS], "training setting")
+        out[key] = value
     return out
 
 

@@ -47,7 +47,6 @@ from torch import nn
 
 from sepcli import __version__, registry
 from sepcli.errors import SepError
-from sepcli.losses import distillation_loss
 from sepcli.training.checkpoint import (
     BEST,
     CHECKPOINT_FORMAT,
@@ -56,78 +55,38 @@ from sepcli.training.checkpoint import (
     LOG,
     RECIPE,
     _atomic_write_bytes,
-    _prepare_run_dir,
     _rng_state,
     _set_rng_state,
     _trim_log,
     _write_json,
     load_checkpoint,
+    open_run_dir,
 )
 from sepcli.training.config import (
-    PATH_KEYS,
     RESUMABLE_KEYS,
     TrainConfig,
     TrainResult,
-    _abs_path,
     _check_config,
     make_config,
     parse_set,
     read_recipe,
+    resumed_config,
 )
 from sepcli.training.datasets import _ListSampler, build_datasets, epoch_indices
-from sepcli.training.distributed import _any_rank, _broadcast, _Dist, _init_distributed, _pick_device
+from sepcli.training.distributed import _any_rank, _Dist, _init_distributed, _pick_device
 from sepcli.training.progress import _hms, _Progress
+from sepcli.training.teacher import WAVEFORM_FAMILIES, _LossModule, load_teacher  # noqa: F401
 from sepcli.training.validation import validate
 
 log = logging.getLogger(__name__)
 
 MAX_BAD_STEPS = 20  # consecutive non-finite gradients before a run is declared diverged
 NORM_MIXTURES = 200  # training mixtures used by models that fit input statistics
-WAVEFORM_FAMILIES = ("convtasnet",)  # forward(mix) gives waveforms: they can teach or learn from one
 
 __all__ = ["train", "validate", "load_teacher", "TrainConfig", "TrainResult", "make_config", "parse_set",
            "read_recipe", "build_datasets", "epoch_indices", "load_checkpoint", "RESUMABLE_KEYS"]
 
 # ----------------------------------------------------------------------------- training
-
-
-class _LossModule(nn.Module):
-    """DDP only synchronises gradients through ``forward``; this routes
-    ``compute_loss`` through it, and adds the distillation term when a teacher
-    is given (see :func:`sepcli.losses.distillation_loss`)."""
-
-    def __init__(self, model: nn.Module, teacher: nn.Module | None = None, weight: float = 0.5) -> None:
-        super().__init__()
-        self.model = model
-        # Not a submodule: DDP, state_dict and the optimiser must not see it.
-        self._teacher = [teacher] if teacher is not None else []
-        self.weight = float(weight)
-
-    def forward(self, mix: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        if not self._teacher:
-            return self.model.compute_loss(mix, ref)
-        with torch.no_grad():
-            target = self._teacher[0](mix)  # [B, S, T]
-        return distillation_loss(self.model(mix), ref, target, self.weight)
-
-
-def load_teacher(path: str, model: nn.Module, family: str, device: torch.device) -> tuple[nn.Module, str]:
-    """The frozen teacher for distillation, and its file's SHA-256.
-
-    Both models must map a mixture to waveforms ([B, T] -> [B, S, T]) with the
-    same number of speakers and sample rate.
-    """
-    teacher = registry.load_model(path, device)
-    for who, fam in (("student", family), ("teacher", teacher.family)):
-        if fam not in WAVEFORM_FAMILIES:
-            raise SepError(f"distillation needs waveform models ({', '.join(WAVEFORM_FAMILIES)}); "
-                           f"the {who} is {fam!r}")
-    for key in ("n_src", "sample_rate"):
-        a, b = getattr(model.config, key), getattr(teacher.config, key)
-        if a != b:
-            raise SepError(f"teacher {path}: {key} is {b}, but the model being trained has {a}")
-    teacher.eval().requires_grad_(False)
-    return teacher, registry.file_sha256(path)
 
 
 class _StopSignal:
@@ -220,41 +179,12 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
             raise SepError(f"threads must be positive, got {threads}")
         torch.set_num_threads(int(threads))
     dev = _pick_device(device, d)
-
-    # Rank 0 checks the folder and reads the checkpoint; every rank gets the verdict.
-    payload: tuple[str | None, dict | None]
-    if d.main:
-        try:
-            payload = (None, _prepare_run_dir(out, resume, force))
-        except SepError as exc:
-            payload = (str(exc), None)
-    else:
-        payload = (None, None)
-    payload = _broadcast(payload, d)
-    if payload[0] is not None:
-        raise SepError(payload[0])
-    ckpt = payload[1]
-
+    ckpt = open_run_dir(out, resume, force, d)
     if resume:
         assert ckpt is not None
         if config is not None:
             raise SepError("resume takes its settings from the checkpoint; do not pass a config")
-        saved = dict(ckpt["config"])
-        for key, value in overrides.items():
-            if key in PATH_KEYS and isinstance(value, str):
-                value = _abs_path(value)
-            if key == "model" and isinstance(value, dict):
-                changed = {k: v for k, v in value.items() if saved["model"].get(k) != v}
-                if changed:
-                    raise SepError(f"cannot change the model ({', '.join(changed)}) when resuming")
-            elif key in RESUMABLE_KEYS:
-                saved[key] = value
-            elif saved.get(key) != value:
-                raise SepError(
-                    f"cannot change {key!r} when resuming (checkpoint has {saved.get(key)!r}); "
-                    f"settings you may change: {', '.join(sorted(RESUMABLE_KEYS))}"
-                )
-        cfg = make_config(saved)
+        cfg = resumed_config(ckpt, overrides)
         recipe_text = ckpt.get("recipe", "")
         if ckpt.get("world_size", 1) != d.world:
             log.warning(
@@ -271,31 +201,7 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
 
-    # Model. With --init the file's config is the base, so fine-tuning needs no model settings.
-    init_tensors = None
-    if init is not None and ckpt is None:
-        shipped = registry.shipped_models()
-        if str(init) in shipped and not Path(init).exists():
-            init = shipped[str(init)]["path"]
-        meta, init_tensors = registry.read_checkpoint(init)
-        if meta.get("family") != cfg.family:
-            raise SepError(f"--init {init}: a {meta.get('family')!r} model, but this run trains {cfg.family!r}")
-        cfg.model = {**json.loads(meta["config"]), **cfg.model}
-    model = registry.build(cfg.family, cfg.model)
-    cfg.model = dataclasses.asdict(model.config)  # every default spelled out in the checkpoint
-    if init_tensors is not None:
-        try:
-            model.load_state_dict(init_tensors, strict=True)
-        except RuntimeError as exc:
-            raise SepError(f"--init {init}: weights do not fit this run's model config: {exc}") from None
-        log.info("initialised from %s", init)
-    model.to(dev)
-    sample_rate, n_src = int(model.config.sample_rate), int(model.config.n_src)
-    if cfg.speaker_counts is not None and not getattr(model, "accepts_silent_sources", False):
-        raise SepError(
-            f"speaker_counts needs a model whose loss takes silent references (dpcl); {cfg.family} does not"
-        )
-
+    model = _build_model(cfg, init if ckpt is None else None, dev)
     teacher, teacher_sha = None, None
     if cfg.teacher is not None:
         teacher, teacher_sha = load_teacher(cfg.teacher, model, cfg.family, dev)
@@ -304,8 +210,8 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
                            "restore it to resume")
         log.info("distilling from %s (weight %g)", cfg.teacher, cfg.distill_weight)
 
-    train_set, valid_set, valid_fixed = build_datasets(cfg, sample_rate, n_src)
-
+    train_set, valid_set, valid_fixed = build_datasets(cfg, int(model.config.sample_rate),
+                                                       int(model.config.n_src))
     if ckpt is None and init is None and hasattr(model, "fit_normalization"):
         # Models with input statistics (deep clustering's feature mean/std) learn
         # them once from training mixtures; a fixed slice keeps it reproducible.
@@ -314,258 +220,331 @@ def _train(config, out, d: _Dist, t_call: float, *, resume, overrides, recipe_te
         frames = model.fit_normalization(train_set[i][0].to(dev) for i in range(n_fit))
         log.info("input normalisation fitted on %d mixtures (%d frames)", n_fit, frames)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.patience,
-        threshold=0.0, threshold_mode="abs",  # "improved" means the same as for best.safetensors
-    )
-    use_amp = bool(cfg.amp) and dev.type == "cuda"
-    amp_dtype = None
-    valid_amp_dtype = None  # validation on CPU stays float32, so scores compare across a run
-    if use_amp:
-        amp_dtype = valid_amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    elif cfg.amp_cpu and dev.type == "cpu":
+    session = _Session(cfg, model, out, d, dev, recipe_text=recipe_text, teacher=teacher,
+                       teacher_sha=teacher_sha, ckpt=ckpt)
+    session.datasets(train_set, valid_set, valid_fixed)
+    return session.run(t_call, max_steps=max_steps, max_minutes=max_minutes, progress=progress)
+
+
+def _build_model(cfg: TrainConfig, init: str | os.PathLike | None, dev: torch.device) -> nn.Module:
+    """The model of ``cfg`` on ``dev``; with ``init`` (a new run only) its weights
+    from that file, whose config is the base of ``cfg.model``. Spells every default
+    of the model's config out in ``cfg.model``, for the checkpoint."""
+    init_tensors = None
+    if init is not None:
+        shipped = registry.shipped_models()
+        if str(init) in shipped and not Path(init).exists():
+            init = shipped[str(init)]["path"]
+        meta, init_tensors = registry.read_checkpoint(init)
+        if meta.get("family") != cfg.family:
+            raise SepError(f"--init {init}: a {meta.get('family')!r} model, but this run trains {cfg.family!r}")
+        cfg.model = {**json.loads(meta["config"]), **cfg.model}
+    model = registry.build(cfg.family, cfg.model)
+    cfg.model = dataclasses.asdict(model.config)
+    if init_tensors is not None:
+        try:
+            model.load_state_dict(init_tensors, strict=True)
+        except RuntimeError as exc:
+            raise SepError(f"--init {init}: weights do not fit this run's model config: {exc}") from None
+        log.info("initialised from %s", init)
+    model.to(dev)
+    if cfg.speaker_counts is not None and not getattr(model, "accepts_silent_sources", False):
+        raise SepError(
+            f"speaker_counts needs a model whose loss takes silent references (dpcl); {cfg.family} does not"
+        )
+    return model
+
+
+def _amp_dtypes(cfg: TrainConfig, dev: torch.device) -> tuple[bool, torch.dtype | None, torch.dtype | None]:
+    """(autocast on, its dtype in training, its dtype in validation). Validation on
+    the CPU stays float32, so scores compare across a run."""
+    if bool(cfg.amp) and dev.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return True, dtype, dtype
+    if cfg.amp_cpu and dev.type == "cpu":
         from sepcli.engine import native_bfloat16
 
         if native_bfloat16():
-            use_amp, amp_dtype = True, torch.bfloat16
-        else:
-            log.warning("amp_cpu: this CPU has no native bfloat16 products (AVX512-BF16/AMX); "
-                        "training in float32")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+            return True, torch.bfloat16, None
+        log.warning("amp_cpu: this CPU has no native bfloat16 products (AVX512-BF16/AMX); "
+                    "training in float32")
+    return False, None, None
 
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    best, best_epoch, bad_epochs, elapsed = None, None, 0, 0.0
-    if ckpt is not None:
+
+class _Session:
+    """One call of :func:`train`: the optimiser, scheduler and AMP scaler, the
+    counters a checkpoint restores, and the epoch loop with its stops."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, out: Path, d: _Dist, dev: torch.device, *,
+                 recipe_text: str, teacher: nn.Module | None, teacher_sha: str | None,
+                 ckpt: dict | None) -> None:
+        self.cfg, self.model, self.out, self.d, self.dev = cfg, model, out, d, dev
+        self.recipe_text, self.teacher_sha = recipe_text, teacher_sha
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.patience,
+            threshold=0.0, threshold_mode="abs",  # "improved" means the same as for best.safetensors
+        )
+        self.use_amp, self.amp_dtype, self.valid_amp_dtype = _amp_dtypes(cfg, dev)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.bad_epochs, self.elapsed, self.bad_steps = 0, 0.0, 0
+        if ckpt is not None:
+            self._restore(ckpt)
+        if d.main and ckpt is None:
+            _write_json(out / CONFIG, {"sep_version": __version__, **cfg.to_dict()})
+            if recipe_text:
+                _atomic_write_bytes(out / RECIPE, lambda f: f.write(recipe_text.encode()))
+        wrapped: nn.Module = _LossModule(model, teacher, cfg.distill_weight)
+        if d.world > 1:
+            # static_graph: some weights never get gradients (Conv-TasNet's last
+            # residual output feeds nothing); the graph is the same every step.
+            wrapped = nn.parallel.DistributedDataParallel(
+                wrapped, device_ids=[dev.index] if dev.type == "cuda" else None, static_graph=True
+            )
+        if cfg.compile:
+            # Fuses the element-wise work around the convolutions (norms, PReLU,
+            # masks) into generated kernels: faster Conv-TasNet training steps
+            # on CPU (docs/training.md), after a minute or two of compiling. The saved state is the
+            # plain model's, so checkpoints do not depend on it.
+            wrapped = torch.compile(wrapped)
+        self.wrapped = wrapped
+        model.train()
+        self.loader_gen = torch.Generator()  # keeps DataLoader from drawing on the global RNG
+        self.last_ckpt = time.monotonic()
+        self.t_session = time.monotonic()
+
+    def _restore(self, ckpt: dict) -> None:
         try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
             if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
+                self.scaler.load_state_dict(ckpt["scaler"])
         except (RuntimeError, KeyError, ValueError) as exc:
-            raise SepError(f"{out / LAST}: checkpoint does not fit its own config: {exc}") from None
-        epoch, step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
-        global_step = int(ckpt["global_step"])
-        best = ckpt.get("best")
-        best_epoch = ckpt.get("best_epoch")
-        bad_epochs = int(ckpt.get("bad_epochs", 0))
-        elapsed = float(ckpt.get("elapsed", 0.0))
+            raise SepError(f"{self.out / LAST}: checkpoint does not fit its own config: {exc}") from None
+        self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.best = ckpt.get("best")
+        self.best_epoch = ckpt.get("best_epoch")
+        self.bad_epochs = int(ckpt.get("bad_epochs", 0))
+        self.elapsed = float(ckpt.get("elapsed", 0.0))
         _set_rng_state(ckpt["rng"])
-        if d.main:
-            _trim_log(out / LOG, global_step, epoch)
-        log.info("resuming %s at epoch %d, step %d (global step %d)", out, epoch, step_in_epoch, global_step)
+        if self.d.main:
+            _trim_log(self.out / LOG, self.global_step, self.epoch)
+        log.info("resuming %s at epoch %d, step %d (global step %d)",
+                 self.out, self.epoch, self.step_in_epoch, self.global_step)
 
-    if d.main and ckpt is None:
-        _write_json(out / CONFIG, {"sep_version": __version__, **cfg.to_dict()})
-        if recipe_text:
-            _atomic_write_bytes(out / RECIPE, lambda f: f.write(recipe_text.encode()))
+    def datasets(self, train_set: Any, valid_set: Any, valid_fixed: bool) -> None:
+        """The run's data (:func:`build_datasets`), and the steps of an epoch they make."""
+        self.train_set, self.valid_set, self.valid_fixed = train_set, valid_set, valid_fixed
+        per_step = self.cfg.batch_size * self.d.world
+        self.steps_per_epoch = len(train_set) // per_step
+        if self.steps_per_epoch < 1:
+            raise SepError(
+                f"an epoch of {len(train_set)} mixtures is smaller than one step "
+                f"({self.cfg.batch_size} per process x {self.d.world} process(es))"
+            )
+        self.step_seconds = self.cfg.segment * per_step  # audio seconds consumed by one step, all ranks
 
-    wrapped: nn.Module = _LossModule(model, teacher, cfg.distill_weight)
-    if d.world > 1:
-        # static_graph: some weights never get gradients (Conv-TasNet's last
-        # residual output feeds nothing); the graph is the same every step.
-        wrapped = nn.parallel.DistributedDataParallel(
-            wrapped, device_ids=[dev.index] if dev.type == "cuda" else None, static_graph=True
-        )
-    if cfg.compile:
-        # Fuses the element-wise work around the convolutions (norms, PReLU,
-        # masks) into generated kernels: faster Conv-TasNet training steps
-        # on CPU (docs/training.md), after a minute or two of compiling. The saved state is the
-        # plain model's, so checkpoints do not depend on it.
-        wrapped = torch.compile(wrapped)
-    model.train()
+    # -------------------------------------------------------------- stops and files
 
-    per_step = cfg.batch_size * d.world
-    steps_per_epoch = len(train_set) // per_step
-    if steps_per_epoch < 1:
-        raise SepError(
-            f"an epoch of {len(train_set)} mixtures is smaller than one step "
-            f"({cfg.batch_size} per process x {d.world} process(es))"
-        )
-    step_seconds = cfg.segment * per_step  # audio seconds consumed by one step, all ranks
-    loader_gen = torch.Generator()  # keeps DataLoader from drawing on the global RNG
-    log_file = (out / LOG).open("a") if d.main else None
-    display = _Progress(progress and d.main, steps_per_epoch)
-    last_ckpt = time.monotonic()
-    reason = "finished"
-    bad_steps = 0
+    def write_log(self, rec: dict) -> None:
+        if self.log_file is not None:
+            self.log_file.write(json.dumps(rec) + "\n")
+            self.log_file.flush()
 
-    def write_log(rec: dict) -> None:
-        if log_file is not None:
-            log_file.write(json.dumps(rec) + "\n")
-            log_file.flush()
-
-    def save_last() -> None:
-        nonlocal last_ckpt
-        last_ckpt = time.monotonic()
-        if not d.main:
+    def save_last(self) -> None:
+        self.last_ckpt = time.monotonic()
+        if not self.d.main:
             return
         state = {
             "format": CHECKPOINT_FORMAT,
             "sep_version": __version__,
-            "config": cfg.to_dict(),
-            "recipe": recipe_text,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "config": self.cfg.to_dict(),
+            "recipe": self.recipe_text,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng": _rng_state(),
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "global_step": global_step,
-            "best": best,
-            "best_epoch": best_epoch,
-            "bad_epochs": bad_epochs,
-            "elapsed": elapsed + (time.monotonic() - t_session),
-            "world_size": d.world,
-            "teacher_sha256": teacher_sha,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "elapsed": self.elapsed + (time.monotonic() - self.t_session),
+            "world_size": self.d.world,
+            "teacher_sha256": self.teacher_sha,
         }
-        _atomic_write_bytes(out / LAST, lambda f: torch.save(state, f))
+        _atomic_write_bytes(self.out / LAST, lambda f: torch.save(state, f))
 
-    def should_stop() -> str | None:
-        if stop.flag:
-            return "interrupted"
-        if max_steps is not None and global_step >= max_steps:
-            return "max_steps"
-        if max_minutes is not None and time.monotonic() - t_call >= max_minutes * 60:
-            return "max_minutes"
-        return None
-
-    def synced_stop() -> str | None:
-        why = should_stop()
-        if _any_rank(why is not None, d, dev):
+    def synced_stop(self) -> str | None:
+        """Why to stop now (None: go on), the same on every rank."""
+        why = None
+        if self.stop.flag:
+            why = "interrupted"
+        elif self.max_steps is not None and self.global_step >= self.max_steps:
+            why = "max_steps"
+        elif self.max_minutes is not None and time.monotonic() - self.t_call >= self.max_minutes * 60:
+            why = "max_minutes"
+        if _any_rank(why is not None, self.d, self.dev):
             return why or "interrupted"
         return None
 
-    t_session = time.monotonic()
-    try:
-        with _StopSignal() as stop:
-            stopped = synced_stop()
-            if cfg.early_stop and bad_epochs >= cfg.early_stop:
-                reason, stopped = "early_stop", None  # resuming a run that had stopped early
-            while reason == "finished" and stopped is None and epoch < cfg.max_epochs:
-                train_set.set_epoch(epoch)
-                indices = epoch_indices(len(train_set), epoch, cfg.seed, d.world, d.rank)
-                indices = indices[: steps_per_epoch * cfg.batch_size][step_in_epoch * cfg.batch_size :]
-                loader = torch.utils.data.DataLoader(
-                    train_set, batch_size=cfg.batch_size, sampler=_ListSampler(indices),
-                    num_workers=cfg.workers, drop_last=True, generator=loader_gen,
-                    pin_memory=dev.type == "cuda",
-                )
-                display.epoch(epoch, step_in_epoch)
-                win_loss, win_n, win_t = 0.0, 0, time.monotonic()
-                for mix, ref in loader:
-                    stopped = synced_stop()
+    # -------------------------------------------------------------- the loop
+
+    def run(self, t_call: float, *, max_steps: int | None, max_minutes: float | None,
+            progress: bool) -> TrainResult:
+        """Epochs until ``max_epochs``, early stopping, a limit or a signal; checkpoints on the way."""
+        cfg = self.cfg
+        self.t_call, self.max_steps, self.max_minutes = t_call, max_steps, max_minutes
+        self.log_file = (self.out / LOG).open("a") if self.d.main else None
+        self.display = _Progress(progress and self.d.main, self.steps_per_epoch)
+        reason = "finished"
+        self.t_session = time.monotonic()
+        try:
+            with _StopSignal() as self.stop:
+                stopped = self.synced_stop()
+                if cfg.early_stop and self.bad_epochs >= cfg.early_stop:
+                    reason, stopped = "early_stop", None  # resuming a run that had stopped early
+                while reason == "finished" and stopped is None and self.epoch < cfg.max_epochs:
+                    stopped = self._train_epoch()
                     if stopped:
                         break
-                    mix = mix.to(dev, non_blocking=True)  # [B, T]
-                    ref = ref.to(dev, non_blocking=True)  # [B, S, T]
-                    optimizer.zero_grad(set_to_none=True)
-                    with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
-                        loss = wrapped(mix, ref)
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    norm = nn.utils.clip_grad_norm_(
-                        model.parameters(), cfg.clip if cfg.clip > 0 else float("inf")
-                    )
-                    if torch.isfinite(norm) or scaler.is_enabled():
-                        scaler.step(optimizer)  # the scaler itself skips non-finite steps
-                        bad_steps = 0
-                    else:
-                        # Identical on every rank: gradients are already all-reduced.
-                        bad_steps += 1
-                        log.warning("step %d: non-finite gradient, update skipped", global_step + 1)
-                        if bad_steps >= MAX_BAD_STEPS:
-                            raise SepError(
-                                f"training diverged: {bad_steps} steps in a row with non-finite gradients; "
-                                f"start a new run from {out / BEST} (--init) with a lower --lr"
-                            )
-                    scaler.update()
-                    step_in_epoch += 1
-                    global_step += 1
-                    win_loss += float(loss.detach())
-                    win_n += 1
-                    if step_in_epoch % cfg.log_every == 0 or step_in_epoch == steps_per_epoch:
-                        now = time.monotonic()
-                        speed = step_seconds * win_n / max(now - win_t, 1e-9)
-                        mean_loss = win_loss / win_n
-                        lr = optimizer.param_groups[0]["lr"]
-                        total = elapsed + (now - t_session)
-                        eta = (steps_per_epoch - step_in_epoch) * step_seconds / speed
-                        write_log({
-                            "event": "train", "step": global_step, "epoch": epoch,
-                            "step_in_epoch": step_in_epoch, "loss": mean_loss, "lr": lr,
-                            "audio_sec_per_sec": speed, "elapsed": total,
-                        })
-                        display.step(
-                            step_in_epoch, mean_loss, speed,
-                            f"epoch {epoch} step {step_in_epoch}/{steps_per_epoch} loss {mean_loss:.4f} "
-                            f"lr {lr:.2e} val {display.val} audio {speed:.1f} s/s "
-                            f"elapsed {_hms(total)} epoch ETA {_hms(eta)}",
-                        )
-                        win_loss, win_n, win_t = 0.0, 0, now
-                    else:
-                        display.step(step_in_epoch)
-                    if time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60:
-                        save_last()
+                    if self._end_epoch():
+                        reason = "early_stop"
+                        log.info("early stop: no improvement for %d epochs", self.bad_epochs)
+                        break
+                    stopped = self.synced_stop()
                 if stopped:
-                    break
+                    reason = stopped
+                    self.save_last()
+        finally:
+            self.display.close()
+            if self.log_file is not None:
+                self.log_file.close()
+        total_elapsed = self.elapsed + (time.monotonic() - self.t_session)
+        return TrainResult(
+            run_dir=self.out, reason=reason, epoch=self.epoch, step=self.global_step,
+            best_si_snri=self.best, best_epoch=self.best_epoch,
+            best_path=(self.out / BEST) if self.best is not None else None, elapsed=total_elapsed,
+        )
 
-                # End of epoch: validate (sharded over ranks), schedule, checkpoint.
-                shard = list(range(d.rank, len(valid_set), d.world))
-                total_db, count = validate(
-                    model, valid_set, batch_size=cfg.valid_batch_size if valid_fixed else 1,
-                    device=dev, amp_dtype=valid_amp_dtype, indices=shard,
-                )
-                if d.world > 1:
-                    t = torch.tensor([total_db, float(count)], dtype=torch.float64, device=dev)
-                    dist.all_reduce(t)
-                    total_db, count = float(t[0]), int(t[1])
-                score = total_db / max(count, 1)
-                scheduler.step(score)
-                improved = best is None or score > best
-                if improved:
-                    best, best_epoch, bad_epochs = score, epoch, 0
-                    if d.main:
-                        # force: this run's own best model, replaced as it improves.
-                        registry.save_model(model, out / BEST, force=True, extra={
-                            "val_si_snri": f"{score:.4f}", "epoch": str(epoch),
-                            "step": str(global_step), "train_config": json.dumps(cfg.to_dict()),
-                        })
-                else:
-                    bad_epochs += 1
-                if cfg.keep_epochs and d.main:
-                    registry.save_model(model, out / f"epoch{epoch}.safetensors", force=True, extra={
-                        "val_si_snri": f"{score:.4f}", "epoch": str(epoch), "step": str(global_step),
-                    })
-                now = time.monotonic()
-                write_log({
-                    "event": "valid", "step": global_step, "epoch": epoch, "val_si_snri": score,
-                    "best": best, "lr": optimizer.param_groups[0]["lr"],
-                    "elapsed": elapsed + (now - t_session),
-                })
-                display.valid(score, f"epoch {epoch}: validation SI-SNRi {score:.2f} dB "
-                                     f"(best {best:.2f} dB at epoch {best_epoch})")
-                epoch += 1
-                step_in_epoch = 0
-                save_last()
-                if cfg.early_stop and bad_epochs >= cfg.early_stop:
-                    reason = "early_stop"
-                    log.info("early stop: no improvement for %d epochs", bad_epochs)
-                    break
-                stopped = synced_stop()
+    def _train_epoch(self) -> str | None:
+        """The rest of the current epoch's steps; why it stopped early, or None."""
+        cfg, d = self.cfg, self.d
+        self.train_set.set_epoch(self.epoch)
+        indices = epoch_indices(len(self.train_set), self.epoch, cfg.seed, d.world, d.rank)
+        indices = indices[: self.steps_per_epoch * cfg.batch_size][self.step_in_epoch * cfg.batch_size :]
+        loader = torch.utils.data.DataLoader(
+            self.train_set, batch_size=cfg.batch_size, sampler=_ListSampler(indices),
+            num_workers=cfg.workers, drop_last=True, generator=self.loader_gen,
+            pin_memory=self.dev.type == "cuda",
+        )
+        self.display.epoch(self.epoch, self.step_in_epoch)
+        win_loss, win_n, win_t = 0.0, 0, time.monotonic()
+        for mix, ref in loader:
+            stopped = self.synced_stop()
             if stopped:
-                reason = stopped
-                save_last()
-    finally:
-        display.close()
-        if log_file is not None:
-            log_file.close()
-    total_elapsed = elapsed + (time.monotonic() - t_session)
-    return TrainResult(
-        run_dir=out, reason=reason, epoch=epoch, step=global_step,
-        best_si_snri=best, best_epoch=best_epoch,
-        best_path=(out / BEST) if best is not None else None, elapsed=total_elapsed,
-    )
+                return stopped
+            win_loss += self._step(mix, ref)
+            win_n += 1
+            if self.step_in_epoch % cfg.log_every == 0 or self.step_in_epoch == self.steps_per_epoch:
+                now = time.monotonic()
+                self._log_steps(win_loss / win_n, self.step_seconds * win_n / max(now - win_t, 1e-9), now)
+                win_loss, win_n, win_t = 0.0, 0, now
+            else:
+                self.display.step(self.step_in_epoch)
+            if time.monotonic() - self.last_ckpt >= cfg.checkpoint_minutes * 60:
+                self.save_last()
+        return None
 
+    def _step(self, mix: torch.Tensor, ref: torch.Tensor) -> float:
+        """One optimizer step on a batch; its loss. Shape: mix [B, T], ref [B, S, T]."""
+        mix = mix.to(self.dev, non_blocking=True)  # [B, T]
+        ref = ref.to(self.dev, non_blocking=True)  # [B, S, T]
+        optimizer, scaler = self.optimizer, self.scaler
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.use_amp):
+            loss = self.wrapped(mix, ref)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        clip = self.cfg.clip if self.cfg.clip > 0 else float("inf")
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if torch.isfinite(norm) or scaler.is_enabled():
+            scaler.step(optimizer)  # the scaler itself skips non-finite steps
+            self.bad_steps = 0
+        else:
+            # Identical on every rank: gradients are already all-reduced.
+            self.bad_steps += 1
+            log.warning("step %d: non-finite gradient, update skipped", self.global_step + 1)
+            if self.bad_steps >= MAX_BAD_STEPS:
+                raise SepError(
+                    f"training diverged: {self.bad_steps} steps in a row with non-finite gradients; "
+                    f"start a new run from {self.out / BEST} (--init) with a lower --lr"
+                )
+        scaler.update()
+        self.step_in_epoch += 1
+        self.global_step += 1
+        return float(loss.detach())
+
+    def _log_steps(self, mean_loss: float, speed: float, now: float) -> None:
+        """A ``train`` line in log.jsonl and on the display (``speed``: audio s/s)."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        total = self.elapsed + (now - self.t_session)
+        eta = (self.steps_per_epoch - self.step_in_epoch) * self.step_seconds / speed
+        self.write_log({
+            "event": "train", "step": self.global_step, "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch, "loss": mean_loss, "lr": lr,
+            "audio_sec_per_sec": speed, "elapsed": total,
+        })
+        self.display.step(
+            self.step_in_epoch, mean_loss, speed,
+            f"epoch {self.epoch} step {self.step_in_epoch}/{self.steps_per_epoch} loss {mean_loss:.4f} "
+            f"lr {lr:.2e} val {self.display.val} audio {speed:.1f} s/s "
+            f"elapsed {_hms(total)} epoch ETA {_hms(eta)}",
+        )
+
+    def _end_epoch(self) -> bool:
+        """Validate (sharded over ranks), schedule, export, checkpoint; True: stop early."""
+        cfg, d, model, epoch = self.cfg, self.d, self.model, self.epoch
+        shard = list(range(d.rank, len(self.valid_set), d.world))
+        total_db, count = validate(
+            model, self.valid_set, batch_size=cfg.valid_batch_size if self.valid_fixed else 1,
+            device=self.dev, amp_dtype=self.valid_amp_dtype, indices=shard,
+        )
+        if d.world > 1:
+            t = torch.tensor([total_db, float(count)], dtype=torch.float64, device=self.dev)
+            dist.all_reduce(t)
+            total_db, count = float(t[0]), int(t[1])
+        score = total_db / max(count, 1)
+        self.scheduler.step(score)
+        if self.best is None or score > self.best:
+            self.best, self.best_epoch, self.bad_epochs = score, epoch, 0
+            if d.main:
+                # force: this run's own best model, replaced as it improves.
+                registry.save_model(model, self.out / BEST, force=True, extra={
+                    "val_si_snri": f"{score:.4f}", "epoch": str(epoch),
+                    "step": str(self.global_step), "train_config": json.dumps(cfg.to_dict()),
+                })
+        else:
+            self.bad_epochs += 1
+        if cfg.keep_epochs and d.main:
+            registry.save_model(model, self.out / f"epoch{epoch}.safetensors", force=True, extra={
+                "val_si_snri": f"{score:.4f}", "epoch": str(epoch), "step": str(self.global_step),
+            })
+        self.write_log({
+            "event": "valid", "step": self.global_step, "epoch": epoch, "val_si_snri": score,
+            "best": self.best, "lr": self.optimizer.param_groups[0]["lr"],
+            "elapsed": self.elapsed + (time.monotonic() - self.t_session),
+        })
+        self.display.valid(score, f"epoch {epoch}: validation SI-SNRi {score:.2f} dB "
+                                  f"(best {self.best:.2f} dB at epoch {self.best_epoch})")
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.save_last()
+        return bool(cfg.early_stop and self.bad_epochs >= cfg.early_stop)

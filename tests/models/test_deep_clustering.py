@@ -366,8 +366,7 @@ def test_bad_mix_raises(mix):
 
 @pytest.mark.parametrize("overrides", [dict(hop=200), dict(dropout=1.0), dict(n_src=0),
                                        dict(silence_db=-3), dict(auto_threshold=1.5), dict(layers=0),
-                                       dict(auto_method="guess"), dict(auto_silhouette=2.0),
-                                       dict(auto_silhouette_bins=3), dict(kmeans_power=-1.0),
+                                       dict(auto_method="guess"), dict(kmeans_power=-1.0),
                                        dict(kmeans_power=5.0), dict(kmeans_power="2"),
                                        dict(kmeans_power=True), dict(auto_power=-1.0),
                                        dict(auto_method="logistic"),
@@ -398,40 +397,11 @@ def test_auto_counts_speakers_from_oracle_like_embeddings(monkeypatch, n_src, ga
     torch.testing.assert_close(est.sum(1), mix, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("n_src, gains_db", [
-    (1, [0.0]), (2, [0.0, -5.0]), (3, [0.0, 0.0, 0.0]), (3, [0.0, -3.0, -5.0]),
-])
-@pytest.mark.parametrize("noise", [0.0, 0.2])
-def test_silhouette_counts_speakers_from_oracle_like_embeddings(monkeypatch, n_src, gains_db, noise):
-    model = tiny(auto_method="silhouette")
-    ref = noise_sources(1, n_src, 4000, seed=20 + n_src, gains_db=gains_db)
-    mix = ref.sum(1)
-    monkeypatch.setattr(model, "embed", oracle_embed(ref, TINY["emb_dim"], noise=noise, seed=n_src))
-    scores = model.silhouettes(model.active_embeddings(mix)[0])
-    assert scores.shape == (model.config.auto_max_src - 1,)
-    if n_src >= 2:
-        assert int(np.argmax(scores)) + 2 == n_src and scores.max() > 0.5
-    else:  # one tight cluster plus noise: any split of it scores low
-        assert scores.max() < model.config.auto_silhouette
-    assert model.count_speakers(mix) == [n_src]
-    assert model.separate(mix, n_src="auto").shape == (1, n_src, 4000)
-
-
-def test_silhouette_scores_a_bounded_subsample_deterministically(monkeypatch):
-    model = tiny(auto_method="silhouette", auto_silhouette_bins=300)
-    ref = noise_sources(1, 2, 8000, seed=31)
-    monkeypatch.setattr(model, "embed", oracle_embed(ref, TINY["emb_dim"], noise=0.3, seed=3))
-    emb = model.active_embeddings(ref.sum(1))[0]
-    assert emb.shape[0] > 300
-    np.testing.assert_array_equal(model.silhouettes(emb, seed=1), model.silhouettes(emb, seed=1))
-    calls = []
-    import sklearn.metrics
-
-    real = sklearn.metrics.silhouette_score
-    monkeypatch.setattr(sklearn.metrics, "silhouette_score",
-                        lambda x, labels: calls.append(len(x)) or real(x, labels))
-    model.silhouettes(emb)
-    assert calls and set(calls) == {300}
+def test_removed_silhouette_counter_is_a_clear_error_and_its_old_keys_load():
+    with pytest.raises(SepError, match="auto_method 'silhouette' was removed; use one of eigen, logistic"):
+        registry.build("dpcl", {**TINY, "auto_method": "silhouette"})
+    old = registry.build("dpcl", {**TINY, "auto_silhouette": 0.2, "auto_silhouette_bins": 2000})
+    assert not hasattr(old.config, "auto_silhouette") and old.config == tiny().config
 
 
 def test_eigen_shares_equal_speaker_bin_shares_for_exact_embeddings(monkeypatch):
