@@ -249,8 +249,6 @@ def stream_pcm(
     beyond full scale are clipped (with a warning), since the peak is unknown
     until the end. ``passes`` and ``backend`` as in :func:`stream_file`.
     """
-    import soxr
-
     from sepcli import api, audio
 
     if sample_format not in PCM_FORMATS:
@@ -271,12 +269,8 @@ def stream_pcm(
     streamer = make_streamer(net, chunk_size=model_chunk, passes=passes, backend=backend, quality=quality)
     times = ChunkTimes(model_chunk, sr_model)
     resample = sample_rate != sr_model
-
-    def resampler(a: int, b: int) -> Any:
-        return soxr.ResampleStream(a, b, 1, dtype="float32", quality=audio.RESAMPLE_QUALITY)
-
-    down = resampler(sample_rate, sr_model) if resample else None
-    ups = [resampler(sr_model, sample_rate) for _ in range(n_src)] if resample else None
+    down = audio.Resampler(sample_rate, sr_model) if resample else None
+    ups = [audio.Resampler(sr_model, sample_rate) for _ in range(n_src)] if resample else None
     t_start = time.perf_counter()
     n_in = 0
     held = np.zeros((n_src, 0), dtype=np.float32)  # output at the input's rate, not yet written
