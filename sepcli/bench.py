@@ -42,6 +42,7 @@ import torch
 
 from sepcli import engine, registry
 from sepcli.errors import SepError
+from sepcli.inference import protocol
 from sepcli.inference.settings import DEFAULT_QUALITY
 from sepcli.streaming import Streamer, make_streamer, offline
 
@@ -220,7 +221,7 @@ def offline_rtf(model: torch.nn.Module, mix: torch.Tensor, sample_rate: int, tim
     """Seconds of compute per second of audio for one pass over ``mix``, through
     ``model.separate`` (what ``sep separate`` runs; for Conv-TasNet with gLN the
     folded forward) where the model has it."""
-    run = getattr(model, "separate", model)
+    run = protocol.separate_method(model)
     with torch.inference_mode():
         run(mix[None, : min(mix.shape[0], sample_rate)])  # warm-up
         _, dt = timer(lambda: run(mix[None]).cpu())
@@ -366,10 +367,9 @@ def run_bench(
                                               passes=passes, signs=signs, backend=used))
         if offline_model is not False:
             off, off_label, off_random = load_bench_model(offline_model, dev, causal=False, seed=seed)
-            if getattr(off.config, "sample_rate", sr) != sr:
-                raise SepError(
-                    f"offline model {off_label} runs at {off.config.sample_rate} Hz, the streamed one at {sr} Hz"
-                )
+            off_rate = protocol.describe(off).sample_rate
+            if off_rate != sr:
+                raise SepError(f"offline model {off_label} runs at {off_rate} Hz, the streamed one at {sr} Hz")
             say(f"offline forward of {off_label} on {n / sr:g} s")
             result.offline_model = off_label
             result.offline_random_weights = off_random

@@ -32,6 +32,8 @@ Model contract (every registered class):
   shapes; ``n_src`` lets clustering models choose the number of speakers.
 * ``compute_loss(mix, ref) -> torch.Tensor``: scalar training loss;
   mix ``[B, T]``, ref ``[B, S, T]``.
+* ``accepts_silent_sources: bool``: whether ``compute_loss`` takes references
+  with silent rows (recipes with ``speaker_counts`` need it).
 """
 from __future__ import annotations
 

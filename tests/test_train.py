@@ -36,6 +36,8 @@ class ToyConfig:
 class ToyNet(nn.Module):
     """A tiny TasNet: learned encoder, 1x1 mask layer, learned decoder."""
 
+    accepts_silent_sources = False  # the registry's training contract
+
     def __init__(self, config: ToyConfig) -> None:
         super().__init__()
         self.config = config

@@ -255,6 +255,10 @@ class ConvTasNet(nn.Module):
     on CPUs with native bfloat16; docs/long-recordings.md has the figures).
     """
 
+    accepts_silent_sources: bool = False
+    """Training contract: SI-SNR is undefined for a silent reference, so every
+    batch has ``n_src`` speakers (no ``speaker_counts`` in recipes)."""
+
     # -- the SeparationModel protocol (sepcli.inference.protocol)
 
     @property

@@ -248,7 +248,7 @@ def _build_model(cfg: TrainConfig, init: str | os.PathLike | None, dev: torch.de
             raise SepError(f"--init {init}: weights do not fit this run's model config: {exc}") from None
         log.info("initialised from %s", init)
     model.to(dev)
-    if cfg.speaker_counts is not None and not getattr(model, "accepts_silent_sources", False):
+    if cfg.speaker_counts is not None and not model.accepts_silent_sources:
         raise SepError(
             f"speaker_counts needs a model whose loss takes silent references (dpcl); {cfg.family} does not"
         )
