@@ -99,7 +99,7 @@ def check_separator(model: torch.nn.Module) -> None:
     whole = Separator(model, device="cpu", segment=4.0).separate(mix, rate)
     direct = model.separate(torch.from_numpy(mix)[None])[0].numpy()
     gains = np.einsum("st,st->s", whole, direct) / np.einsum("st,st->s", direct, direct)  # [S]
-    assert (gains > 0.1).all()
+    assert (np.abs(gains) > 0.1).all()  # untrained near-copies may get opposite gains; never none
     np.testing.assert_allclose(whole, gains[:, None] * direct, atol=1e-5)
 
 
