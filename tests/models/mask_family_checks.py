@@ -103,20 +103,38 @@ def check_separator(model: torch.nn.Module) -> None:
     np.testing.assert_allclose(whole, gains[:, None] * direct, atol=1e-5)
 
 
-def train_two_steps(family: str, config: dict, root: Path) -> Path:
-    """Two optimiser steps of ``sep train``'s loop on a tiny tone corpus; the run's
-    best weights (safetensors). Asserts the run finished with finite losses."""
+REPO = Path(__file__).resolve().parents[2]
+
+
+def check_recipe(name: str, family: str, causal: bool) -> None:
+    """A shipped recipe builds its family and mixes from the shared corpus with the split."""
+    flat, _ = training.read_recipe(REPO / "recipes" / f"{name}.toml")
+    cfg = training.make_config(flat)
+    model = registry.build(cfg.family, cfg.model)
+    assert cfg.family == family and model.causal is causal
+    assert model.config.sample_rate == 8000 and model.config.n_src == 2
+    assert cfg.train == str(REPO.parent / "shared" / "data" / "librispeech-8k" / "*") + "/"
+    assert Path(cfg.speakers_split) == REPO / "recipes" / "splits" / "librispeech-8k.json"
+    assert cfg.augment and cfg.random_polarity and cfg.segment == 3.0
+
+
+def train_two_steps(recipe: str, tiny: dict, root: Path) -> Path:
+    """Two optimiser steps of ``sep train``'s loop with a shipped recipe, its model
+    shrunk to ``tiny`` and its data pointed at a tiny tone corpus (as ``sep train
+    --config recipes/NAME.toml --set ...`` would); the run's best weights
+    (safetensors). Asserts the run finished with finite losses."""
     make_corpus(root / "corpus", n_speakers=5, n_utts=2)
     split = root / "split.json"
     split.write_text(json.dumps({"valid": ["spk3", "spk4"], "test": []}))
-    cfg = training.make_config(dict(
-        family=family, model=config, train=str(root / "corpus"), speakers_split=str(split),
+    flat, _ = training.read_recipe(REPO / "recipes" / f"{recipe}.toml")
+    flat.update(
+        model={**flat["model"], **tiny}, train=str(root / "corpus"), speakers_split=str(split),
         segment=0.25, epoch_size=8, valid_size=2, valid_segment=0.25, batch_size=4,
-        lr=1e-3, max_epochs=1, log_every=1, checkpoint_minutes=60.0,
-    ))
-    result = training.train(cfg, root / "run", progress=False)
-    losses = [json.loads(line) for line in (root / "run" / "log.jsonl").read_text().splitlines()]
-    steps = [r["loss"] for r in losses if r["event"] == "train"]
+        max_epochs=1, log_every=1, checkpoint_minutes=60.0,
+    )
+    result = training.train(training.make_config(flat), root / "run", progress=False)
+    log = [json.loads(line) for line in (root / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r["loss"] for r in log if r["event"] == "train"]
     assert result.reason == "finished" and result.step == 2 and len(steps) == 2
     assert np.isfinite(steps).all()
     return Path(result.best_path)

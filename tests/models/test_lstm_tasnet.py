@@ -160,8 +160,13 @@ def test_bad_input_and_config_raise_sep_error():
 
 
 def test_two_training_steps_give_a_checkpoint_that_separates(tmp_path):
-    best = checks.train_two_steps(FAMILY, dict(TINY, causal=False), tmp_path)
+    best = checks.train_two_steps("lstm-tasnet", TINY, tmp_path)
     model = registry.load_model(best)
     assert model.family == FAMILY and not model.causal
     out = checks.Separator(str(best), device="cpu", segment=0.5).separate(np.zeros(3001, np.float32) + 0.01, 8000)
     assert out.shape == (2, 3001)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_recipes_are_valid(causal):
+    checks.check_recipe("lstm-tasnet" + ("-causal" if causal else ""), FAMILY, causal)

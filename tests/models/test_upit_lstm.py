@@ -150,8 +150,13 @@ def test_bad_input_and_config_raise_sep_error():
 
 
 def test_two_training_steps_give_a_checkpoint_that_separates(tmp_path):
-    best = checks.train_two_steps(FAMILY, dict(TINY, causal=True), tmp_path)
+    best = checks.train_two_steps("upit-lstm-causal", TINY, tmp_path)
     model = registry.load_model(best)
     assert model.family == FAMILY and model.causal
     out = checks.Separator(str(best), device="cpu", segment=0.5).separate(np.zeros(3001, np.float32) + 0.01, 8000)
     assert out.shape == (2, 3001)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_recipes_are_valid(causal):
+    checks.check_recipe("upit-lstm" + ("-causal" if causal else ""), FAMILY, causal)
