@@ -72,6 +72,13 @@ def streaming_layout(model: torch.nn.Module) -> StreamingLayout:
             "it looks at future frames, so its output is not final until the input ends "
             "(use sep separate, or a causal model such as convtasnet-causal)"
         )
+    if isinstance(model, SeparationModel):
+        # causal but without an incremental step (the recurrent families): offline only
+        family = getattr(model, "family", type(model).__name__)
+        raise SepError(
+            f"streaming needs a causal model with a streaming step; this {family} model is causal but "
+            "runs offline only (use sep separate, or a causal Conv-TasNet such as convtasnet-causal)"
+        )
     raise SepError(
         f"streaming needs a causal Conv-TasNet; got {type(model).__name__} "
         "(use sep separate for other models)"

@@ -141,7 +141,7 @@ class MaskLSTM(nn.Module):
 
 @register("lstm-tasnet", LSTMTasNetConfig)
 class LSTMTasNet(nn.Module):
-    """LSTM-TasNet: gated encoder, deep (B)LSTM masks, linear decoder with overlap-add.
+    """LSTM-TasNet: gated encoder, (B)LSTM masks, linear decoder; defaults: CPU-sized, non-causal.
 
     ``forward(mix)``: Shape: [B, T] or [B, 1, T] -> [B, S, T], any T >= 1.
     """

@@ -137,7 +137,7 @@ def check_n_src(n_src: int | str | None, model_n_src: int, name: str) -> None:
 
 @register("upit-lstm", UPITLSTMConfig)
 class UPITLSTM(nn.Module):
-    """uPIT-LSTM: (B)LSTM masks on the mixture STFT, trained with utterance-level PIT.
+    """uPIT-LSTM: (B)LSTM masks on the mixture STFT, utterance-level PIT; defaults: CPU-sized, non-causal.
 
     ``forward(mix)``: Shape: [B, T] or [B, 1, T] -> [B, S, T], any T >= 1.
     """

@@ -139,7 +139,7 @@ def test_protocol_streaming_and_listing():
     model = tiny(causal=True)
     assert model.streaming_layout() is None and model.set_products(torch.bfloat16) is False
     assert model.inference_presets()["high"].segment == 30.0
-    with pytest.raises(SepError, match="streaming"):
+    with pytest.raises(SepError, match="causal but runs offline only"):
         streaming_layout(model)
     rows = {r["name"]: r for r in registry.list_models()}
     assert rows["lstm-tasnet-causal"]["causal"] is True and rows["lstm-tasnet-causal"]["streams"] is False
