@@ -202,7 +202,6 @@ class UPITLSTM(nn.Module):
         """None: not streamed statefully (``sep stream`` refuses it). The causal
         model could be (LSTM state + the last window of input), but no
         incremental step is implemented; offline it is causal."""
-        return None
 
     # ------------------------------------------------------------------ signal processing
 

@@ -12,8 +12,8 @@ import torch
 from sepcli import registry
 from sepcli.api import Separator
 from sepcli.training import loop as training
-from tests.test_data import make_corpus
 from tests.sigtools import si_snr_reference
+from tests.test_data import make_corpus
 
 
 def build(family: str, **config) -> torch.nn.Module:
