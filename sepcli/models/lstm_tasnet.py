@@ -197,7 +197,6 @@ class LSTMTasNet(nn.Module):
         """None: not streamed statefully (``sep stream`` refuses it). The causal
         model could be (LSTM state + one frame of input), but no incremental
         step is implemented; offline it is causal."""
-        return
 
     # ------------------------------------------------------------------ forward
 
