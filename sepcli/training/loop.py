@@ -83,7 +83,7 @@ log = logging.getLogger(__name__)
 
 MAX_BAD_STEPS = 20  # consecutive non-finite gradients before a run is declared diverged
 NORM_MIXTURES = 200  # training mixtures used by models that fit input statistics
-WAVEFORM_FAMILIES = ("convtasnet",)  # forward(mix) gives waveforms: they can teach or learn from one
+WAVEFORM_FAMILIES = ("convtasnet", "lstm-tasnet", "upit-lstm")  # forward(mix) gives waveforms: they can teach or learn from one
 
 __all__ = ["train", "validate", "load_teacher", "TrainConfig", "TrainResult", "make_config", "parse_set",
            "read_recipe", "build_datasets", "epoch_indices", "load_checkpoint", "RESUMABLE_KEYS"]

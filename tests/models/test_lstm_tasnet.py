@@ -170,3 +170,14 @@ def test_two_training_steps_give_a_checkpoint_that_separates(tmp_path):
 @pytest.mark.parametrize("causal", [False, True])
 def test_recipes_are_valid(causal):
     checks.check_recipe("lstm-tasnet" + ("-causal" if causal else ""), FAMILY, causal)
+
+
+def test_both_families_can_teach_and_learn_by_distillation(tmp_path):
+    """They map mixtures to waveforms, so sep train --teacher takes them either way."""
+    from sepcli.training import loop as training
+
+    teacher_path = tmp_path / "teacher.safetensors"
+    registry.save_model(checks.build("upit-lstm", n_fft=32, hop=8, hidden=8, layers=1), teacher_path)
+    teacher, sha = training.load_teacher(str(teacher_path), tiny(), FAMILY, torch.device("cpu"))
+    assert teacher.family == "upit-lstm" and sha == registry.file_sha256(teacher_path)
+    assert not any(p.requires_grad for p in teacher.parameters())
