@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sepcli.inference.settings import InferenceSettings
-from sepcli.models.upit_lstm import _positive_int, check_mix, check_n_src, check_ref
+from sepcli.models.upit_lstm import check_mix, check_n_src, check_positive_ints, check_ref
 from sepcli.registry import register, register_preset
 
 _MASKS = ("softmax", "sigmoid")
@@ -73,7 +73,7 @@ class LSTMTasNetConfig:
 
     def __post_init__(self) -> None:
         # ValueError is turned into SepError by registry.make_config.
-        _positive_int(self, "n_src", "sample_rate", "N", "hidden", "layers")
+        check_positive_ints(self, "n_src", "sample_rate", "N", "hidden", "layers")
         if isinstance(self.L, bool) or not isinstance(self.L, int) or self.L < 2 or self.L % 2:
             raise ValueError(f"L must be an even integer >= 2, got {self.L!r}")
         for name in ("causal", "segment_norm"):

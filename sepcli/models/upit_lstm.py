@@ -55,7 +55,8 @@ from sepcli.registry import register, register_preset
 _LOG_EPS = 1e-8
 
 
-def _positive_int(config: object, *names: str) -> None:
+def check_positive_ints(config: object, *names: str) -> None:
+    """ValueError (SepError through registry.make_config) unless each named field is an int >= 1."""
     for name in names:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -79,7 +80,7 @@ class UPITLSTMConfig:
 
     def __post_init__(self) -> None:
         # ValueError is turned into SepError by registry.make_config.
-        _positive_int(self, "n_src", "sample_rate", "n_fft", "hop", "hidden", "layers")
+        check_positive_ints(self, "n_src", "sample_rate", "n_fft", "hop", "hidden", "layers")
         if self.n_fft < 4 or self.n_fft % 2:
             raise ValueError(f"n_fft must be an even integer >= 4, got {self.n_fft}")
         # sqrt-Hann analysis and synthesis need at least 2x overlap to invert,
@@ -281,4 +282,4 @@ register_preset(
     causal=True, layers=3, hidden=1500, n_fft=256, hop=64,
 )
 
-__all__ = ["UPITLSTM", "UPITLSTMConfig", "check_mix", "check_n_src", "check_ref"]
+__all__ = ["UPITLSTM", "UPITLSTMConfig", "check_mix", "check_n_src", "check_positive_ints", "check_ref"]
