@@ -181,3 +181,8 @@ def test_both_families_can_teach_and_learn_by_distillation(tmp_path):
     teacher, sha = training.load_teacher(str(teacher_path), tiny(), FAMILY, torch.device("cpu"))
     assert teacher.family == "upit-lstm" and sha == registry.file_sha256(teacher_path)
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_loss_falls_when_fitting_one_batch():
+    first, last = checks.fit_one_batch(checks.build(FAMILY, N=32, L=16, hidden=32, layers=2, causal=True))
+    assert last < min(first - 10.0, -2.0)  # at least 10 dB better, and better than the mixture's halves

@@ -160,3 +160,8 @@ def test_two_training_steps_give_a_checkpoint_that_separates(tmp_path):
 @pytest.mark.parametrize("causal", [False, True])
 def test_recipes_are_valid(causal):
     checks.check_recipe("upit-lstm" + ("-causal" if causal else ""), FAMILY, causal)
+
+
+def test_loss_falls_when_fitting_one_batch():
+    first, last = checks.fit_one_batch(checks.build(FAMILY, n_fft=64, hop=16, hidden=32, layers=2, causal=True))
+    assert last < min(first - 10.0, -2.0)  # at least 10 dB better, and better than the mixture's halves
