@@ -163,6 +163,10 @@ class Streamer:
         if not self.lanes or any(d < 0 or g not in (-1, 1) for d, g in self.lanes):
             raise SepError(f"lanes must be (delay >= 0, sign +-1) pairs, got {lanes!r}")
         self.device, self.dtype = layout.device, layout.dtype
+        if "native" not in getattr(layout, "backends", BACKENDS):  # a family without a compiled step
+            if backend == "native":
+                raise SepError(f"the native streaming kernel runs Conv-TasNet only, not {type(model).__name__}")
+            backend = "torch"
         self.backend = _pick_backend(backend, self.device, self.dtype)
         self.network: StreamingNetwork = layout.network(len(self.lanes), self.chunk_size, self.backend,
                                                         MAX_STEP_FRAMES)

@@ -32,7 +32,8 @@ Choices worth knowing:
 * With ``causal=True`` (unidirectional LSTMs; every other layer works frame by
   frame) output sample t depends on input samples ``<= t + L - 1`` only: the
   algorithmic latency is one frame, L samples (5 ms for the paper's L=40 at
-  8 kHz).
+  8 kHz). The causal model streams (``sep stream``; equal to the offline
+  forward): :mod:`sepcli.models.lstm_tasnet_stream`.
 
 Shape legend: B batch, S sources, T samples, K frames, and TasNet's N (basis
 signals), L (frame length in samples), H (LSTM units per direction).
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,9 @@ from torch import nn
 from sepcli.inference.settings import InferenceSettings
 from sepcli.models.upit_lstm import check_mix, check_n_src, check_positive_ints, check_ref
 from sepcli.registry import register, register_preset
+
+if TYPE_CHECKING:
+    from sepcli.models.lstm_tasnet_stream import LSTMTasNetStreaming
 
 _MASKS = ("softmax", "sigmoid")
 _EPS = 1e-8  # added to the frame norms: a silent frame stays silent instead of dividing by zero
@@ -130,13 +134,25 @@ class MaskLSTM(nn.Module):
         self.fc = nn.Linear(width, c.n_src * c.N)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.run(w)[0]
+
+    def run(self, w: torch.Tensor, states: list | None = None) -> tuple[torch.Tensor, list]:
+        """:meth:`forward` from given LSTM states (None: zeros, a stream's start),
+        also returning the states after the last frame: a stream of the causal
+        model continues from them (:mod:`sepcli.models.lstm_tasnet_stream`).
+        Shape: [B, K, N] -> ([B, S, K, N], one ``(h, c)`` per block)."""
         batch, frames, _ = w.shape
-        h, _ = self.blocks[0](self.norm(w))  # [B, K, H or 2H]
-        for block in self.blocks[1:]:
-            h = h + block(self.drop(h))[0]  # identity skip: the block learns a residual
+        states = states or [None] * len(self.blocks)
+        h, first = self.blocks[0](self.norm(w), states[0])  # [B, K, H or 2H]
+        after = [first]
+        for block, state in zip(self.blocks[1:], states[1:], strict=True):
+            out, last = block(self.drop(h), state)
+            h = h + out  # identity skip: the block learns a residual
+            after.append(last)
         scores = self.fc(h).view(batch, frames, self.n_src, self.N)  # [B, K, S, N]
         scores = scores.transpose(1, 2)  # [B, S, K, N]
-        return torch.softmax(scores, dim=1) if self.mask_kind == "softmax" else torch.sigmoid(scores)
+        masks = torch.softmax(scores, dim=1) if self.mask_kind == "softmax" else torch.sigmoid(scores)
+        return masks, after
 
 
 @register("lstm-tasnet", LSTMTasNetConfig)
@@ -171,7 +187,6 @@ class LSTMTasNet(nn.Module):
         return self.config.causal
 
     receptive_field: int | None = None  # recurrent: everything since the chunk's start
-    streamable: bool = False  # no incremental step: the causal model runs offline only (registry.can_stream)
 
     @property
     def latency(self) -> int:
@@ -193,10 +208,15 @@ class LSTMTasNet(nn.Module):
     def set_products(self, dtype: torch.dtype) -> bool:
         return False  # float32 only
 
-    def streaming_layout(self) -> None:
-        """None: not streamed statefully (``sep stream`` refuses it). The causal
-        model could be (LSTM state + one frame of input), but no incremental
-        step is implemented; offline it is causal."""
+    def streaming_layout(self) -> LSTMTasNetStreaming | None:
+        """A causal model streams statefully (LSTM states and half a frame of
+        overlap-add carried between steps: :mod:`sepcli.models.lstm_tasnet_stream`,
+        run by :class:`sepcli.streaming.Streamer`); None for BLSTMs, which look ahead."""
+        if not self.config.causal:
+            return None
+        from sepcli.models.lstm_tasnet_stream import LSTMTasNetStreaming  # it imports this module
+
+        return LSTMTasNetStreaming(self)
 
     # ------------------------------------------------------------------ forward
 
@@ -217,16 +237,25 @@ class LSTMTasNet(nn.Module):
         batch, n_samples = mix.shape
         left, right = self.frame_padding(n_samples)
         frames = F.pad(mix, (left, right)).unfold(-1, c.L, c.stride)  # [B, K, L]
-        if c.segment_norm:
-            gain = frames.norm(dim=-1, keepdim=True) + _EPS  # [B, K, 1]
-            frames = frames / gain
-        w = self.encoder(frames)  # [B, K, N]
-        masked = self.separator(w) * w[:, None]  # [B, S, K, N]
-        if c.segment_norm:
-            masked = masked * gain[:, None]  # the frame's level back (the decoder is linear)
+        masked = self.masked_encoding(frames)[0]  # [B, S, K, N]
         masked = masked.flatten(0, 1).transpose(1, 2)  # [B*S, N, K]
         out = self.decoder(masked).view(batch, self.n_src, -1)  # [B, S, T_pad]
         return out[..., left:left + n_samples]
+
+    def masked_encoding(self, frames: torch.Tensor, states: list | None = None) -> tuple[torch.Tensor, list]:
+        """The decoder's input: each speaker's masked encoding, the frame's norm
+        multiplied back in (the decoder is linear), and the LSTM states after the
+        last frame (``states``: the ones to start from; :meth:`MaskLSTM.run`).
+        Shape: frames [B, K, L] -> ([B, S, K, N], states)."""
+        if self.config.segment_norm:
+            gain = frames.norm(dim=-1, keepdim=True) + _EPS  # [B, K, 1]
+            frames = frames / gain
+        w = self.encoder(frames)  # [B, K, N]
+        masks, states = self.separator.run(w, states)  # [B, S, K, N]
+        masked = masks * w[:, None]
+        if self.config.segment_norm:
+            masked = masked * gain[:, None]
+        return masked, states
 
     @torch.no_grad()
     def separate(self, mix: torch.Tensor, n_src: int | str | None = None) -> torch.Tensor:
@@ -251,14 +280,14 @@ class LSTMTasNet(nn.Module):
 register_preset(
     "lstm-tasnet-causal",
     "lstm-tasnet",
-    "causal (8 ms latency), CPU-sized: N=128 L=64, 4 LSTM layers of 192 units; no sep stream (offline only)",
+    "causal (8 ms latency, streams), CPU-sized: N=128 L=64, 4 LSTM layers of 192 units",
     causal=True, N=128, L=64, hidden=192, layers=4,
 )
 register_preset(
     "lstm-tasnet-paper",
     "lstm-tasnet",
     "the Conv-TasNet paper's causal LSTM-TasNet (32.0M): N=500 L=40, 4 LSTM layers of 1000 units, "
-    "skip around layers 3-4; no sep stream (offline only)",
+    "skip around layers 3-4 (streams)",
     causal=True, N=500, L=40, hidden=1000, layers=4,
 )
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from sepcli import registry
 from sepcli.errors import SepError
-from sepcli.inference.streaming import streaming_layout
+from sepcli.inference.streaming import Streamer, offline, stream_array, streaming_layout
 from sepcli.models.lstm_tasnet import LSTMTasNet
 from tests.models import mask_family_checks as checks
 
@@ -135,16 +135,43 @@ def test_separator_chunks_a_mixture_to_its_exact_length(causal):
     checks.check_separator(tiny(causal=causal))
 
 
-def test_protocol_streaming_and_listing():
+def test_protocol_and_listing():
     model = tiny(causal=True)
-    assert model.streaming_layout() is None and model.set_products(torch.bfloat16) is False
-    assert model.inference_presets()["high"].segment == 30.0
-    with pytest.raises(SepError, match="causal but runs offline only"):
-        streaming_layout(model)
+    assert model.set_products(torch.bfloat16) is False and model.inference_presets()["high"].segment == 30.0
+    assert tiny(causal=False).streaming_layout() is None  # BLSTMs look ahead
+    with pytest.raises(SepError, match="non-causal"):
+        streaming_layout(tiny(causal=False))
     rows = {r["name"]: r for r in registry.list_models()}
-    assert rows["lstm-tasnet-causal"]["causal"] is True and rows["lstm-tasnet-causal"]["streams"] is False
-    assert rows["convtasnet-paper-causal"]["streams"] is True  # Conv-TasNet still streams
+    assert rows["lstm-tasnet-causal"]["causal"] is True and rows["lstm-tasnet-causal"]["streams"] is True
+    assert rows["lstm-tasnet-paper"]["streams"] is True and rows[FAMILY]["streams"] is False
+    assert rows["convtasnet-paper-causal"]["streams"] is True and rows["convtasnet-paper"]["streams"] is False
     assert rows[FAMILY]["kind"] == "family" and rows["lstm-tasnet-paper"]["params"] == 31_094_000
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4, 37, 1003])
+def test_causal_stream_equals_the_offline_forward(chunk):
+    """LSTM states and half a frame of overlap-add carried between steps give
+    the offline output, whatever the chunking (in steps of 1 to all frames)."""
+    model = tiny(causal=True)
+    mix = torch.randn(1003)
+    with torch.no_grad():
+        ref = model(mix[None])[0]  # [S, T]
+    streamer = Streamer(model, chunk_size=chunk)
+    parts = [streamer.process(mix[i : i + chunk]) for i in range(0, 1003, chunk)]
+    est = torch.cat([*parts, streamer.flush()], 1)
+    assert est.shape == ref.shape
+    torch.testing.assert_close(est, ref, rtol=0, atol=1e-6)
+    assert sum(p.shape[1] for p in parts) >= 1003 - TINY["L"] - chunk  # output keeps up: no more held back
+    streamer.reset()  # a new stream starts from zero states
+    again = torch.cat([streamer.process(mix[:500]), streamer.flush()], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(again, model(mix[None, :500])[0], rtol=0, atol=1e-6)
+
+
+def test_averaged_passes_stream_as_offline():
+    model = tiny(causal=True)
+    mix = np.random.default_rng(2).standard_normal(777).astype(np.float32)
+    np.testing.assert_allclose(stream_array(model, mix, 50, passes=2), offline(model, mix, passes=2), atol=1e-5)
 
 
 def test_bad_input_and_config_raise_sep_error():
@@ -186,3 +213,10 @@ def test_both_families_can_teach_and_learn_by_distillation(tmp_path):
 def test_loss_falls_when_fitting_one_batch():
     first, last = checks.fit_one_batch(checks.build(FAMILY, N=32, L=16, hidden=32, layers=2, causal=True))
     assert last < min(first - 10.0, -2.0)  # at least 10 dB better, and better than the mixture's halves
+
+
+def test_stream_runs_torch_steps_only():
+    model = tiny(causal=True)
+    assert Streamer(model).backend == "torch"  # "auto": no compiled kernel for this family
+    with pytest.raises(SepError, match="Conv-TasNet only"):
+        Streamer(model, backend="native")
