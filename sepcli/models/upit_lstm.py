@@ -29,12 +29,14 @@ Framing (both variants): sqrt-Hann window of ``n_fft`` samples, hop ``hop``.
 Frame k covers input samples ``[k*hop - (n_fft - hop), k*hop + hop)``: the
 window *ends* one hop after its frame time instead of being centred on it.
 It is computed with ``torch.stft``/``torch.istft(center=True)`` on the input
-delayed by ``n_fft/2 - hop`` zeros, the delay cut off again after the iSTFT, so
-every input sample lies under ``n_fft / hop`` frames and the output has exactly
-T samples. With ``causal=True`` (a unidirectional LSTM) output sample t depends
-on input samples ``<= t + n_fft - 1`` only: the algorithmic latency is one
-window, ``n_fft`` samples (32 ms at the defaults). The non-causal BLSTM uses the
-same framing.
+delayed by ``n_fft/2 - hop`` zeros (and ``n_fft/2`` more after its end), the
+padding cut off again after the iSTFT, so every input sample lies under
+``n_fft / hop`` frames and the output has exactly T samples. With
+``causal=True`` (a unidirectional LSTM) output sample t depends on input
+samples ``<= t + n_fft - 1`` only: the algorithmic latency is one window,
+``n_fft`` samples (32 ms at the defaults); the causal model streams (``sep
+stream``, equal to the offline forward: :mod:`sepcli.models.upit_lstm_stream`).
+The non-causal BLSTM uses the same framing.
 
 Shape legend: B batch, S sources, T samples, F frequency bins, K frames,
 H hidden units per direction.
@@ -42,7 +44,7 @@ H hidden units per direction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -50,6 +52,9 @@ from torch import nn
 from sepcli.errors import SepError
 from sepcli.inference.settings import InferenceSettings
 from sepcli.registry import register, register_preset
+
+if TYPE_CHECKING:
+    from sepcli.models.upit_lstm_stream import UPITLSTMStreaming
 
 # Floor inside the log of the magnitude: digital silence stays finite.
 _LOG_EPS = 1e-8
@@ -177,7 +182,6 @@ class UPITLSTM(nn.Module):
         return self.config.causal
 
     receptive_field: int | None = None  # recurrent: everything since the chunk's start
-    streamable: bool = False  # no incremental step: the causal model runs offline only (registry.can_stream)
 
     @property
     def latency(self) -> int:
@@ -199,10 +203,24 @@ class UPITLSTM(nn.Module):
     def set_products(self, dtype: torch.dtype) -> bool:
         return False  # float32 only
 
-    def streaming_layout(self) -> None:
-        """None: not streamed statefully (``sep stream`` refuses it). The causal
-        model could be (LSTM state + the last window of input), but no
-        incremental step is implemented; offline it is causal."""
+    def streaming_layout(self) -> UPITLSTMStreaming | None:
+        """A causal model streams statefully (LSTM state and the overlap-add tail
+        carried between steps: :mod:`sepcli.models.upit_lstm_stream`, run by
+        :class:`sepcli.streaming.Streamer`); None for BLSTMs, which look ahead."""
+        if not self.config.causal:
+            return None
+        from sepcli.models.upit_lstm_stream import UPITLSTMStreaming  # it imports this module
+
+        return UPITLSTMStreaming(self)
+
+    def frame_padding(self, n_samples: int) -> tuple[int, int]:
+        """Zeros (left, right) around T samples under the frames :meth:`stft` takes:
+        ``n_fft - hop`` on the left (the delay plus torch's centring), and on the
+        right up to the end of the last of the ``1 + (T + n_fft - hop) // hop`` frames."""
+        c = self.config
+        left = c.n_fft - c.hop
+        frames = 1 + (n_samples + c.n_fft - c.hop) // c.hop
+        return left, (frames - 1) * c.hop + c.n_fft - left - n_samples
 
     # ------------------------------------------------------------------ signal processing
 
@@ -214,10 +232,13 @@ class UPITLSTM(nn.Module):
     def stft(self, mix: torch.Tensor) -> torch.Tensor:
         """Complex STFT with the causal window alignment (module docstring).
 
-        Shape: [N, T] -> [N, F, K] with K = 1 + (T + n_fft/2 - hop) // hop.
+        Shape: [N, T] -> [N, F, K] with K = 1 + (T + n_fft - hop) // hop.
         """
         c = self.config
-        delayed = nn.functional.pad(mix, (self._delay, 0))  # [N, T + n_fft/2 - hop]
+        # n_fft/2 zeros after the end: frames until the last sample lies under as many
+        # frames as any other, so the iSTFT divides every sample by the same window
+        # sum and a stream (which may run extra all-zero frames) gives the same output
+        delayed = nn.functional.pad(mix, (self._delay, c.n_fft // 2))  # [N, T + n_fft - hop]
         return torch.stft(delayed, n_fft=c.n_fft, hop_length=c.hop, win_length=c.n_fft, window=self.window,
                           center=True, pad_mode="constant", return_complex=True)
 
@@ -225,17 +246,24 @@ class UPITLSTM(nn.Module):
         """Inverse of :meth:`stft`, exactly ``length`` samples. Shape: [N, F, K] -> [N, T]."""
         c = self.config
         out = torch.istft(spec, n_fft=c.n_fft, hop_length=c.hop, win_length=c.n_fft, window=self.window,
-                          center=True, length=length + self._delay)  # [N, T + delay]
-        return out[:, self._delay:]
+                          center=True, length=length + self._delay + c.n_fft // 2)  # [N, T + n_fft - hop]
+        return out[:, self._delay : self._delay + length]
 
     def masks(self, spec: torch.Tensor) -> torch.Tensor:
         """Sigmoid masks from the mixture STFT. Shape: [B, F, K] -> [B, S, F, K]."""
+        return self.run_masks(spec)[0]
+
+    def run_masks(self, spec: torch.Tensor, state: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+        """:meth:`masks` from a given LSTM state (None: zeros, a stream's start),
+        also returning the state after the last frame: a stream of the causal
+        model continues from it (:mod:`sepcli.models.upit_lstm_stream`).
+        Shape: [B, F, K] -> ([B, S, F, K], (h, c))."""
         batch, n_freq, frames = spec.shape
         feats = torch.log(spec.abs() + _LOG_EPS).transpose(1, 2)  # [B, K, F]
-        hidden, _ = self.lstm(self.norm(feats))  # [B, K, H or 2H]
+        hidden, state = self.lstm(self.norm(feats), state)  # [B, K, H or 2H]
         scores = self.mask(self.drop(hidden))  # [B, K, S*F]
         scores = scores.view(batch, frames, self.n_src, n_freq).permute(0, 2, 3, 1)  # [B, S, F, K]
-        return torch.sigmoid(scores)
+        return torch.sigmoid(scores), state
 
     # ------------------------------------------------------------------ forward
 
@@ -271,14 +299,14 @@ class UPITLSTM(nn.Module):
 register_preset(
     "upit-lstm-causal",
     "upit-lstm",
-    "causal (32 ms latency), CPU-sized: 3 LSTM layers of 384 units; no sep stream (offline only)",
+    "causal (32 ms latency, streams), CPU-sized: 3 LSTM layers of 384 units",
     causal=True, layers=3, hidden=384, n_fft=256, hop=128,
 )
 register_preset(
     "upit-lstm-paper",
     "upit-lstm",
     "size of the Conv-TasNet paper's causal uPIT-LSTM (46.3M): 3 LSTM layers of 1500 units, "
-    "32 ms window, 8 ms hop; no sep stream (offline only)",
+    "32 ms window, 8 ms hop (streams)",
     causal=True, layers=3, hidden=1500, n_fft=256, hop=64,
 )
 

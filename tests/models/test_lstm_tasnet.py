@@ -146,6 +146,13 @@ def test_protocol_and_listing():
     assert rows["lstm-tasnet-paper"]["streams"] is True and rows[FAMILY]["streams"] is False
     assert rows["convtasnet-paper-causal"]["streams"] is True and rows["convtasnet-paper"]["streams"] is False
     assert rows[FAMILY]["kind"] == "family" and rows["lstm-tasnet-paper"]["params"] == 31_094_000
+    # a family can say its causal models do not stream (registry.can_stream)
+    assert registry.can_stream(FAMILY, True) and not registry.can_stream(FAMILY, False)
+    LSTMTasNet.streamable = False
+    try:
+        assert not registry.can_stream(FAMILY, True)
+    finally:
+        del LSTMTasNet.streamable
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 4, 37, 1003])

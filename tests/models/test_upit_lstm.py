@@ -10,7 +10,7 @@ import torch
 
 from sepcli import registry
 from sepcli.errors import SepError
-from sepcli.inference.streaming import streaming_layout
+from sepcli.inference.streaming import Streamer, offline, stream_array, streaming_layout
 from sepcli.models.upit_lstm import UPITLSTM
 from tests.models import mask_family_checks as checks
 from tests.sigtools import si_snr_reference
@@ -123,16 +123,42 @@ def test_separator_chunks_a_mixture_to_its_exact_length(causal):
     checks.check_separator(tiny(causal=causal))
 
 
-def test_protocol_streaming_and_listing():
+def test_protocol_and_listing():
     model = tiny(causal=True)
-    assert model.streaming_layout() is None and model.set_products(torch.bfloat16) is False
-    assert model.inference_presets()["fast"].segment == 30.0
-    with pytest.raises(SepError, match="causal but runs offline only"):
-        streaming_layout(model)
+    assert model.set_products(torch.bfloat16) is False and model.inference_presets()["fast"].segment == 30.0
+    assert tiny(causal=False).streaming_layout() is None  # the BLSTM looks ahead
+    with pytest.raises(SepError, match="non-causal"):
+        streaming_layout(tiny(causal=False))
     rows = {r["name"]: r for r in registry.list_models()}
-    assert rows["upit-lstm-causal"]["causal"] is True and rows["upit-lstm-causal"]["streams"] is False
-    assert rows[FAMILY]["kind"] == "family" and rows[FAMILY]["causal"] is False
-    assert "no sep stream" in rows["upit-lstm-causal"]["description"]
+    assert rows["upit-lstm-causal"]["causal"] is True and rows["upit-lstm-causal"]["streams"] is True
+    assert rows[FAMILY]["kind"] == "family" and rows[FAMILY]["causal"] is False and rows[FAMILY]["streams"] is False
+
+
+@pytest.mark.parametrize(("n_fft", "hop"), [(32, 8), (32, 16), (30, 7)])
+@pytest.mark.parametrize("chunk", [1, 5, 37, 1003])
+def test_causal_stream_equals_the_offline_forward(n_fft, hop, chunk):
+    """LSTM state and the overlap-add tail carried between steps, each emitted
+    sample divided by the full window sum, give the offline output whatever the
+    chunking, also for a hop that does not divide the window."""
+    model = tiny(causal=True, n_fft=n_fft, hop=hop)
+    for length in (5, 1003):
+        mix = torch.randn(length)
+        with torch.no_grad():
+            ref = model(mix[None])[0]  # [S, T]
+        streamer = Streamer(model, chunk_size=chunk)
+        parts = [streamer.process(mix[i : i + chunk]) for i in range(0, length, chunk)]
+        est = torch.cat([*parts, streamer.flush()], 1)
+        assert est.shape == ref.shape
+        torch.testing.assert_close(est, ref, rtol=0, atol=1e-6)
+    assert streamer.backend == "torch"  # no compiled kernel for this family
+
+
+def test_averaged_passes_stream_as_offline():
+    """Lanes of different delays run different numbers of all-zero frames at the
+    end: the output must not depend on them."""
+    model = tiny(causal=True, n_fft=32, hop=16)
+    mix = np.random.default_rng(2).standard_normal(777).astype(np.float32)
+    np.testing.assert_allclose(stream_array(model, mix, 50, passes=2), offline(model, mix, passes=2), atol=1e-5)
 
 
 def test_bad_input_and_config_raise_sep_error():
@@ -165,3 +191,16 @@ def test_recipes_are_valid(causal):
 def test_loss_falls_when_fitting_one_batch():
     first, last = checks.fit_one_batch(checks.build(FAMILY, n_fft=64, hop=16, hidden=32, layers=2, causal=True))
     assert last < min(first - 10.0, -2.0)  # at least 10 dB better, and better than the mixture's halves
+
+
+def test_sep_bench_times_the_stream_of_a_recurrent_model():
+    """sep bench takes the framing from the streaming layout (an STFT has no L or
+    stride) and skips the naive re-run: a recurrent model has no finite context."""
+    from sepcli import bench
+
+    model = tiny(causal=True)
+    result = bench.run_bench(model, chunk_ms=[2, 5], duration=0.3, naive_chunks=3, offline_model=False)
+    assert (result.L, result.hop) == (TINY["n_fft"], TINY["hop"]) and result.backend == "torch"
+    for r in result.results:
+        assert r.naive_rtf is None and r.rtf > 0 and r.max_rel_diff < 1e-5
+        assert r.algorithmic_latency_ms == pytest.approx(1000 * (TINY["n_fft"] + r.chunk_samples) / 8000)
