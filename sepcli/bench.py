@@ -92,7 +92,7 @@ class BenchResult:
     duration_s: float
     L: int
     hop: int
-    receptive_field_ms: float
+    receptive_field_ms: float  # inf for a recurrent model (no naive baseline then)
     offline_model: str | None
     offline_random_weights: bool
     offline_rtf: float | None
@@ -343,11 +343,14 @@ def run_bench(
     try:
         net, label, random_weights = load_bench_model(model, dev, seed=seed)
         # SepError now if it cannot stream (non-causal, other family) or the backend is unavailable
-        used = Streamer(net, backend=backend).backend
+        probe = Streamer(net, backend=backend)
+        used, frame_length, hop = probe.backend, probe.L, probe.hop  # the family's framing (its streaming layout)
         passes, signs = engine.model_passes(net, passes, quality=quality)
         c = net.config
         sr = c.sample_rate
-        chunks = [_chunk_samples(float(ms), sr, c.stride) for ms in chunk_ms]
+        if net.receptive_field is None:  # recurrent (LSTM-TasNet): no finite context to re-run per chunk
+            naive_chunks = 0
+        chunks = [_chunk_samples(float(ms), sr, hop) for ms in chunk_ms]
         n = max(int(round(duration * sr)), max(chunks))
         mix = torch.from_numpy(bench_signal(n, sr, seed))  # [T] on the CPU
         timer = _Timer(dev)
@@ -356,8 +359,9 @@ def run_bench(
         result = BenchResult(
             device=str(dev), device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
             threads=torch.get_num_threads(), model=label, params=registry.count_parameters(net),
-            random_weights=random_weights, sample_rate=sr, duration_s=n / sr, L=c.L, hop=c.stride,
-            receptive_field_ms=1000.0 * net.receptive_field / sr, offline_model=None,
+            random_weights=random_weights, sample_rate=sr, duration_s=n / sr, L=frame_length, hop=hop,
+            receptive_field_ms=float("inf") if net.receptive_field is None else 1000.0 * net.receptive_field / sr,
+            offline_model=None,
             offline_random_weights=False, offline_rtf=None, torch_version=torch.__version__,
             passes=passes, pass_signs=signs, backend=used,
         )

@@ -473,14 +473,27 @@ def _param_count(name: str) -> int | None:
             return None
 
 
+def can_stream(family: str | None, causal: bool | None) -> bool:
+    """Whether a model of ``family`` can be streamed statefully (``sep stream``).
+
+    A family class may say so with a ``streamable`` attribute (False for the
+    recurrent families, whose causal models run offline only); without it a
+    causal model streams (Conv-TasNet)."""
+    fam = _FAMILIES.get(family) if family else None
+    flag = getattr(fam.model_cls, "streamable", None) if fam else None
+    return bool(causal) and (flag is None or bool(flag))
+
+
 def _config_row(name: str, kind: str, family: str, config: Any, description: str) -> dict:
+    causal = bool(getattr(config, "causal", False))
     return {
         "name": name,
         "kind": kind,
         "family": family,
         "sample_rate": getattr(config, "sample_rate", None),
         "n_src": getattr(config, "n_src", None),
-        "causal": bool(getattr(config, "causal", False)),
+        "causal": causal,
+        "streams": can_stream(family, causal),
         "params": _param_count(name),
         "quality": None,
         "default": False,
@@ -493,7 +506,8 @@ def list_models() -> list[dict]:
     """Everything ``sep models`` shows: shipped weights first, then presets and families.
 
     Each row: ``name``, ``kind`` (``"shipped"``, ``"preset"`` or ``"family"``),
-    ``family``, ``sample_rate``, ``n_src``, ``causal``, ``params``, ``quality``
+    ``family``, ``sample_rate``, ``n_src``, ``causal``, ``streams`` (``sep stream``
+    takes it: causal, of a family that streams; :func:`can_stream`), ``params``, ``quality``
     (the card's measured scores, e.g. ``{"si_snri": 15.2, "sdri": 15.5}``, or
     None), ``default`` (the model ``sep separate`` uses), ``description``,
     ``path``; shipped rows also carry ``sha256``, ``passes``, ``pass_signs`` and ``speeds``
@@ -502,9 +516,11 @@ def list_models() -> list[dict]:
     """
     rows: list[dict] = []
     default = default_model_name()
-    for name, card in shipped_models().items():
-        rows.append({"name": name, "kind": "shipped", **_shipped_info(card), "default": name == default})
     _ensure_loaded()
+    for name, card in shipped_models().items():
+        info = _shipped_info(card)
+        rows.append({"name": name, "kind": "shipped", **info, "streams": can_stream(info["family"], info["causal"]),
+                     "default": name == default})
     for name, preset in sorted(_PRESETS.items()):
         config = make_config(preset.family, preset.overrides)
         rows.append(_config_row(name, "preset", preset.family, config, preset.description))

@@ -1,6 +1,8 @@
 """``sep stream`` (a causal model chunk by chunk) and ``sep bench`` (its latency)."""
 from __future__ import annotations
 
+import math
+
 import sys
 
 import click
@@ -134,8 +136,9 @@ def _print_bench(result) -> None:
         "Alg. lat.: window L + chunk" + (" + the largest pass delay" if result.passes > 1 else "")
         + ". Total: alg. + p99 compute.",
         "Max |diff|: streamed vs offline causal output" + (" (the passes' average)" if result.passes > 1 else "")
-        + f". Naive: network re-run over its receptive field ({result.receptive_field_ms:.0f} ms) + chunk "
-        "for every chunk" + (" and pass." if result.passes > 1 else "."),
+        + (f". Naive: network re-run over its receptive field ({result.receptive_field_ms:.0f} ms) + chunk "
+           "for every chunk" + (" and pass." if result.passes > 1 else ".")
+           if math.isfinite(result.receptive_field_ms) else ". Naive: none (recurrent: unbounded receptive field)."),
     ]
     if result.offline_rtf is not None:
         off_weights = " (random weights)" if result.offline_random_weights else ""

@@ -72,6 +72,13 @@ def streaming_layout(model: torch.nn.Module) -> StreamingLayout:
             "it looks at future frames, so its output is not final until the input ends "
             "(use sep separate, or a causal model such as convtasnet-causal)"
         )
+    if isinstance(model, SeparationModel):
+        # causal but without an incremental step (the recurrent families): offline only
+        family = getattr(model, "family", type(model).__name__)
+        raise SepError(
+            f"streaming needs a causal model with a streaming step; this {family} model is causal but "
+            "runs offline only (use sep separate, or a causal Conv-TasNet such as convtasnet-causal)"
+        )
     raise SepError(
         f"streaming needs a causal Conv-TasNet; got {type(model).__name__} "
         "(use sep separate for other models)"
@@ -156,6 +163,10 @@ class Streamer:
         if not self.lanes or any(d < 0 or g not in (-1, 1) for d, g in self.lanes):
             raise SepError(f"lanes must be (delay >= 0, sign +-1) pairs, got {lanes!r}")
         self.device, self.dtype = layout.device, layout.dtype
+        if "native" not in getattr(layout, "backends", BACKENDS):  # a family without a compiled step
+            if backend == "native":
+                raise SepError(f"the native streaming kernel runs Conv-TasNet only, not {type(model).__name__}")
+            backend = "torch"
         self.backend = _pick_backend(backend, self.device, self.dtype)
         self.network: StreamingNetwork = layout.network(len(self.lanes), self.chunk_size, self.backend,
                                                         MAX_STEP_FRAMES)
