@@ -47,7 +47,7 @@ def test_help_has_example_and_every_option_has_help() -> None:
 def test_cli_defaults_match_the_library() -> None:
     defaults = {p.name: p.default for p in separate_cmd.params}
     assert defaults["segment"] is None  # the model's default_segment, else api.DEFAULT_SEGMENT
-    assert defaults["overlap"] == api.DEFAULT_OVERLAP
+    assert defaults["overlap"] is None  # the --quality preset's, which starts from api.DEFAULT_OVERLAP
     assert defaults["filename"] == api.DEFAULT_FILENAME
     assert defaults["precision"] == "auto"
     assert defaults["passes"] is None  # the model's default_passes, else 1

@@ -25,11 +25,12 @@ from sepcli.cli.options import speeds_list
 @click.option("--quality", type=click.Choice(["fast", "high"]), default="fast", show_default=True,
               help="Inference preset. fast: one forward pass per chunk. high: the averaged passes "
                    "and speeds of each model (several times the compute), like Demucs' --shifts. "
-                   "--passes, --pass-signs, --speeds and --segment override it.")
+                   "--passes, --pass-signs, --speeds, --segment and --overlap override it.")
 @click.option("--segment", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SEC",
               help="Chunk length in seconds. Default: the --quality preset's.")
-@click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.25, show_default=True,
-              metavar="F", help="Fraction of each chunk shared with the next (0: no alignment).")
+@click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="F",
+              help="Fraction of each chunk shared with the next (0: no alignment). Default: the "
+                   "--quality preset's.")
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
               show_default=True,
               help="Conv-TasNet's matrix products; auto: bfloat16 on CPUs with native bfloat16.")
@@ -56,7 +57,7 @@ from sepcli.cli.options import speeds_list
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-file lines; only errors.")
 def separate_cmd(
     inputs: tuple[str, ...], model: str | None, out: str, num_speakers: str | None, device: str, quality: str,
-    segment: float | None, overlap: float, precision: str, passes: int | None, pass_signs: bool | None,
+    segment: float | None, overlap: float | None, precision: str, passes: int | None, pass_signs: bool | None,
     speeds: str | None, jobs: int, threads: int | None, filename: str, as_float: bool, plot: bool, force: bool,
     as_json: bool, quiet: bool,
 ) -> None:
