@@ -41,6 +41,7 @@ from torch import nn
 
 from sepcli.inference.settings import InferenceSettings
 from sepcli.errors import SepError
+from sepcli.models.common import ConfigMembers, as_batch
 from sepcli.registry import register, register_preset
 
 if TYPE_CHECKING:
@@ -244,7 +245,7 @@ def apply_mask_activation(scores: torch.Tensor, inplace: bool = False) -> torch.
 
 
 @register("convtasnet", ConvTasNetConfig)
-class ConvTasNet(nn.Module):
+class ConvTasNet(ConfigMembers, nn.Module):
     """Conv-TasNet: learned encoder, TCN mask estimator, learned decoder.
 
     ``forward(mix)``: Shape: [B, T] or [B, 1, T] -> [B, S, T], any T >= 1.
@@ -313,18 +314,6 @@ class ConvTasNet(nn.Module):
     # ------------------------------------------------------------------ geometry
 
     @property
-    def n_src(self) -> int:
-        return self.config.n_src
-
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def causal(self) -> bool:
-        return self.config.causal
-
-    @property
     def receptive_field_frames(self) -> int:
         """Frames of the TCN's receptive field: 1 + R * (P-1) * (2**X - 1)."""
         c = self.config
@@ -354,12 +343,7 @@ class ConvTasNet(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def _check_mix(self, mix: torch.Tensor) -> torch.Tensor:
-        if not isinstance(mix, torch.Tensor):
-            raise SepError(f"mix must be a torch.Tensor, got {type(mix).__name__}")
-        if mix.dim() == 3 and mix.shape[1] == 1:
-            mix = mix[:, 0]  # [B, T]
-        if mix.dim() != 2:
-            raise SepError(f"mix must have shape [B, T] or [B, 1, T], got {list(mix.shape)}")
+        mix = as_batch(mix)
         if mix.shape[-1] < 1:
             raise SepError("mix is empty (0 samples)")
         return mix

@@ -49,6 +49,7 @@ from torch import nn
 from sepcli.errors import SepError
 from sepcli.inference.settings import InferenceSettings
 from sepcli.losses import deep_clustering_loss
+from sepcli.models.common import ConfigMembers, check_mix, one_pass_presets
 from sepcli.models.deep_clustering_clusters import (
     AUTO_METHODS,
     COUNT_FEATURE_FLOOR,  # noqa: F401  (its old home)
@@ -150,7 +151,7 @@ class DeepClusteringConfig:
 
 
 @register("dpcl", DeepClusteringConfig)
-class DeepClustering(nn.Module):
+class DeepClustering(ConfigMembers, nn.Module):
     """Deep clustering separator (see the module docstring).
 
     ``forward(mix)`` and ``separate(mix, n_src)`` separate; ``embed(mix)`` gives
@@ -169,14 +170,6 @@ class DeepClustering(nn.Module):
 
     # -- the SeparationModel protocol (sepcli.inference.protocol)
 
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def n_src(self) -> int:
-        return self.config.n_src
-
     causal: bool = False  # the BLSTM runs both ways
     receptive_field: int | None = None  # recurrent: the whole chunk
 
@@ -188,11 +181,7 @@ class DeepClustering(nn.Module):
         stitching check (``bench/separate_long.py --stitch-check --model dpcl``)
         16-30 s chunks removed the swaps and scored higher per piece; see
         docs/long-recordings.md."""
-        settings = InferenceSettings(segment=30.0)
-        return {"fast": settings, "high": settings}
-
-    def set_products(self, dtype: torch.dtype) -> bool:
-        return False  # float32 only
+        return one_pass_presets(30.0)
 
     def streaming_layout(self) -> None:
         return None  # a BLSTM looks ahead
@@ -227,16 +216,7 @@ class DeepClustering(nn.Module):
 
     def _as_batch(self, mix: torch.Tensor) -> torch.Tensor:
         """Accept ``[B, T]`` or ``[B, 1, T]``; return ``[B, T]`` on the model's device and dtype."""
-        if not isinstance(mix, torch.Tensor):
-            raise SepError(f"mix must be a torch.Tensor, got {type(mix).__name__}")
-        if mix.dim() == 3 and mix.shape[1] == 1:
-            mix = mix[:, 0]  # [B, T]
-        if mix.dim() != 2:
-            raise SepError(f"mix must have shape [B, T] or [B, 1, T], got {tuple(mix.shape)}")
-        if mix.shape[0] == 0 or mix.shape[1] == 0:
-            raise SepError(f"mix is empty: shape {tuple(mix.shape)}")
-        if not mix.is_floating_point():
-            raise SepError(f"mix must be a real floating-point tensor, got {mix.dtype}")
+        mix = check_mix(mix)
         if not torch.isfinite(mix).all():
             raise SepError("mix contains NaN or infinite samples")
         return mix.to(device=self.window.device, dtype=self.window.dtype)

@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sepcli.inference.settings import InferenceSettings
-from sepcli.models.upit_lstm import check_mix, check_n_src, check_positive_ints, check_ref
+from sepcli.models.common import ConfigMembers, check_mix, one_pass_presets
+from sepcli.models.upit_lstm import check_n_src, check_positive_ints, check_ref
 from sepcli.registry import register, register_preset
 
 if TYPE_CHECKING:
@@ -156,7 +157,7 @@ class MaskLSTM(nn.Module):
 
 
 @register("lstm-tasnet", LSTMTasNetConfig)
-class LSTMTasNet(nn.Module):
+class LSTMTasNet(ConfigMembers, nn.Module):
     """LSTM-TasNet: gated encoder, (B)LSTM masks, linear decoder; defaults: CPU-sized, non-causal.
 
     ``forward(mix)``: Shape: [B, T] or [B, 1, T] -> [B, S, T], any T >= 1.
@@ -178,18 +179,6 @@ class LSTMTasNet(nn.Module):
 
     # -- the SeparationModel protocol (sepcli.inference.protocol)
 
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def n_src(self) -> int:
-        return self.config.n_src
-
-    @property
-    def causal(self) -> bool:
-        return self.config.causal
-
     receptive_field: int | None = None  # recurrent: everything since the chunk's start
 
     @property
@@ -206,11 +195,7 @@ class LSTMTasNet(nn.Module):
         """One pass at every quality, 30-s chunks as for dpcl and Conv-TasNet:
         the LSTM state starts afresh in every chunk, and long chunks give it the
         most context and the fewest borders where speakers could swap."""
-        settings = InferenceSettings(segment=30.0)
-        return {"fast": settings, "high": settings}
-
-    def set_products(self, dtype: torch.dtype) -> bool:
-        return False  # float32 only
+        return one_pass_presets(30.0)
 
     def streaming_layout(self) -> LSTMTasNetStreaming | None:
         """A causal model streams statefully (LSTM states and half a frame of

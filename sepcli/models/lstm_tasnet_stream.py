@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from sepcli.errors import SepError
+from sepcli.models.common import TorchStepLayout
 from sepcli.models.lstm_tasnet import LSTMTasNet
 
 
@@ -63,19 +64,14 @@ class LSTMTasNetStream:
         return tail
 
 
-class LSTMTasNetStreaming:
+class LSTMTasNetStreaming(TorchStepLayout):
     """A causal LSTM-TasNet's :class:`~sepcli.inference.protocol.StreamingLayout`."""
 
-    backends = ("torch",)  # no compiled step: Streamer runs "auto" as torch
+    model: LSTMTasNet
 
     def __init__(self, model: LSTMTasNet) -> None:
-        if not model.causal:
-            raise SepError("streaming needs a causal LSTM-TasNet (unidirectional LSTMs)")
-        self.model = model
-        self.frame_length: int = model.config.L
-        self.hop: int = model.config.stride
-        weight = model.decoder.weight
-        self.device, self.dtype = weight.device, weight.dtype
+        super().__init__(model, model.config.L, model.config.stride, model.decoder.weight,
+                         "LSTM-TasNet (unidirectional LSTMs)")
 
     def frame_padding(self, n_samples: int) -> tuple[int, int]:
         """As the offline forward pads T samples (:meth:`LSTMTasNet.frame_padding`)."""

@@ -51,6 +51,7 @@ from torch import nn
 
 from sepcli.errors import SepError
 from sepcli.inference.settings import InferenceSettings
+from sepcli.models.common import ConfigMembers, check_mix, one_pass_presets
 from sepcli.registry import register, register_preset
 
 if TYPE_CHECKING:
@@ -109,21 +110,6 @@ class UPITLSTMConfig:
         return not self.causal
 
 
-def check_mix(mix: torch.Tensor) -> torch.Tensor:
-    """Accept ``[B, T]`` or ``[B, 1, T]`` floating-point input; return ``[B, T]``."""
-    if not isinstance(mix, torch.Tensor):
-        raise SepError(f"mix must be a torch.Tensor, got {type(mix).__name__}")
-    if mix.dim() == 3 and mix.shape[1] == 1:
-        mix = mix[:, 0]  # [B, T]
-    if mix.dim() != 2:
-        raise SepError(f"mix must have shape [B, T] or [B, 1, T], got {list(mix.shape)}")
-    if mix.shape[0] == 0 or mix.shape[1] == 0:
-        raise SepError(f"mix is empty: shape {list(mix.shape)}")
-    if not mix.is_floating_point():
-        raise SepError(f"mix must be a real floating-point tensor, got {mix.dtype}")
-    return mix
-
-
 def check_ref(mix: torch.Tensor, ref: torch.Tensor, n_src: int) -> None:
     """SepError unless ref is ``[B, S, T]`` for mix ``[B, T]``."""
     want = [mix.shape[0], n_src, mix.shape[-1]]
@@ -142,7 +128,7 @@ def check_n_src(n_src: int | str | None, model_n_src: int, name: str) -> None:
 
 
 @register("upit-lstm", UPITLSTMConfig)
-class UPITLSTM(nn.Module):
+class UPITLSTM(ConfigMembers, nn.Module):
     """uPIT-LSTM: (B)LSTM masks on the mixture STFT, utterance-level PIT; defaults: CPU-sized, non-causal.
 
     ``forward(mix)``: Shape: [B, T] or [B, 1, T] -> [B, S, T], any T >= 1.
@@ -173,18 +159,6 @@ class UPITLSTM(nn.Module):
 
     # -- the SeparationModel protocol (sepcli.inference.protocol)
 
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def n_src(self) -> int:
-        return self.config.n_src
-
-    @property
-    def causal(self) -> bool:
-        return self.config.causal
-
     receptive_field: int | None = None  # recurrent: everything since the chunk's start
 
     @property
@@ -201,11 +175,7 @@ class UPITLSTM(nn.Module):
         """One pass at every quality, 30-s chunks as for dpcl: the LSTM state
         starts afresh in every chunk, and long chunks give it the most context
         (and the fewest chunk borders where speakers could swap)."""
-        settings = InferenceSettings(segment=30.0)
-        return {"fast": settings, "high": settings}
-
-    def set_products(self, dtype: torch.dtype) -> bool:
-        return False  # float32 only
+        return one_pass_presets(30.0)
 
     def streaming_layout(self) -> UPITLSTMStreaming | None:
         """A causal model streams statefully (LSTM state and the overlap-add tail

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from sepcli.errors import SepError
+from sepcli.models.common import TorchStepLayout
 from sepcli.models.upit_lstm import UPITLSTM
 
 
@@ -97,18 +98,14 @@ class UPITLSTMStream:
         return tail / self._env_tail
 
 
-class UPITLSTMStreaming:
+class UPITLSTMStreaming(TorchStepLayout):
     """A causal uPIT-LSTM's :class:`~sepcli.inference.protocol.StreamingLayout`."""
 
-    backends = ("torch",)  # no compiled step: Streamer runs "auto" as torch
+    model: UPITLSTM
 
     def __init__(self, model: UPITLSTM) -> None:
-        if not model.causal:
-            raise SepError("streaming needs a causal uPIT-LSTM (a unidirectional LSTM)")
-        self.model = model
-        self.frame_length: int = model.config.n_fft
-        self.hop: int = model.config.hop
-        self.device, self.dtype = model.window.device, model.mask.weight.dtype
+        super().__init__(model, model.config.n_fft, model.config.hop, model.mask.weight,
+                         "uPIT-LSTM (a unidirectional LSTM)")
 
     def frame_padding(self, n_samples: int) -> tuple[int, int]:
         """As the offline STFT frames T samples (:meth:`UPITLSTM.frame_padding`)."""
