@@ -285,7 +285,8 @@ class ConvTasNet(ConfigMembers, nn.Module):
 
     def set_products(self, dtype: torch.dtype) -> bool:
         """Set the dtype of the matrix products in :meth:`separate`'s fast path;
-        False (nothing set) for cLN models, which have no such path."""
+        False (nothing set) for cLN models, whose folded route runs in float32 only
+        (bfloat16 was measured for gLN alone)."""
         if self.config.norm_type != "gLN":
             return False
         self.products = dtype
@@ -304,7 +305,7 @@ class ConvTasNet(ConfigMembers, nn.Module):
         super().__init__()
         self.config = config if config is not None else ConvTasNetConfig()
         if self.config.norm_type == "gLN":
-            # only the gLN route (FoldedInference) has a choice; cLN models lack the attribute
+            # only gLN models have a choice of products; cLN models lack the attribute
             self.products: torch.dtype = torch.float32
         c = self.config
         self.encoder = nn.Conv1d(1, c.N, c.L, stride=c.stride, bias=False)
@@ -375,7 +376,7 @@ class ConvTasNet(ConfigMembers, nn.Module):
             )
         mix = self._check_mix(mix)
         param = self.encoder.weight
-        if self.config.norm_type == "gLN" and not self.training and param.dtype == torch.float32:
+        if not self.training and param.dtype == torch.float32:
             return self._folded()(mix)  # same function, faster on the CPU
         return self(mix.to(device=param.device, dtype=param.dtype))
 
@@ -384,10 +385,11 @@ class ConvTasNet(ConfigMembers, nn.Module):
         parameter is replaced or changed in place, e.g. by an optimiser step)."""
         from sepcli.models.conv_tasnet_folded import FoldedInference  # it imports this module
 
-        key = (self.products, *((p.data_ptr(), p._version) for p in self.parameters()))
+        products = self.products if self.config.norm_type == "gLN" else torch.float32
+        key = (products, *((p.data_ptr(), p._version) for p in self.parameters()))
         cached = self.__dict__.get("_folded_cache")
         if cached is None or cached[0] != key:
-            cached = self.__dict__["_folded_cache"] = (key, FoldedInference(self, self.products))
+            cached = self.__dict__["_folded_cache"] = (key, FoldedInference(self, products))
         return cached[1]
 
     def compute_loss(self, mix: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Conv-TasNet with its norms folded into the neighbouring layers: the one
 definition (:func:`fold_norms`) and the offline inference that uses it
-(:class:`FoldedInference`, the gLN route of :meth:`ConvTasNet.separate`).
+(:class:`FoldedInference`, the route of :meth:`ConvTasNet.separate`).
 
 Every norm of the network (gLN or cLN) computes ``gain * (x - mean) / std + bias``
 and is followed by a linear layer: the separator's input norm by the
@@ -112,7 +112,7 @@ def fold_norms(model: ConvTasNet) -> FoldedNet:
 
 
 class FoldedInference:
-    """Inference-only evaluation of a non-causal (gLN) Conv-TasNet: the same
+    """Inference-only evaluation of a Conv-TasNet (gLN or cLN): the same
     function as ``ConvTasNet.forward`` with far fewer passes over memory.
 
     Why: a gLN computed as written reads and writes its ``[H, K]`` input about
@@ -128,7 +128,11 @@ class FoldedInference:
       layer (the depthwise taps, or the res/skip weights, which become one
       matrix product that adds into a shared ``[residual | skip]``
       accumulator); frames where a tap reads the padding get an exact
-      correction;
+      correction; a cLN's statistics change from frame to frame, so it
+      normalises its input in place (one statistics pass, one scaling) and
+      only its gain and bias are folded (the encoder output, which the masks
+      still need, is instead normalised after the bottleneck's product, row
+      by row);
     * constant outputs of the blocks are carried as biases instead of being
       added to every frame.
 
@@ -149,10 +153,13 @@ class FoldedInference:
 
     def __init__(self, model: ConvTasNet, products: torch.dtype = torch.float32) -> None:
         c = model.config
-        if c.norm_type != "gLN":
-            raise SepError("FoldedInference needs a non-causal Conv-TasNet with gLN")
         if products not in (torch.float32, torch.bfloat16):
             raise SepError(f"products must be torch.float32 or torch.bfloat16, got {products}")
+        if c.norm_type != "gLN" and products != torch.float32:
+            raise SepError("bfloat16 products need a gLN Conv-TasNet; a cLN one runs in float32")
+        # cLN's statistics change from frame to frame, so they cannot be folded
+        # into the weights like gLN's; each activation is normalised in place instead.
+        self.cumulative = c.norm_type == "cLN"
         self.model = model
         self.products = products
         self.dtype = dtype = torch.float32  # activations
@@ -236,6 +243,30 @@ class FoldedInference:
         var = max(0.0, squares / n - mean * mean)
         return mean, 1.0 / math.sqrt(var + eps)
 
+    def _norm_(self, x: torch.Tensor, eps: float) -> tuple[float, float]:
+        """gLN: (mean, 1/std) of ``x`` for the next layer to fold in. cLN: ``x``
+        normalised in place with its cumulative statistics (as
+        :class:`~sepcli.models.conv_tasnet.CumulativeLayerNorm`, running sums
+        in float64), and (0, 1) for the next layer. Shape: x [K, C]."""
+        if not self.cumulative:
+            return self._stats(x, eps)
+        mean, inv = self._cumulative_stats(x, eps)
+        x.sub_(mean[:, None]).mul_(inv[:, None])
+        return 0.0, 1.0
+
+    @staticmethod
+    def _cumulative_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """cLN's mean and 1/std at every frame, over all channels of frames 0..k.
+        Shape: x [K, C] -> ([K], [K]) in x's dtype."""
+        K, C = x.shape
+        f64 = torch.float64
+        sums = torch.stack((x.sum(1), torch.einsum("kc,kc->k", x, x))).to(f64).cumsum(1)  # [2, K]
+        count = torch.arange(1, K + 1, device=x.device, dtype=f64) * C  # [K]
+        mean = sums[0] / count
+        var = (sums[1] / count - mean * mean).clamp_min(0.0)
+        inv = 1.0 / torch.sqrt(var.to(x.dtype) + eps)  # rounded as the module rounds it
+        return mean.to(x.dtype), inv
+
     @torch.no_grad()
     def __call__(self, mix: torch.Tensor) -> torch.Tensor:
         mix = self.model._check_mix(mix)
@@ -255,9 +286,17 @@ class FoldedInference:
         low = ws.get  # the products' buffers; None when the products are float32
         w = torch.mm(x.unfold(0, c.L, c.stride), self.w_enc_t, out=ws["w"]).relu_()  # [K, N]
         net = self.net
-        mean, inv = self._stats(w, net.eps0)
         acc = ws["acc"].zero_()  # [K, B+Sc] = [residual | skip sum], constants apart
-        self._add_product(acc[:, :B], w, (net.w_b_g * inv).t().to(lp), low("w_lp"), low("res_lp"))
+        if self.cumulative:
+            # w stays as it is for the masks: the bottleneck's product is normalised
+            # row by row afterwards, (w @ Wg^T - mean * sum(Wg)) / std
+            mean_k, inv_k = self._cumulative_stats(w, net.eps0)  # [K], [K]
+            self._add_product(acc[:, :B], w, net.w_b_g.t().to(lp), low("w_lp"), low("res_lp"))
+            acc[:, :B].mul_(inv_k[:, None]).addr_(-(mean_k * inv_k), self.wb_g_sum.to(dt))
+            mean, inv = 0.0, 1.0
+        else:
+            mean, inv = self._stats(w, net.eps0)
+            self._add_product(acc[:, :B], w, (net.w_b_g * inv).t().to(lp), low("w_lp"), low("res_lp"))
         res_const = net.c_b - self.wb_g_sum * (mean * inv)  # [B] float64
         skip_const = torch.zeros(c.Sc, dtype=torch.float64, device=w.device)
         h_buf = ws["h_buf"]
@@ -268,7 +307,7 @@ class FoldedInference:
         for blk, w_in_t, w_out_g_sum in self.blocks:
             self._set_product(h, blk.b_in + blk.w_in @ res_const, acc[:, :B], w_in_t, low("res_lp"), low("h_lp"))
             prelu_(h, blk.slope1)
-            mean, inv = self._stats(h, blk.eps1)
+            mean, inv = self._norm_(h, blk.eps1)
             # norm1(h) = (g1 * inv) * h + shift with shift = be1 - g1 * mean * inv: the gain
             # goes into the taps, the shift (through each tap) into a bias
             taps = (blk.taps * inv).to(dt)  # [H, P]
@@ -285,7 +324,7 @@ class FoldedInference:
                 if hi < K:
                     z[max(hi, 0) :] -= tap_shift[:, p].to(dt)
             prelu_(z, blk.slope2)
-            mean, inv = self._stats(z, blk.eps2)
+            mean, inv = self._norm_(z, blk.eps2)
             self._add_product(acc, z, (blk.w_out_g * inv).t().to(lp), low("z_lp"), low("acc_lp"))
             const = blk.c_out - w_out_g_sum * (mean * inv)  # [B+Sc]
             res_const = res_const + const[:B]

@@ -291,10 +291,10 @@ def test_depthwise_conv_fast_form_matches_conv1d(dilation, taps):
 # ----------------------------------------------------------------------------- folded inference
 
 
-def perturbed(**kw) -> ConvTasNet:
-    """A tiny non-causal model with non-trivial norm gains/biases, PReLU slopes and biases
-    (fresh ones are 1, 0 and 0.25, which would hide folding mistakes)."""
-    model = tiny(causal=False, norm="gLN", **kw).eval()
+def perturbed(causal: bool = False, **kw) -> ConvTasNet:
+    """A tiny model (non-causal gLN, or causal cLN) with non-trivial norm gains/biases, PReLU
+    slopes and biases (fresh ones are 1, 0 and 0.25, which would hide folding mistakes)."""
+    model = tiny(causal=causal, norm="cLN" if causal else "gLN", **kw).eval()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -302,12 +302,13 @@ def perturbed(**kw) -> ConvTasNet:
     return model
 
 
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("n_samples", [1, 7, 37, 400, 2001])
 @pytest.mark.parametrize("kw", [{}, dict(L=5, X=4, R=1), dict(P=2), dict(n_src=3)])
-def test_folded_inference_matches_forward(n_samples, kw):
+def test_folded_inference_matches_forward(n_samples, kw, causal):
     # Edge frames where the depthwise taps read padding are the delicate part:
     # lengths shorter than the padding of the largest dilation are included.
-    model = perturbed(**kw)
+    model = perturbed(causal, **kw)
     mix = torch.randn(2, n_samples)
     with torch.no_grad():
         ref = model(mix)
@@ -351,6 +352,17 @@ def test_separate_uses_folded_weights_and_follows_weight_changes():
         second = model.separate(mix)
         assert torch.allclose(second, model(mix), atol=1e-5 * float(second.abs().max()), rtol=0)
     assert not torch.allclose(first, second)
-    # Causal (cLN) models and training mode keep the plain forward.
+    # cLN models fold too, in float32 only.
     with pytest.raises(SepError, match="gLN"):
-        FoldedInference(tiny(causal=True))
+        FoldedInference(tiny(causal=True), torch.bfloat16)
+
+
+def test_cumulative_norm_is_causal_in_the_folded_route():
+    """A later input leaves earlier output alone: the cLN statistics are running ones."""
+    model = perturbed(True)
+    mix = torch.randn(1, 800)
+    later = mix.clone()
+    later[:, 500:] += torch.randn(1, 300)
+    with torch.no_grad():
+        a, b = model.separate(mix), model.separate(later)
+    assert torch.equal(a[..., :450], b[..., :450]) and not torch.allclose(a[..., 520:], b[..., 520:])

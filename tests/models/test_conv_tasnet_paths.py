@@ -1,5 +1,5 @@
 """One Conv-TasNet, four ways to run it: the module's forward, the folded
-inference (gLN), the torch streaming step fed in blocks and the C kernel's
+inference (gLN and cLN), the torch streaming step fed in blocks and the C kernel's
 step (cLN). All start from the same weights and, for the last three, from
 the one norm folding (``conv_tasnet_folded.fold_norms``); they must give the
 same output to float32 rounding."""
@@ -34,7 +34,7 @@ def run(path: str, model: torch.nn.Module, mix: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         if path == "forward":
             return model(mix[None])[0]
-        if path == "separate":  # the inference route (gLN: the folded one)
+        if path == "separate":  # the inference route (the folded one)
             return model.separate(mix[None])[0]
         if path == "folded":
             return FoldedInference(model)(mix[None])[0]
@@ -57,7 +57,8 @@ def run(path: str, model: torch.nn.Module, mix: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("n_samples", [3, 37, 901])
 @pytest.mark.parametrize(
     "causal,path",
-    [(False, "separate"), (False, "folded"), (True, "separate"), (True, "stream-torch"), (True, "stream-native")],
+    [(False, "separate"), (False, "folded"), (True, "separate"), (True, "folded"), (True, "stream-torch"),
+     (True, "stream-native")],
 )
 def test_every_path_gives_the_forward(causal: bool, path: str, n_samples: int, kw: dict) -> None:
     model = perturbed(causal, **kw)
