@@ -18,7 +18,7 @@ RUNS=${RUNS:-/tmp/runs}
 OUT=${OUT:?set OUT to the folder that comes back}
 DATA=${DATA:-.gpu/librispeech-8k/*/}
 WORKERS=${WORKERS:-4}
-MODELS=${MODELS:-convtasnet convtasnet-causal dpcl}
+MODELS=${MODELS:-convtasnet convtasnet-causal dpcl upit-lstm lstm-tasnet}
 COMPILE=${COMPILE:-0}  # 1: sep train --set compile=true for the Conv-TasNets (untried on the GPU machine)
 
 if [ -d .gpu/wheels ] && ! python3 -c "import soundfile, soxr" 2>/dev/null; then
