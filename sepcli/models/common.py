@@ -1,11 +1,12 @@
 """What the model families share: the protocol values their configs hold, one-pass
-presets, and the check of a mixture's shape.
+presets, the checks of a mixture's, references' and config's values, and the
+inference and training entry points of the mask families.
 
 Shape: mix ``[B, T]`` (or ``[B, 1, T]``), B batch, T samples.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -81,4 +82,61 @@ def check_mix(mix: torch.Tensor) -> torch.Tensor:
     return mix
 
 
-__all__ = ["ConfigMembers", "TorchStepLayout", "as_batch", "check_mix", "one_pass_presets"]
+def check_positive_ints(config: object, *names: str) -> None:
+    """ValueError (SepError through registry.make_config) unless each named field is an int >= 1."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_ref(mix: torch.Tensor, ref: torch.Tensor, n_src: int) -> None:
+    """SepError unless ref is ``[B, S, T]`` for mix ``[B, T]``."""
+    want = [mix.shape[0], n_src, mix.shape[-1]]
+    if not isinstance(ref, torch.Tensor) or list(ref.shape) != want:
+        got = list(ref.shape) if isinstance(ref, torch.Tensor) else type(ref).__name__
+        raise SepError(f"ref must have shape [B, S, T] = {want}, got {got}")
+
+
+def check_n_src(n_src: int | str | None, model_n_src: int, name: str) -> None:
+    """Mask models have one output per trained source: ``n_src`` must be None or that."""
+    if n_src is not None and n_src != model_n_src:
+        raise SepError(
+            f"this {name} separates exactly {model_n_src} speakers, not {n_src}; "
+            f"choose a model trained for {n_src} speakers"
+        )
+
+
+class PITMaskMembers:
+    """``separate`` and ``compute_loss`` of a family with one waveform output per
+    trained source (``forward``: ``[B, T] -> [B, S, T]``), trained with PIT SI-SNR:
+    uPIT-LSTM, LSTM-TasNet, SuDoRM-RF. ``title`` names the family in errors."""
+
+    title: ClassVar[str]
+    n_src: int
+
+    def inference_weight(self) -> torch.Tensor:
+        """A weight whose device and dtype :meth:`separate` moves the mixture to."""
+        return self.decoder.weight  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def separate(self, mix: torch.Tensor, n_src: int | str | None = None) -> torch.Tensor:
+        """Inference entry point (no gradients). Shape: [B, T] or [B, 1, T] -> [B, S, T]."""
+        check_n_src(n_src, self.n_src, self.title)
+        mix = check_mix(mix)
+        weight = self.inference_weight()
+        return self(mix.to(device=weight.device, dtype=weight.dtype))  # type: ignore[operator]
+
+    def compute_loss(self, mix: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """Scalar negative utterance-level PIT SI-SNR (dB) of the waveforms.
+        mix Shape: [B, T]; ref Shape: [B, S, T]."""
+        from sepcli.losses import pit_si_snr_loss
+
+        mix = check_mix(mix)
+        check_ref(mix, ref, self.n_src)
+        loss, _ = pit_si_snr_loss(self(mix), ref)  # type: ignore[operator]
+        return loss
+
+
+__all__ = ["ConfigMembers", "PITMaskMembers", "TorchStepLayout", "as_batch", "check_mix", "check_n_src",
+           "check_positive_ints", "check_ref", "one_pass_presets"]

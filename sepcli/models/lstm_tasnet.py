@@ -49,8 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sepcli.inference.settings import InferenceSettings
-from sepcli.models.common import ConfigMembers, check_mix, one_pass_presets
-from sepcli.models.upit_lstm import check_n_src, check_positive_ints, check_ref
+from sepcli.models.common import ConfigMembers, PITMaskMembers, check_mix, check_positive_ints, one_pass_presets
 from sepcli.registry import register, register_preset
 
 if TYPE_CHECKING:
@@ -157,7 +156,7 @@ class MaskLSTM(nn.Module):
 
 
 @register("lstm-tasnet", LSTMTasNetConfig)
-class LSTMTasNet(ConfigMembers, nn.Module):
+class LSTMTasNet(ConfigMembers, PITMaskMembers, nn.Module):
     """LSTM-TasNet: gated encoder, (B)LSTM masks, linear decoder; defaults: CPU-sized, non-causal.
 
     ``forward(mix)``: Shape: [B, T] or [B, 1, T] -> [B, S, T], any T >= 1.
@@ -165,6 +164,7 @@ class LSTMTasNet(ConfigMembers, nn.Module):
 
     config: LSTMTasNetConfig
 
+    title = "LSTM-TasNet"  # in messages
     accepts_silent_sources: bool = False
     """Training contract: SI-SNR is undefined for a silent reference, so every
     batch has ``n_src`` speakers."""
@@ -245,23 +245,6 @@ class LSTMTasNet(ConfigMembers, nn.Module):
         if self.config.segment_norm:
             masked = masked * gain[:, None]
         return masked, states
-
-    @torch.no_grad()
-    def separate(self, mix: torch.Tensor, n_src: int | str | None = None) -> torch.Tensor:
-        """Inference entry point (no gradients). Shape: [B, T] or [B, 1, T] -> [B, S, T]."""
-        check_n_src(n_src, self.n_src, "LSTM-TasNet")
-        mix = check_mix(mix)
-        weight = self.decoder.weight
-        return self(mix.to(device=weight.device, dtype=weight.dtype))
-
-    def compute_loss(self, mix: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """Scalar negative PIT SI-SNR (dB). mix Shape: [B, T]; ref Shape: [B, S, T]."""
-        from sepcli.losses import pit_si_snr_loss
-
-        mix = check_mix(mix)
-        check_ref(mix, ref, self.n_src)
-        loss, _ = pit_si_snr_loss(self(mix), ref)
-        return loss
 
 
 # ``lstm-tasnet`` itself (the family's defaults) is the CPU-sized non-causal model:

@@ -49,9 +49,16 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from sepcli.errors import SepError
 from sepcli.inference.settings import InferenceSettings
-from sepcli.models.common import ConfigMembers, check_mix, one_pass_presets
+from sepcli.models.common import (
+    ConfigMembers,
+    PITMaskMembers,
+    check_mix,
+    check_n_src,
+    check_positive_ints,
+    check_ref,
+    one_pass_presets,
+)
 from sepcli.registry import register, register_preset
 
 if TYPE_CHECKING:
@@ -59,14 +66,6 @@ if TYPE_CHECKING:
 
 # Floor inside the log of the magnitude: digital silence stays finite.
 _LOG_EPS = 1e-8
-
-
-def check_positive_ints(config: object, *names: str) -> None:
-    """ValueError (SepError through registry.make_config) unless each named field is an int >= 1."""
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -110,25 +109,8 @@ class UPITLSTMConfig:
         return not self.causal
 
 
-def check_ref(mix: torch.Tensor, ref: torch.Tensor, n_src: int) -> None:
-    """SepError unless ref is ``[B, S, T]`` for mix ``[B, T]``."""
-    want = [mix.shape[0], n_src, mix.shape[-1]]
-    if not isinstance(ref, torch.Tensor) or list(ref.shape) != want:
-        got = list(ref.shape) if isinstance(ref, torch.Tensor) else type(ref).__name__
-        raise SepError(f"ref must have shape [B, S, T] = {want}, got {got}")
-
-
-def check_n_src(n_src: int | str | None, model_n_src: int, name: str) -> None:
-    """Mask models have one output per trained source: ``n_src`` must be None or that."""
-    if n_src is not None and n_src != model_n_src:
-        raise SepError(
-            f"this {name} separates exactly {model_n_src} speakers, not {n_src}; "
-            f"choose a model trained for {n_src} speakers"
-        )
-
-
 @register("upit-lstm", UPITLSTMConfig)
-class UPITLSTM(ConfigMembers, nn.Module):
+class UPITLSTM(ConfigMembers, PITMaskMembers, nn.Module):
     """uPIT-LSTM: (B)LSTM masks on the mixture STFT, utterance-level PIT; defaults: CPU-sized, non-causal.
 
     ``forward(mix)``: Shape: [B, T] or [B, 1, T] -> [B, S, T], any T >= 1.
@@ -136,6 +118,7 @@ class UPITLSTM(ConfigMembers, nn.Module):
 
     config: UPITLSTMConfig
 
+    title = "uPIT-LSTM"  # in messages
     accepts_silent_sources: bool = False
     """Training contract: SI-SNR is undefined for a silent reference, so every
     batch has ``n_src`` speakers."""
@@ -250,22 +233,9 @@ class UPITLSTM(ConfigMembers, nn.Module):
         est = self.istft(masked.flatten(0, 1), length)  # [B*S, T]
         return est.view(batch, self.n_src, length)
 
-    @torch.no_grad()
-    def separate(self, mix: torch.Tensor, n_src: int | str | None = None) -> torch.Tensor:
-        """Inference entry point (no gradients). Shape: [B, T] or [B, 1, T] -> [B, S, T]."""
-        check_n_src(n_src, self.n_src, "uPIT-LSTM")
-        mix = check_mix(mix)
-        return self(mix.to(device=self.window.device, dtype=self.mask.weight.dtype))
-
-    def compute_loss(self, mix: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """Scalar negative utterance-level PIT SI-SNR (dB) of the waveforms.
-        mix Shape: [B, T]; ref Shape: [B, S, T]."""
-        from sepcli.losses import pit_si_snr_loss
-
-        mix = check_mix(mix)
-        check_ref(mix, ref, self.n_src)
-        loss, _ = pit_si_snr_loss(self(mix), ref)
-        return loss
+    def inference_weight(self) -> torch.Tensor:
+        """The mask layer's weight: the mixture goes to its device and dtype (the STFT's window follows it)."""
+        return self.mask.weight
 
 
 # ``upit-lstm`` itself (the family's defaults) is the CPU-sized non-causal model: a

@@ -9,7 +9,7 @@ from sepcli import registry
 from sepcli.errors import SepError
 from sepcli.losses import distillation_loss
 
-WAVEFORM_FAMILIES = ("convtasnet", "lstm-tasnet", "upit-lstm")  # forward(mix) gives waveforms: they can teach or learn from one
+WAVEFORM_FAMILIES = ("convtasnet", "lstm-tasnet", "upit-lstm", "sudormrf")  # forward(mix) gives waveforms: they can teach or learn from one
 
 
 class _LossModule(nn.Module):

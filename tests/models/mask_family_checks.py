@@ -1,4 +1,4 @@
-"""Checks shared by the recurrent mask families' tests (uPIT-LSTM, LSTM-TasNet):
+"""Checks shared by the mask families' tests (uPIT-LSTM, LSTM-TasNet, SuDoRM-RF):
 each returns what it measured or asserts itself. Tiny configs only."""
 from __future__ import annotations
 
@@ -127,8 +127,9 @@ def fit_one_batch(model: torch.nn.Module, steps: int = 60, lr: float = 3e-3) -> 
 
 
 
-def check_recipe(name: str, family: str, causal: bool) -> None:
-    """A shipped recipe builds its family and mixes from the shared corpus with the split."""
+def check_recipe(name: str, family: str, causal: bool, segment: float = 3.0) -> None:
+    """A shipped recipe builds its family and mixes ``segment``-s examples from the
+    shared corpus with the split."""
     flat, _ = training.read_recipe(REPO / "recipes" / f"{name}.toml")
     cfg = training.make_config(flat)
     model = registry.build(cfg.family, cfg.model)
@@ -136,7 +137,7 @@ def check_recipe(name: str, family: str, causal: bool) -> None:
     assert model.config.sample_rate == 8000 and model.config.n_src == 2
     assert cfg.train == str(REPO.parent / "shared" / "data" / "librispeech-8k" / "*") + "/"
     assert Path(cfg.speakers_split) == REPO / "recipes" / "splits" / "librispeech-8k.json"
-    assert cfg.augment and cfg.random_polarity and cfg.segment == 3.0
+    assert cfg.augment and cfg.random_polarity and cfg.segment == segment
 
 
 def train_two_steps(recipe: str, tiny: dict, root: Path) -> Path:
