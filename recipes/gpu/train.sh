@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the three shipped recipes at once on a lent GPU machine, for MINUTES
+# Train the recipes at once on a lent GPU machine, for MINUTES
 # minutes each, and leave their best weights and logs in $OUT (see README.md
 # beside this file for the whole procedure and the device tool's limits).
 #
@@ -18,7 +18,7 @@ RUNS=${RUNS:-/tmp/runs}
 OUT=${OUT:?set OUT to the folder that comes back}
 DATA=${DATA:-.gpu/librispeech-8k/*/}
 WORKERS=${WORKERS:-4}
-MODELS=${MODELS:-convtasnet convtasnet-causal dpcl upit-lstm lstm-tasnet}
+MODELS=${MODELS:-convtasnet convtasnet-causal dpcl upit-lstm lstm-tasnet sudormrf}
 COMPILE=${COMPILE:-0}  # 1: sep train --set compile=true for the Conv-TasNets (untried on the GPU machine)
 
 if [ -d .gpu/wheels ] && ! python3 -c "import soundfile, soxr" 2>/dev/null; then
