@@ -177,7 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     n = max((r["n"] for r in rows), default=0)
-    title = (f"{args.test_set} ({n} mixtures, {args.threads} threads); paper: Conv-TasNet (TASLP 2019) "
+    shown = args.test_set.resolve()
+    shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else args.test_set
+    title = (f"{shown} ({n} mixtures, {args.threads} threads); paper: Conv-TasNet (TASLP 2019) "
              "Table IV, WSJ0-2mix")
     if args.markdown:
         print(f"{title}\n\n{markdown(rows)}")

@@ -237,14 +237,16 @@ def main() -> None:
             "command": f"sep train --config {args.recipe} --out {args.run} "
                        f"(continued with: sep train --resume {args.run})",
             "hardware": args.hardware or f"{cpu_name()}, {os.cpu_count()} cores",
-            "data": "../shared/data/librispeech-8k (LibriSpeech dev-clean + train-clean-100 at "
-                    "8 kHz, CC BY 4.0), dynamic mixing of 'train' speakers",
+            "data": "../shared/data/librispeech-8k (LibriSpeech dev-clean, test-clean and "
+                    "train-clean-100 at 8 kHz, CC BY 4.0), dynamic mixing of 'train' speakers",
         },
         "held_out_speakers": json.loads(SPLIT.read_text()),
         "date": dt.date.today().isoformat(),
         "sep_version": __version__,
         "notes": args.notes,
     }
+    if args.shifted is not None:
+        card["quality_shifted"] = _score(dest, args.shifted, None, args.threads, args.quality)
     if args.test3 is not None:
         card["quality_3spk"] = _score(dest, args.test3, 3, args.threads)
     write_atomic(dest.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
@@ -271,6 +273,11 @@ def render_markdown(card: dict) -> str:
         "",
         *quality_table(q),
     ]
+    if "quality_shifted" in card:
+        qs = card["quality_shifted"]
+        lines += ["", f"Shifted test (`{qs['test_set']}`: the same mixtures through channels no training "
+                      "used in that form, `recipes/shifted.py`: speed 0.9/1.1, a room, a telephone band, "
+                      f"an EQ tilt): **{qs['si_snri']:.2f} dB SI-SNRi / {qs['sdri']:.2f} dB SDRi**."]
     if "quality_3spk" in card:
         q3 = card["quality_3spk"]
         lines += ["", f"Three-speaker mixtures (`--num-speakers 3`, {q3['n']} mixtures, "

@@ -66,3 +66,18 @@ def test_rescore_replaces_only_the_quality_and_matches_an_independent_score(tmp_
     assert "99.00" not in md and f"| SI-SNRi | {quality['stats']['si_snri']['mean']:.2f} dB" in md
     assert "| SDR |" in md and "hand-written section that must survive" in md
     assert md.count("## Training") == 1
+
+
+def test_card_markdown_gives_the_shifted_figures_only_when_scored() -> None:
+    stats = {k: {"mean": 1.0, "median": 1.0, "p10": 1.0} for k in ("si_snri", "sdri", "si_snr", "sdr")}
+    card = {"name": "tiny", "family": "upit-lstm", "causal": False, "n_src": 2, "sample_rate": 8000,
+            "params": 10, "config": {}, "sha256": "0" * 64, "date": "2026-12-06", "sep_version": "0",
+            "quality": {"test_set": "data/test2", "n": 3, "stats": stats},
+            "held_out_speakers": {"test": ["1"], "valid": ["2"]},
+            "training": {"data": "d", "recipe": "r", "command": "c", "steps": 1, "epochs": 1, "hours": 0.1,
+                         "hardware": "h", "best_valid_si_snri": 1.0}}
+    assert "Shifted test" not in ship.render_markdown(card)
+    card["quality_shifted"] = {"test_set": "data/test2-shifted", "si_snri": 4.25, "sdri": 4.821}
+    md = ship.render_markdown(card)
+    assert "`data/test2-shifted`" in md and "**4.25 dB SI-SNRi / 4.82 dB SDRi**" in md
+    assert md.index("Shifted test") < md.index("## Training")
