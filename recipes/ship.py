@@ -150,6 +150,13 @@ def quality_table(q: dict) -> list[str]:
     return lines
 
 
+def shifted_paragraph(qs: dict) -> str:
+    """The card's one-paragraph shifted-test figure for a ``_score`` result."""
+    return (f"Shifted test (`{qs['test_set']}`: the same mixtures through channels no training "
+            "used in that form, `recipes/shifted.py`: speed 0.9/1.1, a room, a telephone band, "
+            f"an EQ tilt): **{qs['si_snri']:.2f} dB SI-SNRi / {qs['sdri']:.2f} dB SDRi**.")
+
+
 def rescore_shipped(name: str, test2: Path, threads: int, quality: str = "fast",
                     shifted: Path | None = None) -> dict:
     """Score shipped model ``name`` again as it is now, with inference preset
@@ -168,13 +175,19 @@ def rescore_shipped(name: str, test2: Path, threads: int, quality: str = "fast",
     settings.pop("precision")
     card["measured_with"] = {"preset": quality, **settings}
     write_atomic(card_path, json.dumps(card, indent=2) + "\n")
-    quality = scores
     md_path = path.with_suffix(".md")
     md = md_path.read_text()
     start = md.index("Measured with `sep separate`")
     end = md.index("\n\n", md.index("| SDR |", start))
-    write_atomic(md_path, md[:start] + "\n".join(quality_table(quality)) + md[end:])
-    return quality
+    rest = md[end:]  # "\n\n" and the sections after the table
+    if shifted is not None:
+        # the shifted paragraph follows the table (render_markdown): replace it, or add it there
+        after = rest[2:]
+        if after.startswith("Shifted test ("):
+            after = after.split("\n\n", 1)[1] if "\n\n" in after else ""
+        rest = "\n\n" + shifted_paragraph(card["quality_shifted"]) + "\n\n" + after
+    write_atomic(md_path, md[:start] + "\n".join(quality_table(scores)) + rest)
+    return scores
 
 
 def main() -> None:
@@ -274,10 +287,7 @@ def render_markdown(card: dict) -> str:
         *quality_table(q),
     ]
     if "quality_shifted" in card:
-        qs = card["quality_shifted"]
-        lines += ["", f"Shifted test (`{qs['test_set']}`: the same mixtures through channels no training "
-                      "used in that form, `recipes/shifted.py`: speed 0.9/1.1, a room, a telephone band, "
-                      f"an EQ tilt): **{qs['si_snri']:.2f} dB SI-SNRi / {qs['sdri']:.2f} dB SDRi**."]
+        lines += ["", shifted_paragraph(card["quality_shifted"])]
     if "quality_3spk" in card:
         q3 = card["quality_3spk"]
         lines += ["", f"Three-speaker mixtures (`--num-speakers 3`, {q3['n']} mixtures, "

@@ -24,7 +24,8 @@ spec.loader.exec_module(ship)
 TINY = dict(N=16, L=16, B=8, H=16, Sc=8, X=2, R=1)
 
 
-def test_rescore_replaces_only_the_quality_and_matches_an_independent_score(tmp_path: Path, monkeypatch) -> None:
+def _ship_tiny_and_test_set(tmp_path: Path, monkeypatch) -> Path:
+    """A tiny shipped model with a stale card, and a 2-mixture test set; returns the set."""
     models = tmp_path / "models"
     monkeypatch.setenv("SEP_MODELS_DIR", str(models))
     torch.manual_seed(0)
@@ -47,6 +48,12 @@ def test_rescore_replaces_only_the_quality_and_matches_an_independent_score(tmp_
         for folder, x in (("s1", ref[0]), ("s2", ref[1]), ("mix", ref.sum(0))):
             (test / folder).mkdir(parents=True, exist_ok=True)
             sf.write(test / folder / f"{name}.wav", x, 8000, subtype="FLOAT")
+    return test
+
+
+def test_rescore_replaces_only_the_quality_and_matches_an_independent_score(tmp_path: Path, monkeypatch) -> None:
+    test = _ship_tiny_and_test_set(tmp_path, monkeypatch)
+    models = tmp_path / "models"
     quality = ship.rescore_shipped("tiny", test, threads=1, quality="high")
 
     sep = Separator("tiny", device="cpu", quality="high")
@@ -81,3 +88,22 @@ def test_card_markdown_gives_the_shifted_figures_only_when_scored() -> None:
     md = ship.render_markdown(card)
     assert "`data/test2-shifted`" in md and "**4.25 dB SI-SNRi / 4.82 dB SDRi**" in md
     assert md.index("Shifted test") < md.index("## Training")
+
+
+def test_rescore_with_a_shifted_set_writes_its_paragraph_once_and_keeps_it_current(
+        tmp_path: Path, monkeypatch) -> None:
+    test = _ship_tiny_and_test_set(tmp_path, monkeypatch)
+    models = tmp_path / "models"
+    ship.rescore_shipped("tiny", test, threads=1, shifted=test)  # the card had no shifted figure
+    card = json.loads((models / "tiny.json").read_text())
+    md = (models / "tiny.md").read_text()
+    assert md.count("Shifted test (") == 1 and ship.shifted_paragraph(card["quality_shifted"]) in md
+    assert md.index("| SDR |") < md.index("Shifted test (") < md.index("## Training")
+    # a stale figure in the paragraph is replaced, not kept beside the new one
+    (models / "tiny.md").write_text(md.replace(ship.shifted_paragraph(card["quality_shifted"]),
+                                               "Shifted test (`old`): **99.00 dB SI-SNRi / 99.00 dB SDRi**."))
+    ship.rescore_shipped("tiny", test, threads=1, shifted=test)
+    md = (models / "tiny.md").read_text()
+    assert md.count("Shifted test (") == 1 and "99.00" not in md
+    assert ship.shifted_paragraph(card["quality_shifted"]) in md
+    assert "hand-written section that must survive" in md
