@@ -19,7 +19,7 @@ OUT=${OUT:?set OUT to the folder that comes back}
 DATA=${DATA:-.gpu/librispeech-8k/*/}
 WORKERS=${WORKERS:-4}
 MODELS=${MODELS:-convtasnet convtasnet-causal dpcl upit-lstm lstm-tasnet sudormrf}
-COMPILE=${COMPILE:-0}  # 1: sep train --set compile=true for the Conv-TasNets (untried on the GPU machine)
+COMPILE=${COMPILE:-0}  # 1: sep train --set compile=true for the convolutional recipes (untried on the GPU machine)
 
 if [ -d .gpu/wheels ] && ! python3 -c "import soundfile, soxr" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -40,7 +40,8 @@ epoch() {
 pids=()
 for m in $MODELS; do
   extra=()
-  if [ "$COMPILE" = 1 ] && [ "$m" != dpcl ]; then extra+=(--set compile=true); fi
+  # compiling speeds up convolutions; the recurrent families are LSTM-bound (checkpoints/README.md)
+  if [ "$COMPILE" = 1 ]; then case "$m" in convtasnet* | sudormrf*) extra+=(--set compile=true) ;; esac; fi
   python3 -m sepcli train --config "recipes/$m.toml" --out "$RUNS/$m" --force \
     --set "train=$DATA" --device "$DEVICE" --threads 2 --set "workers=$WORKERS" \
     --set "batch_size=$(batch "$m")" --set "epoch_size=$(epoch "$m")" --set "valid_size=${VALID_SIZE:-150}" \
