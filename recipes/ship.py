@@ -60,7 +60,8 @@ def _score(model_path: Path, test_set: Path, n_src: int | None, threads: int, qu
     }
 
 
-def _training_summary(run: Path) -> dict:
+def _run_summary(run: Path) -> dict:
+    """Steps, epochs, hours and best validation score of one run folder, from its log.jsonl."""
     steps = epochs = 0
     elapsed = 0.0
     best = None
@@ -80,6 +81,24 @@ def _training_summary(run: Path) -> dict:
                     best = score
     return {"steps": steps, "epochs": epochs, "hours": round(elapsed / 3600, 2),
             "best_valid_si_snri": None if best is None else round(best, 2)}
+
+
+def training_summary(run: Path, prior_runs: list[Path] = ()) -> dict:
+    """The whole training of the shipped weights: RUN after each of PRIOR_RUNS in turn.
+
+    A warm restart (``--init``) starts a new run folder whose log counts from
+    zero, so a card made from the last folder alone would under-report the
+    cost; the stages are summed here and listed one by one. The best
+    validation score is the last stage's, the only one measured on weights
+    that lead to the shipped ones.
+    """
+    stages = [{"run": str(r), **_run_summary(r)} for r in [*prior_runs, run]]
+    summary = {k: sum(st[k] for st in stages) for k in ("steps", "epochs")}
+    summary["hours"] = round(sum(st["hours"] for st in stages), 2)
+    summary["best_valid_si_snri"] = stages[-1]["best_valid_si_snri"]
+    if len(stages) > 1:
+        summary["stages"] = [{k: st[k] for k in ("run", "steps", "epochs", "hours")} for st in stages]
+    return summary
 
 
 def set_config(model: torch.nn.Module, items: list[str]) -> None:
@@ -213,6 +232,12 @@ def main() -> None:
     ap.add_argument("--config-set", action="append", default=[], metavar="KEY=VALUE",
                     help="change an inference setting of the config before shipping, e.g. "
                          "auto_threshold=0.12 as tuned on the valid split (repeatable; JSON values)")
+    ap.add_argument("--prior-run", action="append", type=Path, default=[], metavar="DIR",
+                    help="an earlier stage whose weights RUN started from (--init); its steps, epochs "
+                         "and hours are added to the card's (repeatable, oldest first)")
+    ap.add_argument("--command", default=None,
+                    help="the training commands for the card, when RUN's recipe alone does not "
+                         "reproduce them (e.g. a warm restart with --init and --set)")
     args = ap.parse_args()
     if args.rescore:
         quality = rescore_shipped(args.rescore, args.test2, args.threads, args.quality, args.shifted)
@@ -245,10 +270,10 @@ def main() -> None:
         "measured_with": {"preset": args.quality, **measured},
         "quality": quality,
         "training": {
-            **_training_summary(args.run),
+            **training_summary(args.run, args.prior_run),
             "recipe": args.recipe,
-            "command": f"sep train --config {args.recipe} --out {args.run} "
-                       f"(continued with: sep train --resume {args.run})",
+            "command": args.command or f"sep train --config {args.recipe} --out {args.run} "
+                                       f"(continued with: sep train --resume {args.run})",
             "hardware": args.hardware or f"{cpu_name()}, {os.cpu_count()} cores",
             "data": "../shared/data/librispeech-8k (LibriSpeech dev-clean, test-clean and "
                     "train-clean-100 at 8 kHz, CC BY 4.0), dynamic mixing of 'train' speakers",
@@ -302,7 +327,13 @@ def render_markdown(card: dict) -> str:
         f"- **Recipe:** `{t['recipe']}`",
         f"- **Command:** `{t['command']}`",
         f"- **Trained for:** {t['steps']} steps, {t['epochs']} epochs, {t['hours']} h on {t['hardware']}",
-        f"- **Best validation SI-SNRi:** {t['best_valid_si_snri']} dB",
+    ]
+    if "stages" in t:
+        lines += [f"  - stage {i}: {st['hours']} h, {st['steps']} steps, {st['epochs']} epochs (`{st['run']}`)"
+                  for i, st in enumerate(t["stages"], 1)]
+    lines += [
+        f"- **Best validation SI-SNRi:** {t['best_valid_si_snri']} dB (last stage)"
+        if "stages" in t else f"- **Best validation SI-SNRi:** {t['best_valid_si_snri']} dB",
     ]
     if card.get("notes"):
         lines += ["", "## Notes", "", card["notes"]]

@@ -107,3 +107,34 @@ def test_rescore_with_a_shifted_set_writes_its_paragraph_once_and_keeps_it_curre
     assert md.count("Shifted test (") == 1 and "99.00" not in md
     assert ship.shifted_paragraph(card["quality_shifted"]) in md
     assert "hand-written section that must survive" in md
+
+
+def _fake_run(folder: Path, steps: int, epochs: int, seconds: float, best: float) -> Path:
+    folder.mkdir(parents=True)
+    recs = [{"event": "train", "step": steps // 2, "epoch": 0, "elapsed": seconds / 2}]
+    recs += [{"event": "valid", "step": steps * (e + 1) // epochs, "epoch": e, "elapsed": seconds * (e + 1) / epochs,
+              "val_si_snri": best - (epochs - 1 - e)} for e in range(epochs)]
+    (folder / "log.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n{torn")
+    return folder
+
+
+def test_training_summary_adds_up_the_stages_of_a_warm_restart(tmp_path: Path) -> None:
+    first = _fake_run(tmp_path / "scratch", steps=1000, epochs=4, seconds=7200, best=3.0)
+    second = _fake_run(tmp_path / "kd", steps=300, epochs=2, seconds=1800, best=3.5)
+    alone = ship.training_summary(second)
+    assert alone == {"steps": 300, "epochs": 2, "hours": 0.5, "best_valid_si_snri": 3.5}
+    both = ship.training_summary(second, [first])
+    assert (both["steps"], both["epochs"], both["hours"]) == (1300, 6, 2.5)
+    assert both["best_valid_si_snri"] == 3.5  # the last stage's, not the best of all stages
+    assert [st["run"] for st in both["stages"]] == [str(first), str(second)]
+    assert [st["hours"] for st in both["stages"]] == [2.0, 0.5]
+    card = {"name": "tiny", "family": "lstm-tasnet", "causal": False, "n_src": 2, "sample_rate": 8000,
+            "params": 10, "config": {}, "sha256": "0" * 64, "date": "2026-12-06", "sep_version": "0",
+            "quality": {"test_set": "t", "n": 1, "stats": {k: {"mean": 1.0, "median": 1.0, "p10": 1.0}
+                                                         for k in ("si_snri", "sdri", "si_snr", "sdr")}},
+            "held_out_speakers": {"test": ["1"], "valid": ["2"]},
+            "training": {"data": "d", "recipe": "r", "command": "c", "hardware": "h", **both}}
+    md = ship.render_markdown(card)
+    assert "1300 steps, 6 epochs, 2.5 h on h" in md
+    assert f"stage 1: 2.0 h, 1000 steps, 4 epochs (`{first}`)" in md
+    assert md.index("stage 1:") < md.index("stage 2:") < md.index("Best validation")
