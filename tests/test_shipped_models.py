@@ -3,6 +3,7 @@ checked), and each model still separates the shipped example as well as the
 README says (a regression guard for the weights, the card and the pipeline)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def test_card_is_complete_and_weights_verify(name):
     model = registry.load_model(name)
     assert registry.count_parameters(model) == card["params"]
     assert model.family == card["family"]
+    # the card shows the configuration the weights load with, not a stale one
+    assert card["config"] == json.loads(json.dumps(dataclasses.asdict(model.config)))
     q = card["quality"]
     assert q["n"] >= 100 and not q["missing"]
     assert np.isfinite([q["si_snri"], q["sdri"]]).all()
