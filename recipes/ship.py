@@ -328,13 +328,10 @@ def render_markdown(card: dict) -> str:
         f"- **Command:** `{t['command']}`",
         f"- **Trained for:** {t['steps']} steps, {t['epochs']} epochs, {t['hours']} h on {t['hardware']}",
     ]
-    if "stages" in t:
-        lines += [f"  - stage {i}: {st['hours']} h, {st['steps']} steps, {st['epochs']} epochs (`{st['run']}`)"
-                  for i, st in enumerate(t["stages"], 1)]
-    lines += [
-        f"- **Best validation SI-SNRi:** {t['best_valid_si_snri']} dB (last stage)"
-        if "stages" in t else f"- **Best validation SI-SNRi:** {t['best_valid_si_snri']} dB",
-    ]
+    stages = t.get("stages", [])
+    lines += [f"  - stage {i}: {st['hours']} h, {st['steps']} steps, {st['epochs']} epochs (`{st['run']}`)"
+              for i, st in enumerate(stages, 1)]
+    lines.append(f"- **Best validation SI-SNRi:** {t['best_valid_si_snri']} dB" + (" (last stage)" if stages else ""))
     if card.get("notes"):
         lines += ["", "## Notes", "", card["notes"]]
     return "\n".join(lines) + "\n"
