@@ -75,14 +75,19 @@ def test_rescore_replaces_only_the_quality_and_matches_an_independent_score(tmp_
     assert md.count("## Training") == 1
 
 
-def test_card_markdown_gives_the_shifted_figures_only_when_scored() -> None:
+def _card(**training) -> dict:
+    """The smallest card render_markdown takes; TRAINING adds to or replaces its training fields."""
     stats = {k: {"mean": 1.0, "median": 1.0, "p10": 1.0} for k in ("si_snri", "sdri", "si_snr", "sdr")}
-    card = {"name": "tiny", "family": "upit-lstm", "causal": False, "n_src": 2, "sample_rate": 8000,
+    return {"name": "tiny", "family": "upit-lstm", "causal": False, "n_src": 2, "sample_rate": 8000,
             "params": 10, "config": {}, "sha256": "0" * 64, "date": "2026-12-06", "sep_version": "0",
             "quality": {"test_set": "data/test2", "n": 3, "stats": stats},
             "held_out_speakers": {"test": ["1"], "valid": ["2"]},
             "training": {"data": "d", "recipe": "r", "command": "c", "steps": 1, "epochs": 1, "hours": 0.1,
-                         "hardware": "h", "best_valid_si_snri": 1.0}}
+                         "hardware": "h", "best_valid_si_snri": 1.0, **training}}
+
+
+def test_card_markdown_gives_the_shifted_figures_only_when_scored() -> None:
+    card = _card()
     assert "Shifted test" not in ship.render_markdown(card)
     card["quality_shifted"] = {"test_set": "data/test2-shifted", "si_snri": 4.25, "sdri": 4.821}
     md = ship.render_markdown(card)
@@ -128,13 +133,7 @@ def test_training_summary_adds_up_the_stages_of_a_warm_restart(tmp_path: Path) -
     assert both["best_valid_si_snri"] == 3.5  # the last stage's, not the best of all stages
     assert [st["run"] for st in both["stages"]] == [str(first), str(second)]
     assert [st["hours"] for st in both["stages"]] == [2.0, 0.5]
-    card = {"name": "tiny", "family": "lstm-tasnet", "causal": False, "n_src": 2, "sample_rate": 8000,
-            "params": 10, "config": {}, "sha256": "0" * 64, "date": "2026-12-06", "sep_version": "0",
-            "quality": {"test_set": "t", "n": 1, "stats": {k: {"mean": 1.0, "median": 1.0, "p10": 1.0}
-                                                         for k in ("si_snri", "sdri", "si_snr", "sdr")}},
-            "held_out_speakers": {"test": ["1"], "valid": ["2"]},
-            "training": {"data": "d", "recipe": "r", "command": "c", "hardware": "h", **both}}
-    md = ship.render_markdown(card)
+    md = ship.render_markdown(_card(**both))
     assert "1300 steps, 6 epochs, 2.5 h on h" in md
     assert f"stage 1: 2.0 h, 1000 steps, 4 epochs (`{first}`)" in md
     assert md.index("stage 1:") < md.index("stage 2:") < md.index("Best validation")
