@@ -70,6 +70,7 @@ class SepNet(ctypes.Structure):
         ("w_dec_stride", ctypes.c_int64),
         ("blocks", ctypes.POINTER(SepBlock)),
         ("sums0", ctypes.c_void_p), ("tail", ctypes.c_void_p),
+        ("decay", ctypes.c_double),
     ]
 
 

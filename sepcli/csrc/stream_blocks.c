@@ -188,10 +188,20 @@ static inline void prelu_row(float *x, int H, const float *slope, int n_slope) {
     }
 }
 
+/* cLN's count at frame `frame` (from the stream's start): H * (frame + 1), or with
+ * forgetting (decay < 1) H * sum over j <= frame of decay^j, in closed form as
+ * sepcli.models.conv_tasnet.cln_counts computes it. */
+static inline double norm_count(int64_t frame, int H, double decay) {
+    if (decay == 1.0) return (double)((frame + 1) * H);
+    const double lg = log(decay);
+    return expm1((double)(frame + 1) * lg) / expm1(lg) * (double)H;
+}
+
 /* Row sum and sum of squares in float32 (as the offline norm's per-frame sums),
- * then the running float64 totals of the row's lane; returns r and -mean*r so
- * that x*r + mr is the normalised row. */
-static inline void norm_row(const float *x, int H, double *sum, int64_t count, float eps, float *r, float *mr) {
+ * then the running float64 totals of the row's lane (times decay first: cLN's
+ * forgetting); returns r and -mean*r so that x*r + mr is the normalised row. */
+static inline void norm_row(const float *x, int H, double *sum, double count, double decay, float eps, float *r,
+                            float *mr) {
     /* vector partial sums (a scalar loop would be one long dependency chain) */
     vf a1[2] = {{0}, {0}}, a2[2] = {{0}, {0}};
     int c = 0;
@@ -211,10 +221,10 @@ static inline void norm_row(const float *x, int H, double *sum, int64_t count, f
         s1 += x[c];
         s2 += x[c] * x[c];
     }
-    sum[0] += s1;
-    sum[1] += s2;
-    const double mean = sum[0] / (double)count;
-    double var = sum[1] / (double)count - mean * mean;
+    sum[0] = sum[0] * decay + s1;
+    sum[1] = sum[1] * decay + s2;
+    const double mean = sum[0] / count;
+    double var = sum[1] / count - mean * mean;
     if (var < 0.0) var = 0.0;
     const double rr = 1.0 / sqrt(var + (double)eps);
     *r = (float)rr;
@@ -225,8 +235,8 @@ static inline void norm_row(const float *x, int H, double *sum, int64_t count, f
  * ([R, n_out]: residual | skip sum) in place. start: frames before these since
  * the stream began. h, z: scratch [R, H] each. The caller makes sure that every
  * cache has room for K more frames (cap - pad >= K). */
-void sep_blocks(SepBlock *blocks, int n_blocks, int half, float *acc, int K, int G, int64_t start, float *h,
-                float *z) {
+void sep_blocks(SepBlock *blocks, int n_blocks, int half, float *acc, int K, int G, int64_t start, double decay,
+                float *h, float *z) {
     const int R = G * K;
     for (int b = 0; b < n_blocks; b++) {
         SepBlock *bl = &blocks[b];
@@ -244,11 +254,12 @@ void sep_blocks(SepBlock *blocks, int n_blocks, int half, float *acc, int K, int
             double *sum1 = bl->sums + 2 * g, *sum2 = bl->sums + 2 * (G + g);
             for (int k = 0; k < K; k++) {
                 const int i = g * K + k;
-                const int64_t frame = start + k, count = (frame + 1) * H;
+                const int64_t frame = start + k;
+                const double count = norm_count(frame, H, decay);
                 float *hi = h + (int64_t)i * H, *zi = z + (int64_t)i * H;
                 float r, mr;
                 prelu_row(hi, H, bl->slope1, bl->n_slope1);
-                norm_row(hi, H, sum1, count, bl->eps1, &r, &mr);
+                norm_row(hi, H, sum1, count, decay, bl->eps1, &r, &mr);
                 float *now = cache + (bl->pos + k) * H;
                 for (int c = 0; c < H; c++) now[c] = hi[c] * r + mr;
                 /* causal dilated depthwise conv over the cached normalised frames */
@@ -265,7 +276,7 @@ void sep_blocks(SepBlock *blocks, int n_blocks, int half, float *acc, int K, int
                     }
                 }
                 prelu_row(zi, H, bl->slope2, bl->n_slope2);
-                norm_row(zi, H, sum2, count, bl->eps2, &r, &mr);
+                norm_row(zi, H, sum2, count, decay, bl->eps2, &r, &mr);
                 for (int c = 0; c < H; c++) zi[c] = (zi[c] * r + mr) * bl->gain2[c];
             }
         }
@@ -292,6 +303,7 @@ typedef struct {
     SepBlock *blocks;
     double *sums0;          /* [G, 2]: norm0's running sum and sum of squares per lane */
     float *tail;            /* [G, q-1, S, N]: the last masked frames of each lane */
+    double decay;           /* every cLN's running sums times this per frame (1: the paper's cLN) */
 } SepNet;
 
 /* Floats of scratch that sep_network needs for K frames of G lanes. */
@@ -318,12 +330,12 @@ void sep_network(SepNet *net, const float *const *lane_in, int K, int G, int64_t
             float r, mr;
             const float *wi = wg + (int64_t)k * N;
             float *o = wn + ((int64_t)g * K + k) * N;
-            norm_row(wi, N, net->sums0 + 2 * g, (start + k + 1) * N, net->eps0, &r, &mr);
+            norm_row(wi, N, net->sums0 + 2 * g, norm_count(start + k, N, net->decay), net->decay, net->eps0, &r, &mr);
             for (int c = 0; c < N; c++) o[c] = (wi[c] * r + mr) * net->gain0[c];
         }
     }
     sep_gemm(R, n_out, N, wn, N, net->w_acc, net->half, acc, n_out, net->b_acc, 0); /* [R, B+Sc] */
-    sep_blocks(net->blocks, net->n_blocks, net->half, acc, K, G, start, h, z);
+    sep_blocks(net->blocks, net->n_blocks, net->half, acc, K, G, start, net->decay, h, z);
     for (int i = 0; i < R; i++) prelu_row(acc + (int64_t)i * n_out + net->B, net->Sc, net->slope_out, net->n_slope_out);
     sep_gemm(R, S * N, net->Sc, acc + net->B, n_out, net->w_mask, net->half, mask, S * N, net->b_mask, 0);
     for (int i = 0; i < R; i++) {

@@ -69,6 +69,11 @@ class ConvTasNetConfig:
     causal: bool = False
     norm: str = "auto"  # "auto": gLN if non-causal, cLN if causal
     mask_activation: str = "sigmoid"  # the only choice; kept so that configs naming it load
+    # cLN only: None is the paper's cLN (statistics over every frame so far); seconds make
+    # its statistics forget with that time constant (an exponential window). A model
+    # trained on 4-s examples never saw statistics over minutes, which a long stream
+    # gives it (docs/long-recordings.md). An inference property that needs no retraining.
+    cln_memory: float | None = None
     # Keys that older checkpoints and cards carry in their config and that are
     # no longer architecture: inference settings (now sepcli.inference presets).
     # Loading ignores them (registry.make_config).
@@ -88,6 +93,13 @@ class ConvTasNetConfig:
             raise ValueError(f"norm must be one of {', '.join(_NORMS)}, got {self.norm!r}")
         if self.causal and self.norm == "gLN":
             raise ValueError("a causal model cannot use gLN (it looks at future frames); use cLN")
+        if self.cln_memory is not None:
+            if isinstance(self.cln_memory, bool) or not isinstance(self.cln_memory, (int, float)) or not (
+                math.isfinite(self.cln_memory) and self.cln_memory > 0
+            ):
+                raise ValueError(f"cln_memory must be a positive number of seconds or null, got {self.cln_memory!r}")
+            if self.norm_type != "cLN":
+                raise ValueError("cln_memory applies to cLN only (a causal model)")
         if self.mask_activation not in _MASKS:
             raise ValueError(
                 f"mask_activation must be one of {', '.join(_MASKS)}, got {self.mask_activation!r}"
@@ -103,6 +115,14 @@ class ConvTasNetConfig:
     @property
     def stride(self) -> int:
         return self.L // 2
+
+    @property
+    def cln_decay(self) -> float:
+        """What cLN's running sums are multiplied by per frame: 1.0 (never forget)
+        or ``exp(-hop / (cln_memory * sample_rate))``."""
+        if self.cln_memory is None:
+            return 1.0
+        return math.exp(-self.stride / (self.cln_memory * self.sample_rate))
 
 
 class _ChannelAffine(nn.Module):
@@ -128,15 +148,56 @@ class GlobalLayerNorm(_ChannelAffine):
         return F.group_norm(x, 1, self.weight, self.bias, self.eps)
 
 
+def decayed_cumsum(x: torch.Tensor, decay: float) -> torch.Tensor:
+    """``y[..., k] = sum over j <= k of decay**(k-j) * x[..., j]`` (a plain cumsum at
+    decay 1), differentiable. In blocks within which ``decay**-j`` stays below e**20
+    (e**4 in float32), so that the scaled partial sums keep their digits. Shape: [..., K] -> [..., K]."""
+    if decay == 1.0:
+        return x.cumsum(-1)
+    if not 0.0 < decay < 1.0:
+        raise SepError(f"decay must be in (0, 1], got {decay}")
+    K = x.shape[-1]
+    reach = 20.0 if x.dtype == torch.float64 else 4.0  # float32 only where float64 is missing (MPS)
+    block = max(1, min(K, int(reach / -math.log(decay))))
+    out, carry = [], None
+    for start in range(0, K, block):
+        n = min(block, K - start)
+        j = torch.arange(n, device=x.device, dtype=x.dtype)
+        up, down = torch.exp(-j * math.log(decay)), torch.exp(j * math.log(decay))  # decay**-j, decay**j  [n]
+        y = (x[..., start : start + n] * up).cumsum(-1) * down  # [..., n]
+        if carry is not None:
+            y = y + carry[..., None] * down * decay
+        out.append(y)
+        carry = y[..., -1]
+    return torch.cat(out, -1)
+
+
+def cln_counts(frames: int, channels: int, decay: float, start: int = 0, **kw) -> torch.Tensor:
+    """cLN's count at frames ``start .. start+frames-1``: channels times the
+    (decayed) number of frames so far, ``channels * sum over j <= k of decay**j``.
+    Shape: [frames]."""
+    k = torch.arange(start + 1, start + frames + 1, dtype=torch.float64, **kw)
+    if decay == 1.0:
+        return k * channels
+    log = math.log(decay)
+    return torch.expm1(k * log) / math.expm1(log) * channels
+
+
 class CumulativeLayerNorm(_ChannelAffine):
     """cLN (the paper's causal norm): at frame k, mean and variance over all C
     channels and all frames 0..k (count C*(k+1)), per-channel gain/bias.
 
     Not a per-frame channel norm: the statistics accumulate over time. Computed
     with cumulative sums, so a streaming implementation keeps three running
-    values per item: sum of x, sum of x**2 and the count.
+    values per item: sum of x, sum of x**2 and the count. With ``decay`` < 1
+    (``ConvTasNetConfig.cln_memory``) frame j counts ``decay**(k-j)`` times at
+    frame k: the sums and the count forget.
     Shape: [B, C, K] -> [B, C, K].
     """
+
+    def __init__(self, channels: int, eps: float = 1e-8, decay: float = 1.0) -> None:
+        super().__init__(channels, eps)
+        self.decay = decay
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels, frames = x.shape[1], x.shape[2]
@@ -145,9 +206,9 @@ class CumulativeLayerNorm(_ChannelAffine):
         # thousands of frames loses too many digits in float32.
         acc = torch.float64 if x.device.type in ("cpu", "cuda") else torch.float32
         xs = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        cum_sum = xs.sum(dim=1).to(acc).cumsum(dim=1)  # [B, K]
-        cum_pow = xs.pow(2).sum(dim=1).to(acc).cumsum(dim=1)  # [B, K]
-        count = torch.arange(1, frames + 1, device=x.device, dtype=acc) * channels  # [K]
+        cum_sum = decayed_cumsum(xs.sum(dim=1).to(acc), self.decay)  # [B, K]
+        cum_pow = decayed_cumsum(xs.pow(2).sum(dim=1).to(acc), self.decay)  # [B, K]
+        count = cln_counts(frames, channels, self.decay, device=x.device).to(acc)  # [K]
         mean = cum_sum / count
         var = (cum_pow / count - mean.pow(2)).clamp_min(0.0)
         mean = mean.to(x.dtype)[:, None, :]  # [B, 1, K]
@@ -155,8 +216,8 @@ class CumulativeLayerNorm(_ChannelAffine):
         return (x - mean) / std * self.weight[:, None] + self.bias[:, None]
 
 
-def make_norm(kind: str, channels: int) -> nn.Module:
-    return CumulativeLayerNorm(channels) if kind == "cLN" else GlobalLayerNorm(channels)
+def make_norm(kind: str, channels: int, decay: float = 1.0) -> nn.Module:
+    return CumulativeLayerNorm(channels, decay=decay) if kind == "cLN" else GlobalLayerNorm(channels)
 
 
 def depthwise_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
@@ -182,12 +243,12 @@ class ConvBlock(nn.Module):
     """One 1-D conv block. Shape: [B, B_ch, K] -> (residual [B, B_ch, K], skip [B, Sc, K])."""
 
     def __init__(
-        self, B: int, H: int, Sc: int, P: int, dilation: int, causal: bool, norm: str
+        self, B: int, H: int, Sc: int, P: int, dilation: int, causal: bool, norm: str, decay: float = 1.0
     ) -> None:
         super().__init__()
         self.conv_in = nn.Conv1d(B, H, 1)
         self.prelu1 = nn.PReLU()
-        self.norm1 = make_norm(norm, H)
+        self.norm1 = make_norm(norm, H, decay)
         # Padding is applied explicitly (not via Conv1d) so a streaming version can
         # replace it with a ring buffer of the last pad_left frames.
         self.dconv = nn.Conv1d(H, H, P, dilation=dilation, groups=H)
@@ -195,7 +256,7 @@ class ConvBlock(nn.Module):
         self.pad_left = total if causal else total // 2
         self.pad_right = total - self.pad_left
         self.prelu2 = nn.PReLU()
-        self.norm2 = make_norm(norm, H)
+        self.norm2 = make_norm(norm, H, decay)
         self.res_out = nn.Conv1d(H, B, 1)
         self.skip_out = nn.Conv1d(H, Sc, 1)
 
@@ -217,10 +278,10 @@ class Separator(nn.Module):
         c = config
         self.n_src = c.n_src
         self.N = c.N
-        self.norm = make_norm(c.norm_type, c.N)
+        self.norm = make_norm(c.norm_type, c.N, c.cln_decay)
         self.bottleneck = nn.Conv1d(c.N, c.B, 1)
         self.blocks = nn.ModuleList(
-            ConvBlock(c.B, c.H, c.Sc, c.P, 2**x, c.causal, c.norm_type)
+            ConvBlock(c.B, c.H, c.Sc, c.P, 2**x, c.causal, c.norm_type, c.cln_decay)
             for _ in range(c.R)
             for x in range(c.X)
         )

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sepcli.errors import SepError
-from sepcli.models.conv_tasnet import apply_mask_activation
+from sepcli.models.conv_tasnet import apply_mask_activation, cln_counts, decayed_cumsum
 
 if TYPE_CHECKING:
     from sepcli.models.conv_tasnet import ConvTasNet
@@ -68,6 +68,7 @@ class FoldedNet:
     w_mask: torch.Tensor  # [S*N, Sc]
     b_mask: torch.Tensor  # [S*N]
     w_dec: torch.Tensor  # [N, L] decoder basis
+    decay: float = 1.0  # what every cLN's running sums are multiplied by per frame (config.cln_decay)
 
 
 @torch.no_grad()
@@ -107,7 +108,7 @@ def fold_norms(model: ConvTasNet) -> FoldedNet:
         c_b=vec(sep.bottleneck.bias, w_b.shape[0]) + w_b @ sep.norm.bias.detach().to(f64), eps0=sep.norm.eps,
         blocks=blocks, slope_out=prelu_slope(sep.prelu), w_mask=mat(sep.mask_conv),
         b_mask=vec(sep.mask_conv.bias, sep.mask_conv.weight.shape[0]),
-        w_dec=model.decoder.weight.detach()[:, 0, :].to(f64),
+        w_dec=model.decoder.weight.detach()[:, 0, :].to(f64), decay=model.config.cln_decay,
     )
 
 
@@ -167,6 +168,7 @@ class FoldedInference:
         self._ws_key: tuple | None = None
         self._ws: dict[str, torch.Tensor] = {}
         net = self.net = fold_norms(model)
+        self.decay = net.decay
         self.w_enc_t = net.w_enc.t().contiguous().to(dtype)  # [L, N]
         self.wb_g_sum = net.w_b_g.sum(1)  # [B]
         self.blocks = [(blk, blk.w_in.t().contiguous().to(products), blk.w_out_g.sum(1)) for blk in net.blocks]
@@ -254,14 +256,13 @@ class FoldedInference:
         x.sub_(mean[:, None]).mul_(inv[:, None])
         return 0.0, 1.0
 
-    @staticmethod
-    def _cumulative_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """cLN's mean and 1/std at every frame, over all channels of frames 0..k.
-        Shape: x [K, C] -> ([K], [K]) in x's dtype."""
+    def _cumulative_stats(self, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """cLN's mean and 1/std at every frame, over all channels of frames 0..k
+        (forgetting at the model's ``cln_decay``). Shape: x [K, C] -> ([K], [K]) in x's dtype."""
         K, C = x.shape
         f64 = torch.float64
-        sums = torch.stack((x.sum(1), torch.einsum("kc,kc->k", x, x))).to(f64).cumsum(1)  # [2, K]
-        count = torch.arange(1, K + 1, device=x.device, dtype=f64) * C  # [K]
+        sums = decayed_cumsum(torch.stack((x.sum(1), torch.einsum("kc,kc->k", x, x))).to(f64), self.decay)  # [2, K]
+        count = cln_counts(K, C, self.decay, device=x.device)  # [K]
         mean = sums[0] / count
         var = (sums[1] / count - mean * mean).clamp_min(0.0)
         inv = 1.0 / torch.sqrt(var.to(x.dtype) + eps)  # rounded as the module rounds it

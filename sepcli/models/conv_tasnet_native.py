@@ -101,6 +101,7 @@ class NativeStep:
         net.n_slope_out = self.arrays["slope_out"].numel()
         net.half = int(self.half)
         net.eps0 = st.norm0.eps
+        net.decay = st.norm0.decay
         for name, t in self.arrays.items():
             setattr(net, name, t.data_ptr())
         net.w_dec_stride = dec[0].numel()

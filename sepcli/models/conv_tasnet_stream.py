@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from sepcli.errors import SepError
-from sepcli.models.conv_tasnet import ConvTasNet, CumulativeLayerNorm
+from sepcli.models.conv_tasnet import ConvTasNet, CumulativeLayerNorm, cln_counts, decayed_cumsum
 from sepcli.models.conv_tasnet_folded import FoldedBlock, fold_norms, prelu_
 
 SCALAR_STATS_MAX_FRAMES = 32
@@ -124,10 +124,11 @@ class _RunningNorm:
     layer). Lanes run in lockstep, so they share the frame count.
     """
 
-    def __init__(self, channels: int, eps: float, device: torch.device, lanes: int = 1) -> None:
+    def __init__(self, channels: int, eps: float, device: torch.device, lanes: int = 1, decay: float = 1.0) -> None:
         self.channels = channels
         self.eps = eps
         self.lanes = lanes
+        self.decay = decay  # per frame, on the running sums (the model's cln_decay)
         # float64 running sums like the offline cLN (MPS has no float64)
         self.acc = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
         self.device = device
@@ -135,7 +136,7 @@ class _RunningNorm:
         self.reset()
 
     def reset(self) -> None:
-        self.count = 0  # frames seen * channels (each lane)
+        self.frames = 0  # frames seen (each lane)
         self.sum = [0.0] * self.lanes  # Python floats (float64) on the CPU, per lane
         self.sumsq = [0.0] * self.lanes
         self.carry = torch.zeros(self.lanes, 1, 2, dtype=self.acc, device=self.device)  # on an accelerator
@@ -153,40 +154,41 @@ class _RunningNorm:
             rows = [(row[R], row[i]) for i, row in enumerate(gram[:R])]  # (sum, sum of squares)
         else:
             rows = list(zip(x.sum(1).tolist(), torch.linalg.vecdot(x, x).tolist(), strict=True))
-        channels, eps, sqrt = self.channels, self.eps, math.sqrt
+        eps, sqrt, decay = self.eps, math.sqrt, self.decay
+        counts = cln_counts(K, self.channels, decay, start=self.frames).tolist()
         out = ws.coef  # [r_0 .. r_R-1, mr_0 .. mr_R-1]
         for g in range(ws.lanes):
-            total, total_sq, count = self.sum[g], self.sumsq[g], self.count
-            for i, (s1, s2) in enumerate(rows[g * K : g * K + K], g * K):
-                total += s1
-                total_sq += s2
-                count += channels
+            total, total_sq = self.sum[g], self.sumsq[g]
+            for i, (s1, s2), count in zip(range(g * K, g * K + K), rows[g * K : g * K + K], counts, strict=True):
+                total = total * decay + s1
+                total_sq = total_sq * decay + s2
                 mean = total / count
                 var = total_sq / count - mean * mean
                 r = 1.0 / sqrt(var + eps if var > 0.0 else eps)
                 out[i] = r
                 out[R + i] = -mean * r
             self.sum[g], self.sumsq[g] = total, total_sq
-        self.count += K * channels
+        self.frames += K
         return ws.r, ws.mr
 
     def _vector(self, x: torch.Tensor, lanes: int) -> tuple[torch.Tensor, torch.Tensor]:
         R = x.shape[0]
         K = R // lanes
         xs = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        sums = torch.stack((xs.sum(1), torch.linalg.vecdot(xs, xs)), 1).to(self.acc)  # [R, 2]
-        cum = sums.view(lanes, K, 2).cumsum(1)  # [G, K, 2]
+        sums = torch.stack((xs.sum(1), torch.linalg.vecdot(xs, xs))).to(self.acc)  # [2, R]
+        cum = decayed_cumsum(sums.view(2, lanes, K), self.decay).permute(1, 2, 0)  # [G, K, 2]
+        # what the sums before this step still count at each of its frames
+        kept = self.decay ** torch.arange(1, K + 1, dtype=self.acc, device=x.device)[None, :, None]  # [1, K, 1]
         if self.host:
-            cum += torch.tensor([self.sum, self.sumsq], dtype=self.acc).t()[:, None, :]  # [G, 1, 2]
+            cum += torch.tensor([self.sum, self.sumsq], dtype=self.acc).t()[:, None, :] * kept  # [G, K, 2]
             last = cum[:, -1].tolist()  # [G][2]
             self.sum, self.sumsq = [a for a, _ in last], [b for _, b in last]
         else:  # no host round trip on an accelerator
-            cum += self.carry
+            cum += self.carry * kept
             self.carry = cum[:, -1:].clone()
-        steps = torch.arange(1, K + 1, dtype=self.acc, device=x.device)  # [K]
-        count = (steps * self.channels + self.count)[None, :, None]  # [1, K, 1]
-        self.count += K * self.channels
-        stats = cum / count  # [G, K, 2]: mean, mean of squares
+        count = cln_counts(K, self.channels, self.decay, start=self.frames, device=x.device).to(self.acc)
+        self.frames += K
+        stats = cum / count[None, :, None]  # [G, K, 2]: mean, mean of squares
         mean = stats[..., :1]
         var = (stats[..., 1:] - mean * mean).clamp_min_(0.0)
         r = torch.rsqrt(var + self.eps)
@@ -250,7 +252,7 @@ class _Block:
     """One ConvBlock with folded weights and its streaming state."""
 
     def __init__(self, fb: FoldedBlock, res_bias: torch.Tensor, room: int, lanes: int, device: torch.device,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, decay: float) -> None:
         d, P = fb.dilation, fb.P
         # The residual stream is kept without the blocks' constant outputs
         # (res_bias: their sum so far); they reach this block through its conv_in bias.
@@ -269,8 +271,8 @@ class _Block:
         B, H = fb.w_in.shape[1], fb.w_in.shape[0]
         self.const_res, self.const_skip = fb.c_out[:B], fb.c_out[B:]  # this block's constant output (float64)
         self.pad = max(offsets)
-        self.norm1 = _RunningNorm(H, fb.eps1, device, lanes)
-        self.norm2 = _RunningNorm(H, fb.eps2, device, lanes)
+        self.norm1 = _RunningNorm(H, fb.eps1, device, lanes, decay)
+        self.norm2 = _RunningNorm(H, fb.eps2, device, lanes, decay)
         self.cache = _DepthwiseCache(offsets, H, room, device, dtype, lanes)
 
     def reset(self) -> None:
@@ -347,12 +349,12 @@ class ConvTasNetStream:
         f64, dtype, dev = torch.float64, self.dtype, self.device
         S, N, B, Sc, q, hop = (self.dims[k] for k in ("S", "N", "B", "Sc", "q", "hop"))
         self.w_enc_t = net.w_enc.t().contiguous().to(dtype)  # [L, N]
-        self.norm0 = _RunningNorm(N, net.eps0, dev, self.lanes)
+        self.norm0 = _RunningNorm(N, net.eps0, dev, self.lanes, net.decay)
         self.blocks: list[_Block] = []
         res_bias = torch.zeros(B, dtype=f64, device=dev)  # [B]
         skip_bias = torch.zeros(Sc, dtype=f64, device=dev)  # [Sc]
         for fb in net.blocks:
-            block = _Block(fb, res_bias, room, self.lanes, dev, dtype)
+            block = _Block(fb, res_bias, room, self.lanes, dev, dtype, net.decay)
             res_bias = res_bias + block.const_res
             skip_bias = skip_bias + block.const_skip
             self.blocks.append(block)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from sepcli.models.conv_tasnet import (
     ConvTasNetConfig,
     CumulativeLayerNorm,
     GlobalLayerNorm,
+    cln_counts,
+    decayed_cumsum,
 )
 from sepcli.models.conv_tasnet_folded import FoldedInference
 
@@ -132,6 +135,14 @@ def test_config_validation():
         registry.make_config("convtasnet", N=0)
     with pytest.raises(SepError, match="unknown convtasnet config key"):
         registry.make_config("convtasnet", n_srcs=2)
+    with pytest.raises(SepError, match="cLN only"):
+        registry.make_config("convtasnet", causal=False, cln_memory=10.0)
+    for bad in (0.0, -1.0, float("inf"), True, "10"):
+        with pytest.raises(SepError, match="cln_memory"):
+            registry.make_config("convtasnet", causal=True, cln_memory=bad)
+    cfg = registry.make_config("convtasnet", causal=True, L=32, sample_rate=8000, cln_memory=10.0)
+    assert cfg.cln_decay == pytest.approx(math.exp(-16 / 80000))  # one hop of 16 samples out of 10 s
+    assert registry.make_config("convtasnet", causal=True).cln_decay == 1.0
 
 
 # ----------------------------------------------------------------------------- receptive field, causality
@@ -230,6 +241,58 @@ def test_cumulative_layer_norm_matches_formula():
     per_frame = nn.functional.layer_norm(x.transpose(1, 2), (5,), eps=norm.eps).transpose(1, 2)
     per_frame = per_frame * norm.weight[:, None] + norm.bias[:, None]
     assert (out[..., 1:] - per_frame[..., 1:]).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("decay,K", [(1.0, 7), (0.9, 40), (0.5, 200), (0.999, 5000)])
+def test_decayed_cumsum_matches_the_dense_sum(decay: float, K: int):
+    """Against sum over j <= k of decay**(k-j) x_j written out as a matrix product;
+    decay 0.5 over 200 frames spans seven of the blocks the fast form rescales in."""
+    x = torch.randn(3, K, dtype=torch.float64, generator=torch.Generator().manual_seed(K))
+    k = torch.arange(K, dtype=torch.float64)
+    weights = torch.where(k[:, None] >= k[None, :], decay ** (k[:, None] - k[None, :]), 0.0)  # [K, K]
+    torch.testing.assert_close(decayed_cumsum(x, decay), x @ weights.T, rtol=1e-12, atol=1e-12)
+    ones = torch.ones(K, dtype=torch.float64)
+    torch.testing.assert_close(cln_counts(K, 5, decay), 5 * decayed_cumsum(ones, decay), rtol=1e-12, atol=0)
+    torch.testing.assert_close(cln_counts(K - 3, 5, decay, start=3), 5 * decayed_cumsum(ones, decay)[3:])
+
+
+def test_cumulative_layer_norm_with_memory_matches_formula():
+    """With decay d, frame j weighs d**(k-j) in frame k's mean and variance."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 30, dtype=torch.float64) + torch.linspace(0, 6, 30, dtype=torch.float64)
+    d = 0.8
+    norm = CumulativeLayerNorm(5, decay=d).double()
+    _random_affine(norm, 5)
+    out = norm(x)
+    for b in range(2):
+        for k in (0, 1, 13, 29):
+            w = torch.tensor([d ** (k - j) for j in range(k + 1)], dtype=torch.float64)  # [k+1]
+            frames = x[b, :, : k + 1]  # [C, k+1]
+            mean = (frames * w).sum() / (5 * w.sum())
+            var = ((frames - mean) ** 2 * w).sum() / (5 * w.sum())
+            want = (x[b, :, k] - mean) / (var + norm.eps) ** 0.5 * norm.weight + norm.bias
+            torch.testing.assert_close(out[b, :, k], want)
+    # and it differs from the plain cLN once the early frames have faded
+    plain = CumulativeLayerNorm(5).double()
+    plain.load_state_dict(norm.state_dict())
+    assert (out[..., 20:] - plain(x)[..., 20:]).abs().max() > 0.1
+
+
+def test_a_model_with_memory_forgets_the_start():
+    """Two inputs that differ only in their first 0.5 s: with cln_memory = 0.01 s the
+    outputs agree half a second later (the statistics have forgotten the difference);
+    the plain cLN still carries it."""
+    gen = torch.Generator().manual_seed(0)
+    tail = torch.randn(8000, generator=gen)
+    a = torch.cat((10 * torch.randn(4000, generator=gen), tail))
+    b = torch.cat((0.1 * torch.randn(4000, generator=gen), tail))
+    for memory, agree in ((0.01, True), (None, False)):
+        torch.manual_seed(1)
+        model = registry.build("convtasnet", {**TINY, "causal": True, "cln_memory": memory}).eval()
+        with torch.no_grad():
+            ya, yb = model.separate(torch.stack((a, b)))  # [S, T] each
+        late = (ya[:, -4000:] - yb[:, -4000:]).abs().max() / ya[:, -4000:].abs().max()
+        assert (late < 1e-4) == agree, (memory, float(late))
 
 
 def test_cumulative_layer_norm_float32_long_input_is_accurate():

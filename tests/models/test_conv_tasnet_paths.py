@@ -29,7 +29,7 @@ def perturbed(causal: bool, **kw) -> torch.nn.Module:
     return model
 
 
-def run(path: str, model: torch.nn.Module, mix: torch.Tensor) -> torch.Tensor:
+def run(path: str, model: torch.nn.Module, mix: torch.Tensor, chunks: list[int] = CHUNKS) -> torch.Tensor:
     """Shape: [T] -> [S, T]."""
     with torch.no_grad():
         if path == "forward":
@@ -42,12 +42,12 @@ def run(path: str, model: torch.nn.Module, mix: torch.Tensor) -> torch.Tensor:
         backend = path.removeprefix("stream-")
         if backend == "native" and not native.available():
             pytest.skip(f"native kernel unavailable: {native.why_not()}")
-        streamer = Streamer(model, chunk_size=CHUNKS[0], backend=backend)
+        streamer = Streamer(model, chunk_size=chunks[0], backend=backend)
         assert streamer.backend == backend
         outs, pos, k = [], 0, 0
         while pos < mix.shape[0]:
-            outs.append(streamer.process(mix[pos : pos + CHUNKS[k % len(CHUNKS)]]))
-            pos, k = pos + CHUNKS[k % len(CHUNKS)], k + 1
+            outs.append(streamer.process(mix[pos : pos + chunks[k % len(chunks)]]))
+            pos, k = pos + chunks[k % len(chunks)], k + 1
         outs.append(streamer.flush())
         return torch.cat(outs, 1)
     raise AssertionError(path)
@@ -68,6 +68,22 @@ def test_every_path_gives_the_forward(causal: bool, path: str, n_samples: int, k
     assert est.dtype == torch.float32 and est.shape == ref.shape == (model.n_src, n_samples)
     err = float((est - ref).abs().max())
     assert err <= TOL * float(ref.abs().max()), f"{path}: max |diff| {err:.3g}, peak {float(ref.abs().max()):.3g}"
+
+
+@pytest.mark.parametrize("chunks", [CHUNKS, [150, 3, 90]])  # the second: steps of more than 32 frames too
+@pytest.mark.parametrize("path", ["separate", "folded", "stream-torch", "stream-native"])
+def test_every_path_forgets_as_the_forward(path: str, chunks: list[int]) -> None:
+    """cLN with memory (``cln_memory``): a time constant of 16 frames (hop 2 at 8 kHz),
+    so that over 450 frames the forgetting, not the start, sets the statistics."""
+    model = perturbed(True, cln_memory=0.004)
+    assert model.config.cln_decay < 0.95
+    mix = torch.randn(901, generator=torch.Generator().manual_seed(5))
+    ref = run("forward", model, mix)
+    est = run(path, model, mix, chunks)
+    err = float((est - ref).abs().max())
+    assert err <= TOL * float(ref.abs().max()), f"{path}: max |diff| {err:.3g}, peak {float(ref.abs().max()):.3g}"
+    plain = perturbed(True)  # same weights, the paper's cLN: far from it
+    assert float((run("forward", plain, mix) - ref).abs().max()) > 100 * TOL * float(ref.abs().max())
 
 
 def test_the_paths_differ_from_a_wrong_model() -> None:
