@@ -155,7 +155,7 @@ class _RunningNorm:
         else:
             rows = list(zip(x.sum(1).tolist(), torch.linalg.vecdot(x, x).tolist(), strict=True))
         eps, sqrt, decay = self.eps, math.sqrt, self.decay
-        counts = cln_counts(K, self.channels, decay, start=self.frames).tolist()
+        counts = self._counts(K)
         out = ws.coef  # [r_0 .. r_R-1, mr_0 .. mr_R-1]
         for g in range(ws.lanes):
             total, total_sq = self.sum[g], self.sumsq[g]
@@ -170,6 +170,16 @@ class _RunningNorm:
             self.sum[g], self.sumsq[g] = total, total_sq
         self.frames += K
         return ws.r, ws.mr
+
+    def _counts(self, K: int) -> list[float]:
+        """:func:`cln_counts` of the next K frames in Python floats: a tensor call per
+        norm would cost real-time steps of a few frames more than their statistics do."""
+        C, f = self.channels, self.frames
+        if self.decay == 1.0:
+            return [float((f + k) * C) for k in range(1, K + 1)]
+        log = math.log(self.decay)
+        scale = C / math.expm1(log)
+        return [math.expm1((f + k) * log) * scale for k in range(1, K + 1)]
 
     def _vector(self, x: torch.Tensor, lanes: int) -> tuple[torch.Tensor, torch.Tensor]:
         R = x.shape[0]
