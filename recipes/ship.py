@@ -176,13 +176,20 @@ def shifted_paragraph(qs: dict) -> str:
             f"an EQ tilt): **{qs['si_snri']:.2f} dB SI-SNRi / {qs['sdri']:.2f} dB SDRi**.")
 
 
+def three_speaker_line(q3: dict) -> str:
+    """The card's three-speaker sentence (Markdown) for a ``_score`` result."""
+    return (f"Three-speaker mixtures (`--num-speakers 3`, {q3['n']} mixtures, "
+            f"`{q3['test_set']}`): SI-SNRi {q3['si_snri']:.2f} dB, SDRi {q3['sdri']:.2f} dB.")
+
+
 def rescore_shipped(name: str, test2: Path, threads: int, quality: str = "fast",
-                    shifted: Path | None = None) -> dict:
+                    shifted: Path | None = None, test3: Path | None = None) -> dict:
     """Score shipped model ``name`` again as it is now, with inference preset
     ``quality`` (``sep separate --quality``), and replace its card's quality
     and ``measured_with`` (JSON, and the Markdown table, keeping every other
     section); with ``shifted`` (recipes/shifted.py's copy of the test set) also
-    its ``quality_shifted``. Returns the new quality."""
+    its ``quality_shifted``; with ``test3`` (three-speaker mixtures) also its
+    ``quality_3spk``. Returns the new quality."""
     path = registry.models_dir() / f"{name}.safetensors"
     scores = _score(path, test2, None, threads, quality)
     card_path = path.with_suffix(".json")
@@ -190,6 +197,8 @@ def rescore_shipped(name: str, test2: Path, threads: int, quality: str = "fast",
     card["quality"] = scores
     if shifted is not None:
         card["quality_shifted"] = _score(path, shifted, None, threads, quality)
+    if test3 is not None:
+        card["quality_3spk"] = _score(path, test3, 3, threads, quality)
     settings = Separator(path, device="cpu", quality=quality).settings.to_dict()
     settings.pop("precision")
     card["measured_with"] = {"preset": quality, **settings}
@@ -205,6 +214,9 @@ def rescore_shipped(name: str, test2: Path, threads: int, quality: str = "fast",
         if after.startswith("Shifted test ("):
             after = after.split("\n\n", 1)[1] if "\n\n" in after else ""
         rest = "\n\n" + shifted_paragraph(card["quality_shifted"]) + "\n\n" + after
+    if test3 is not None:
+        rest = re.sub(r"^Three-speaker mixtures \(.*$", lambda _m: three_speaker_line(card["quality_3spk"]), rest,
+                      count=1, flags=re.M)
     write_atomic(md_path, md[:start] + "\n".join(quality_table(scores)) + rest)
     return scores
 
@@ -240,7 +252,7 @@ def main() -> None:
                          "reproduce them (e.g. a warm restart with --init and --set)")
     args = ap.parse_args()
     if args.rescore:
-        quality = rescore_shipped(args.rescore, args.test2, args.threads, args.quality, args.shifted)
+        quality = rescore_shipped(args.rescore, args.test2, args.threads, args.quality, args.shifted, args.test3)
         print(json.dumps({"name": args.rescore, "si_snri": quality["si_snri"], "sdri": quality["sdri"]}, indent=2))
         return
     if args.run is None or not args.name or not args.recipe:
@@ -314,9 +326,7 @@ def render_markdown(card: dict) -> str:
     if "quality_shifted" in card:
         lines += ["", shifted_paragraph(card["quality_shifted"])]
     if "quality_3spk" in card:
-        q3 = card["quality_3spk"]
-        lines += ["", f"Three-speaker mixtures (`--num-speakers 3`, {q3['n']} mixtures, "
-                      f"`{q3['test_set']}`): SI-SNRi {q3['si_snri']:.2f} dB, SDRi {q3['sdri']:.2f} dB."]
+        lines += ["", three_speaker_line(card["quality_3spk"])]
     lines += [
         "",
         "## Training",

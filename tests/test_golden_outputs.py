@@ -4,7 +4,9 @@ settings) give the outputs they gave before the redesign of issue 31, to 1e-4.
 ``tests/data/golden-outputs.npz`` was written by ``python tests/test_golden_outputs.py
 --write`` at commit 6b09100, before the code moved. Regenerate it only for a deliberate
 change of behaviour, and say so in the commit. Changed since: the two ``convtasnet-causal``
-outputs, on 2026-12-06, when its config gained ``cln_memory = 5`` (docs/long-recordings.md).
+outputs, on 2026-12-06, when its config gained ``cln_memory = 5`` (docs/long-recordings.md); the
+``dpcl`` output, on 2026-12-06, when its config gained ``mask_temperature = 0.5`` (soft masks,
+docs/experiments.md).
 """
 from __future__ import annotations
 

@@ -22,14 +22,27 @@ ship = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ship)
 
 TINY = dict(N=16, L=16, B=8, H=16, Sc=8, X=2, R=1)
+TINY_DPCL = dict(layers=1, hidden=16, emb_dim=8)
 
 
-def _ship_tiny_and_test_set(tmp_path: Path, monkeypatch) -> Path:
+def _mixtures(folder: Path, n_src: int) -> Path:
+    """Two n_src-talker noise mixtures in the layout of `sep mix` (mix/, s1/, s2/, ...)."""
+    rng = np.random.default_rng(n_src)
+    for name in ("a", "b"):
+        ref = 0.1 * rng.standard_normal((n_src, 8000)).astype(np.float32)
+        for sub, x in [("mix", ref.sum(0))] + [(f"s{i + 1}", ref[i]) for i in range(n_src)]:
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            sf.write(folder / sub / f"{name}.wav", x, 8000, subtype="FLOAT")
+    return folder
+
+
+def _ship_tiny_and_test_set(tmp_path: Path, monkeypatch, family: str = "convtasnet",
+                            extra_md: str = "") -> Path:
     """A tiny shipped model with a stale card, and a 2-mixture test set; returns the set."""
     models = tmp_path / "models"
     monkeypatch.setenv("SEP_MODELS_DIR", str(models))
     torch.manual_seed(0)
-    model = registry.build("convtasnet", **TINY)
+    model = registry.build(family, **(TINY if family == "convtasnet" else TINY_DPCL))
     sha = registry.save_model(model, models / "tiny.safetensors", dtype=torch.float16)
     card = {"name": "tiny", "config": dataclasses.asdict(model.config), "sha256": sha,
             "quality": {"si_snri": 99.0}, "notes": "kept"}
@@ -39,16 +52,9 @@ def _ship_tiny_and_test_set(tmp_path: Path, monkeypatch) -> Path:
         "Measured with `sep separate` + `sep evaluate --set old` on 9 mixtures:\n\n"
         "| metric | mean | median | 10th percentile |\n|---|---|---|---|\n"
         "| SI-SNRi | 99.00 dB | 99.00 dB | 99.00 dB |\n| SDR | 99.00 dB | 99.00 dB | 99.00 dB |\n\n"
-        "## Training\n\nhand-written section that must survive\n"
+        + extra_md + "## Training\n\nhand-written section that must survive\n"
     )
-    test = tmp_path / "test2"
-    rng = np.random.default_rng(0)
-    for name in ("a", "b"):
-        ref = 0.1 * rng.standard_normal((2, 8000)).astype(np.float32)
-        for folder, x in (("s1", ref[0]), ("s2", ref[1]), ("mix", ref.sum(0))):
-            (test / folder).mkdir(parents=True, exist_ok=True)
-            sf.write(test / folder / f"{name}.wav", x, 8000, subtype="FLOAT")
-    return test
+    return _mixtures(tmp_path / "test2", 2)
 
 
 def test_rescore_replaces_only_the_quality_and_matches_an_independent_score(tmp_path: Path, monkeypatch) -> None:
@@ -137,3 +143,16 @@ def test_training_summary_adds_up_the_stages_of_a_warm_restart(tmp_path: Path) -
     assert "1300 steps, 6 epochs, 2.5 h on h" in md
     assert f"stage 1: 2.0 h, 1000 steps, 4 epochs (`{first}`)" in md
     assert md.index("stage 1:") < md.index("stage 2:") < md.index("Best validation")
+
+
+def test_rescore_with_a_three_speaker_set_replaces_that_figure(tmp_path: Path, monkeypatch) -> None:
+    stale = "Three-speaker mixtures (`--num-speakers 3`, 9 mixtures, `old`): SI-SNRi 99.00 dB, SDRi 99.00 dB.\n\n"
+    test = _ship_tiny_and_test_set(tmp_path, monkeypatch, family="dpcl", extra_md=stale)
+    test3 = _mixtures(tmp_path / "test3", 3)
+    ship.rescore_shipped("tiny", test, threads=1, test3=test3)
+    card = json.loads((tmp_path / "models" / "tiny.json").read_text())
+    q3 = card["quality_3spk"]
+    assert q3["n"] == 2 and q3 == ship._score(tmp_path / "models" / "tiny.safetensors", test3, 3, 1, "fast")
+    md = (tmp_path / "models" / "tiny.md").read_text()
+    assert "99.00" not in md and md.count("Three-speaker mixtures (") == 1
+    assert ship.three_speaker_line(q3) in md and "hand-written section that must survive" in md

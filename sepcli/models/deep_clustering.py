@@ -5,8 +5,10 @@ A BLSTM stack maps the normalised log-magnitude STFT of the mixture to one
 unit-norm D-dimensional embedding per time-frequency bin, trained so that bins
 dominated by the same speaker point the same way and bins of different speakers
 are orthogonal (:func:`sepcli.losses.deep_clustering_loss`). At inference
-k-means groups the embeddings into ``n_src`` clusters; each cluster is a binary
-mask on the mixture STFT (mixture phase), inverted with the iSTFT.
+k-means groups the embeddings into ``n_src`` clusters; each cluster is a mask
+on the mixture STFT (mixture phase), inverted with the iSTFT. The masks are
+binary as in the paper (``mask_temperature = 0``) or soft: each bin shared
+between the centroids by ``softmax(-|v - mu|^2 / mask_temperature)``.
 
 Because the number of clusters is chosen at inference, a model trained on
 2-speaker mixtures can be asked for 3 speakers (``separate(mix, n_src=3)``), or
@@ -18,8 +20,14 @@ Choices worth knowing:
   get zero weight in the loss and are left out when the k-means centroids are
   fitted, because their embeddings carry no speaker evidence. For
   reconstruction every bin, silent or not, is then given to its nearest
-  centroid: the masks partition the spectrogram, so the output tracks always sum
-  to the input mixture (the iSTFT is linear), and nothing is thrown away.
+  centroid (or shared among them): each bin's masks sum to 1, so the output
+  tracks always sum to the input mixture (the iSTFT is linear), and nothing is
+  thrown away.
+* Soft masks (``mask_temperature > 0``) split the bins whose embedding sits
+  between two centroids instead of betting the whole bin on one; that is where
+  binary masks go wrong on voices and channels the network has not heard. The
+  shipped ``dpcl`` uses 0.5, chosen on the validation speakers
+  (docs/experiments.md, "Soft masks for dpcl").
 * Tracks come out loudest first (by the mixture energy in each cluster), which
   makes the order deterministic and meaningful.
 * k-means is fitted on at most ``kmeans_max_bins`` randomly chosen non-silent
@@ -56,6 +64,7 @@ from sepcli.models.deep_clustering_clusters import (
     REMOVED_AUTO_METHODS,
     classify_counts,
     cluster_bins,
+    cluster_masks,
     count_features,
     count_from_shares,
     embedding_shares,
@@ -91,6 +100,7 @@ class DeepClusteringConfig:
     kmeans_max_bins: int = 20000  # bins used to fit the centroids (random subsample)
     kmeans_n_init: int = 3
     kmeans_power: float = 0.0  # fit weight of a bin: |mixture bin| ** kmeans_power (0: unweighted)
+    mask_temperature: float = 0.0  # 0: binary masks (the paper's); > 0: softmax(-|v - mu|^2 / T) masks
     auto_max_src: int = 4  # upper bound of the estimate for n_src="auto"
     auto_method: str = "eigen"  # how n_src="auto" counts: "eigen" or "logistic"
     auto_threshold: float = 0.1  # "eigen": eigenvalue share that counts as a speaker
@@ -122,6 +132,9 @@ class DeepClusteringConfig:
         need(isinstance(self.kmeans_power, (int, float)) and not isinstance(self.kmeans_power, bool)
              and 0.0 <= self.kmeans_power <= 4.0,
              f"kmeans_power must be a number in [0, 4], got {self.kmeans_power!r}")
+        need(isinstance(self.mask_temperature, (int, float)) and not isinstance(self.mask_temperature, bool)
+             and 0.0 <= self.mask_temperature <= 100.0,
+             f"mask_temperature must be a number in [0, 100], got {self.mask_temperature!r}")
         need(isinstance(self.kmeans_seed, int), f"kmeans_seed must be an integer, got {self.kmeans_seed!r}")
         need(0.0 < self.auto_threshold < 1.0, f"auto_threshold must be in (0, 1), got {self.auto_threshold}")
         need(self.auto_method not in REMOVED_AUTO_METHODS,
@@ -483,10 +496,20 @@ class DeepClustering(ConfigMembers, nn.Module):
         return cluster_bins(emb, active, energy, n_src, seed, max_bins=cfg.kmeans_max_bins,
                             n_init=cfg.kmeans_n_init, power=float(cfg.kmeans_power))
 
+    def _masks(self, emb: np.ndarray, active: np.ndarray, energy: np.ndarray,
+               n_src: int, seed: int) -> np.ndarray:
+        """:func:`~sepcli.models.deep_clustering_clusters.cluster_masks` with this config's
+        settings. Shape: emb [N, D], active [N] bool, energy [N] -> masks [N, S]."""
+        cfg = self.config
+        return cluster_masks(emb, active, energy, n_src, seed, max_bins=cfg.kmeans_max_bins,
+                             n_init=cfg.kmeans_n_init, power=float(cfg.kmeans_power),
+                             temperature=float(cfg.mask_temperature))
+
     def separate(
         self, mix: torch.Tensor, n_src: int | str | None = None, *, seed: int | None = None
     ) -> torch.Tensor:
-        """Separate each mixture into ``n_src`` tracks by k-means on the embeddings.
+        """Separate each mixture into ``n_src`` tracks by k-means on the embeddings
+        (binary or soft masks: ``config.mask_temperature``).
 
         Args:
             mix: mixtures. Shape: [B, T] or [B, 1, T].
@@ -498,7 +521,7 @@ class DeepClustering(ConfigMembers, nn.Module):
                 deterministic for a given seed.
 
         Returns:
-            Binary-masked tracks, loudest first, exactly T samples; they sum to
+            Masked tracks, loudest first, exactly T samples; they sum to
             the mixture. Shape: [B, S, T].
         """
         mix = self._as_batch(mix)
@@ -518,22 +541,23 @@ class DeepClustering(ConfigMembers, nn.Module):
         energy_np = spec.abs().square().transpose(1, 2).reshape(batch, -1).double().cpu().numpy()  # [B, KF]
 
         counts = []
-        labels = []
+        masks_np = []
         for b in range(batch):
             if want == "auto":
                 count = self.count_from_bins(emb_np[b][active_np[b]], energy_np[b][active_np[b]], seed)
             else:
                 count = int(want)
             counts.append(count)
-            labels.append(self._cluster(emb_np[b], active_np[b], energy_np[b], count, seed))
+            masks_np.append(self._masks(emb_np[b], active_np[b], energy_np[b], count, seed))  # [KF, S_b]
         n_out = max(counts)
         if len(set(counts)) > 1:
             log.warning(
                 "estimated speaker counts differ across the batch (%s); padding with silent tracks to %d",
                 counts, n_out,
             )
-        labels_t = torch.from_numpy(np.stack(labels)).to(spec.device)  # [B, KF]
-        masks = nnf.one_hot(labels_t, n_out).to(spec.real.dtype)  # [B, KF, S]
+        # A mixture with fewer speakers than the batch's most gets silent tracks (zero masks).
+        masks_np = [np.pad(m, ((0, 0), (0, n_out - m.shape[1]))) for m in masks_np]
+        masks = torch.from_numpy(np.stack(masks_np)).to(device=spec.device, dtype=spec.real.dtype)  # [B, KF, S]
         masks = masks.view(batch, n_frames, n_freq, n_out).permute(0, 3, 2, 1)  # [B, S, F, K]
         masked = spec.unsqueeze(1) * masks  # [B, S, F, K]
         est = self.istft(masked.reshape(batch * n_out, n_freq, n_frames), length)  # [B*S, T]

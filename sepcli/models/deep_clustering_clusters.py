@@ -32,21 +32,22 @@ reads (:func:`count_features`): the smallest shares carry information (how far
 the embeddings spread), but an exact zero must stay finite."""
 
 
-def cluster_bins(emb: np.ndarray, active: np.ndarray, energy: np.ndarray, n_src: int, seed: int, *,
-                 max_bins: int, n_init: int, power: float) -> np.ndarray:
-    """Label every bin with a cluster in ``[0, n_src)``, loudest cluster first.
+def fit_centroids(emb: np.ndarray, active: np.ndarray, energy: np.ndarray, n_src: int, seed: int, *,
+                  max_bins: int, n_init: int, power: float) -> tuple[np.ndarray, np.ndarray]:
+    """k-means centroids of the embeddings and each bin's nearest one, loudest cluster first.
 
     Centroids are fitted on (a seeded subsample of at most ``max_bins``)
-    non-silent bins, each weighted by its magnitude to the power ``power``;
-    every bin, silent or not, then goes to its nearest centroid.
+    non-silent bins, each weighted by its magnitude to the power ``power``.
+    "Loudest" is the mixture energy of the bins nearest to each centroid,
+    silent bins included.
 
-    Shape: emb [N, D], active [N] bool, energy [N] (|X|^2) -> labels [N].
+    Shape: emb [N, D], active [N] bool, energy [N] (|X|^2) -> centroids [S, D], labels [N].
     """
     from sklearn.cluster import KMeans
 
     n_bins = emb.shape[0]
     if n_src == 1:
-        return np.zeros(n_bins, dtype=np.int64)
+        return emb.mean(0, keepdims=True).astype(np.float64), np.zeros(n_bins, dtype=np.int64)
     if n_src > n_bins:
         raise SepError(f"cannot make {n_src} clusters from {n_bins} time-frequency bins")
     fit_idx = np.flatnonzero(active)
@@ -73,7 +74,47 @@ def cluster_bins(emb: np.ndarray, active: np.ndarray, energy: np.ndarray, n_src:
     order = np.argsort(-cluster_energy, kind="stable")  # loudest first
     rank = np.empty(n_src, dtype=np.int64)
     rank[order] = np.arange(n_src)
-    return rank[labels]
+    return kmeans.cluster_centers_[order].astype(np.float64), rank[labels]  # [S, D], [N]
+
+
+def _scores(emb: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """-|v - mu_s|^2 up to a per-bin constant (|v|^2, which a softmax over s ignores), in float64.
+    Shape: emb [N, D], centroids [S, D] -> [N, S]."""
+    return 2.0 * emb.astype(np.float64) @ centroids.T - (centroids ** 2).sum(1)  # [N, S]
+
+
+def cluster_bins(emb: np.ndarray, active: np.ndarray, energy: np.ndarray, n_src: int, seed: int, *,
+                 max_bins: int, n_init: int, power: float) -> np.ndarray:
+    """Label every bin with its nearest :func:`fit_centroids` centroid, in
+    ``[0, n_src)``, loudest cluster first.
+
+    Shape: emb [N, D], active [N] bool, energy [N] (|X|^2) -> labels [N].
+    """
+    return fit_centroids(emb, active, energy, n_src, seed, max_bins=max_bins, n_init=n_init, power=power)[1]
+
+
+def cluster_masks(emb: np.ndarray, active: np.ndarray, energy: np.ndarray, n_src: int, seed: int, *,
+                  max_bins: int, n_init: int, power: float, temperature: float) -> np.ndarray:
+    """Masks from the :func:`fit_centroids` centroids, one column per track, loudest first.
+
+    ``temperature`` 0 gives binary masks (each bin to its nearest centroid,
+    Hershey et al. 2016); above 0, each bin is shared out as
+    ``softmax_s(-|v - mu_s|^2 / temperature)``, the soft k-means assignment
+    (the soft k-means that Isik et al. 2016 unfold for end-to-end training). Either way every row sums to 1, so
+    the masked tracks sum to the mixture. Bins near the boundary between two
+    clusters, where the binary choice is most often wrong, are split instead.
+
+    Shape: emb [N, D], active [N] bool, energy [N] (|X|^2) -> masks [N, S] float32.
+    """
+    centroids, labels = fit_centroids(emb, active, energy, n_src, seed,
+                                      max_bins=max_bins, n_init=n_init, power=power)
+    if temperature <= 0.0:
+        return np.eye(n_src, dtype=np.float32)[labels]
+    logits = _scores(emb, centroids) / temperature  # [N, S]
+    logits -= logits.max(1, keepdims=True)  # exp() of at most 0: no overflow
+    masks = np.exp(logits)
+    masks /= masks.sum(1, keepdims=True)
+    return masks.astype(np.float32)
 
 
 def count_from_shares(share: np.ndarray, threshold: float, max_src: int) -> int:
@@ -152,4 +193,4 @@ def fit_count_classifier(features: np.ndarray, counts: np.ndarray, c: float = 10
 
 
 __all__ = ["AUTO_METHODS", "COUNT_FEATURE_FLOOR", "REMOVED_AUTO_METHODS", "classify_counts", "cluster_bins",
-           "count_features", "count_from_shares", "embedding_shares", "fit_count_classifier"]
+           "cluster_masks", "count_features", "fit_centroids", "count_from_shares", "embedding_shares", "fit_count_classifier"]

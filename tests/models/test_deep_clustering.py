@@ -9,6 +9,7 @@ import torch.nn.functional as nnf
 
 from sepcli import registry
 from sepcli.errors import SepError
+from sepcli.models import deep_clustering_clusters as clusters
 from sepcli.models.deep_clustering import (
     DeepClustering,
     DeepClusteringConfig,
@@ -219,9 +220,10 @@ def test_tiny_model_loss_falls():
 # ---------------------------------------------------------------------------- separation
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.5])
 @pytest.mark.parametrize("n_src", [1, 2, 3])
-def test_separate_shapes_sum_and_determinism(n_src):
-    model = tiny()
+def test_separate_shapes_sum_and_determinism(n_src, temperature):
+    model = tiny(mask_temperature=temperature)
     mix = noise_sources(2, 2, 2345, seed=5).sum(1)
     est = model.separate(mix, n_src=n_src, seed=7)
     assert est.shape == (2, n_src, 2345)
@@ -327,6 +329,70 @@ def test_kmeans_power_with_a_silent_fit_set_is_unweighted():
     assert labels.tolist() == tiny()._cluster(emb, np.ones(40, bool), np.zeros(40), n_src=2, seed=0).tolist()
 
 
+def _soft_reference(emb: np.ndarray, centroids: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax over s of -|v - mu_s|^2 / T, from the full squared distances. [N, D], [S, D] -> [N, S]."""
+    from scipy.special import softmax
+
+    dist2 = ((emb[:, None, :].astype(np.float64) - centroids[None]) ** 2).sum(-1)  # [N, S]
+    return softmax(-dist2 / temperature, axis=1)
+
+
+@pytest.mark.parametrize("n_src", [2, 3])
+def test_soft_masks_are_the_softmax_of_distances_to_the_binary_masks_centroids(n_src):
+    emb = nnf.normalize(torch.randn(500, 8, generator=torch.Generator().manual_seed(3)), dim=-1).numpy()
+    energy = np.random.default_rng(4).random(500)
+    active = energy > 0.1
+    kw = dict(max_bins=20000, n_init=3, power=2.0)
+    centroids, labels = clusters.fit_centroids(emb, active, energy, n_src, 0, **kw)
+    assert labels.tolist() == clusters.cluster_bins(emb, active, energy, n_src, 0, **kw).tolist()
+    binary = clusters.cluster_masks(emb, active, energy, n_src, 0, temperature=0.0, **kw)
+    assert binary.tolist() == np.eye(n_src)[labels].tolist()
+    # Loudest first: the energy of the nearest bins falls with the track index.
+    loudness = np.bincount(labels, weights=energy, minlength=n_src)
+    assert (np.diff(loudness) <= 0).all()
+    for temperature in (0.1, 0.5, 2.0):
+        soft = clusters.cluster_masks(emb, active, energy, n_src, 0, temperature=temperature, **kw)
+        np.testing.assert_allclose(soft, _soft_reference(emb, centroids, temperature), atol=1e-6)
+        np.testing.assert_allclose(soft.sum(1), 1.0, atol=1e-6)
+        assert (soft.argmax(1) == labels).all()  # the largest share goes to the nearest centroid
+    # Cold enough, the soft masks are the binary ones, except on the rare bins
+    # within a few T of the boundary between two clusters.
+    cold = clusters.cluster_masks(emb, active, energy, n_src, 0, temperature=1e-4, **kw)
+    dist2 = np.sort(((emb[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)  # [N, S]
+    clear = dist2[:, 1] - dist2[:, 0] > 20 * 1e-4
+    assert clear.mean() > 0.95
+    np.testing.assert_allclose(cold[clear], binary[clear], atol=1e-6)
+
+
+def test_soft_masks_split_a_bin_halfway_between_two_clusters():
+    emb = np.zeros((201, 2), dtype=np.float32)
+    emb[:100, 0] = 1.0
+    emb[100:200, 1] = 1.0
+    emb[200] = [np.sqrt(0.5), np.sqrt(0.5)]  # as near to one centroid as to the other
+    active = np.ones(201, bool)
+    active[200] = False  # not in the fit: the centroids are exactly the two directions
+    masks = tiny(mask_temperature=0.5)._masks(emb, active, np.ones(201), n_src=2, seed=0)
+    np.testing.assert_allclose(masks[200], [0.5, 0.5], atol=1e-6)
+    # A cluster's own bins (squared distance 0 to their centroid, 2 to the other)
+    # keep 1 / (1 + e^(-2 / T)) of themselves.
+    own = 1.0 / (1.0 + np.exp(-2.0 / 0.5))
+    np.testing.assert_allclose(np.sort(masks[:200], axis=1)[:, 1], own, atol=1e-6)
+
+
+def test_soft_masks_with_oracle_embeddings_come_near_the_ideal_binary_mask(monkeypatch):
+    """Exact embeddings sit on the centroids (distance 0 or 2 between orthonormal
+    directions), so a temperature of 0.1 leaves each bin's share of its own speaker
+    at 1 / (1 + e^-20): the separation is the ideal binary mask's."""
+    ref = noise_sources(1, 2, 4000, seed=6)
+    mix = ref.sum(1)
+    outs = {}
+    for temperature in (0.0, 0.1):
+        model = tiny(mask_temperature=temperature)
+        monkeypatch.setattr(model, "embed", oracle_embed(ref, TINY["emb_dim"]))
+        outs[temperature] = model.separate(mix, n_src=2)
+    torch.testing.assert_close(outs[0.1], outs[0.0], atol=1e-5, rtol=1e-5)
+
+
 def test_digital_silence_gives_silent_outputs():
     model = tiny()
     mix = torch.zeros(2, 3000)
@@ -369,6 +435,8 @@ def test_bad_mix_raises(mix):
                                        dict(auto_method="guess"), dict(kmeans_power=-1.0),
                                        dict(kmeans_power=5.0), dict(kmeans_power="2"),
                                        dict(kmeans_power=True), dict(auto_power=-1.0),
+                                       dict(mask_temperature=-0.1), dict(mask_temperature=True),
+                                       dict(mask_temperature="0.5"),
                                        dict(auto_method="logistic"),
                                        dict(auto_logistic=[[0.0] * 9]),  # one class only
                                        dict(auto_logistic=[[0.0] * 8, [0.0] * 8]),  # D + 1 = 9 columns
