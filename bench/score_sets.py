@@ -23,12 +23,14 @@ from sepcli.api import separate_files
 from sepcli.evaluate import evaluate_set
 
 
-def score(model: str, set_dir: Path, passes: int | None, speeds: list[float] | None, threads: int) -> dict:
+def score(model: str, set_dir: Path, passes: int | None, speeds: list[float] | None, threads: int,
+          equalize: float | None = None) -> dict:
     torch.set_num_threads(threads)
     mixes = sorted((set_dir / "mix").glob("*.wav"))
     with tempfile.TemporaryDirectory(prefix="sep-score-") as tmp:
         t0 = time.perf_counter()
-        batch = separate_files(mixes, tmp, model=model, device="cpu", passes=passes, speeds=speeds, threads=threads)
+        batch = separate_files(mixes, tmp, model=model, device="cpu", passes=passes, speeds=speeds, threads=threads,
+                               equalize=equalize)
         wall = time.perf_counter() - t0
         if batch.failed:
             raise SystemExit(f"{batch.failed} mixtures failed to separate")
@@ -55,12 +57,16 @@ def main() -> None:
     ap.add_argument("--set", action="append", type=Path, required=True, help="mixture set (repeatable)")
     ap.add_argument("--passes", type=int, default=None, help="averaged passes (default: the model's)")
     ap.add_argument("--speeds", type=float, nargs="+", default=None, help="speed views (default: the model's)")
+    ap.add_argument("--equalize", type=float, default=None,
+                    help="channel normalisation limit in dB, 0 off (default: the model's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="append each result as a JSON line here")
     args = ap.parse_args()
     for model in args.model:
         for s in args.set:
-            r = score(model, s, args.passes, args.speeds, args.threads)
+            r = score(model, s, args.passes, args.speeds, args.threads, args.equalize)
+            if args.equalize is not None:
+                r["equalize"] = args.equalize
             print(json.dumps(r), flush=True)
             if args.json:
                 with args.json.open("a") as f:

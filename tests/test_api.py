@@ -340,7 +340,7 @@ def test_deep_clustering_plugs_into_the_same_engine(tmp_path: Path) -> None:
     x = noise(1.2, 16000, seed=4)
     src = write(tmp_path / "talk.wav", x, 16000)
     for n_src, expect in [(3, 3), ("auto", None)]:
-        sep = Separator(model, device="cpu", segment=0.5, n_src=n_src)
+        sep = Separator(model, device="cpu", segment=0.5, n_src=n_src, equalize=0.0)
         result = sep.separate_file(src, tmp_path / f"out_{n_src}", subtype="FLOAT")
         assert expect is None or result.n_src == expect
         tracks = np.stack([sf.read(p, dtype="float32")[0] for p in result.outputs])
@@ -374,7 +374,7 @@ def test_two_passes_are_the_mean_of_the_model_and_its_half_hop_delayed_copy() ->
     crossed = plain[0] @ delayed[1] + plain[1] @ delayed[0]
     mean = 0.5 * (plain + (delayed if straight >= crossed else delayed[::-1]))
     # One chunk, so the engine only fits levels: compare up to each track's gain.
-    y = Separator(model, device="cpu", segment=1.0, passes=2, precision="float32").separate(x, 8000)
+    y = Separator(model, device="cpu", segment=1.0, passes=2, precision="float32", equalize=0.0).separate(x, 8000)
     for est, ref in zip(y, mean, strict=True):
         assert si_snr_db(est, ref) > 60
     assert min(si_snr_db(y[i], plain[i]) for i in range(2)) < 60  # and not one pass
@@ -402,7 +402,8 @@ def test_pass_signs_make_the_output_odd_whatever_the_model() -> None:
     model = registry.build("convtasnet", N=16, L=16, B=8, H=16, Sc=8, X=2, R=1).eval()
     x = noise(0.5, 8000, seed=6)[:, 0]  # [T]
     peak = float(np.abs(x).max())
-    odd = Separator(model, device="cpu", segment=1.0, passes=2, pass_signs=True, precision="float32")
+    odd = Separator(model, device="cpu", segment=1.0, passes=2, pass_signs=True, precision="float32",
+                    equalize=0.0)
     assert odd.pass_signs and odd.passes == 2
     # The flipped recording gives the flipped tracks (in either order: PIT).
     assert _matched_max_diff(odd.separate(-x, 8000), -odd.separate(x, 8000)) <= 1e-5 * peak
@@ -487,7 +488,8 @@ def test_speed_views_are_the_mean_of_the_plain_and_the_slowed_model() -> None:
         slowed = model(torch.from_numpy(soxr.resample(x, 8000, 8696).astype(np.float32))[None])[0].numpy()
     back = soxr.resample(slowed.T, 8696, 8000).T[:, : x.shape[0]]  # [S, T], an independent round trip
     back = back if plain[0] @ back[0] + plain[1] @ back[1] >= plain[0] @ back[1] + plain[1] @ back[0] else back[::-1]
-    y = Separator(model, device="cpu", segment=1.0, speeds=[1.0, 0.92], precision="float32").separate(x, 8000)
+    y = Separator(model, device="cpu", segment=1.0, speeds=[1.0, 0.92], precision="float32",
+                  equalize=0.0).separate(x, 8000)
     for est, ref in zip(y, 0.5 * (plain + back), strict=True):
         assert si_snr_db(est, ref) > 50  # one chunk: the engine only fits levels
     assert min(si_snr_db(y[i], plain[i]) for i in range(2)) < 50  # and not the plain model alone

@@ -6,7 +6,9 @@ settings) give the outputs they gave before the redesign of issue 31, to 1e-4.
 change of behaviour, and say so in the commit. Changed since: the two ``convtasnet-causal``
 outputs, on 2026-12-06, when its config gained ``cln_memory = 5`` (docs/long-recordings.md); the
 ``dpcl`` output, on 2026-12-06, when its config gained ``mask_temperature = 0.5`` (soft masks,
-docs/experiments.md).
+docs/experiments.md); the ``convtasnet-fast``, ``convtasnet-16k``, ``dpcl-fast`` and
+``old-checkpoint`` outputs, on 2026-12-06, when those presets gained ``equalize = 12``
+(sepcli/inference/equalize.py).
 """
 from __future__ import annotations
 

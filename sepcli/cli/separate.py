@@ -23,9 +23,8 @@ from sepcli.cli.options import speeds_list
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
               help="Where the model runs; auto uses CUDA when present.")
 @click.option("--quality", type=click.Choice(["fast", "high"]), default="fast", show_default=True,
-              help="Inference preset. fast: one forward pass per chunk. high: the averaged passes "
-                   "and speeds of each model (several times the compute), like Demucs' --shifts. "
-                   "--passes, --pass-signs, --speeds, --segment and --overlap override it.")
+              help="Inference preset. fast: one forward pass per chunk. high: each model's averaged "
+                   "passes and speeds (several times the compute), like Demucs' --shifts.")
 @click.option("--segment", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SEC",
               help="Chunk length in seconds. Default: the --quality preset's.")
 @click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="F",
@@ -35,14 +34,17 @@ from sepcli.cli.options import speeds_list
               show_default=True,
               help="Conv-TasNet's matrix products; auto: bfloat16 on CPUs with native bfloat16.")
 @click.option("--passes", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Forward passes averaged per chunk (sign-flipped and delayed copies); each costs one "
-                   "forward. Default: the --quality preset's.")
+              help="Forward passes averaged per chunk (sign-flipped, delayed copies). Default: the "
+                   "--quality preset's.")
 @click.option("--pass-signs/--no-pass-signs", default=None,
               help="Alternate the input's sign between passes (polarity-independent output with even "
                    "--passes). Default: the --quality preset's.")
 @click.option("--speeds", default=None, metavar="F,F,...",
               help="Speed factors (0.92: resampled slower) the model also hears, tracks averaged; each "
                    "costs about 1/F. Default: the --quality preset's. Non-causal models only.")
+@click.option("--equalize", type=click.FloatRange(0, 40), default=None, metavar="DB",
+              help="EQ each chunk toward training speech's spectrum (at most DB per band; 0: off), "
+                   "its tracks back. Default: the --quality preset's.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Files separated at once, each with (CPU cores / N) threads.")
 @click.option("--threads", type=click.IntRange(min=1), metavar="N",
@@ -58,7 +60,7 @@ from sepcli.cli.options import speeds_list
 def separate_cmd(
     inputs: tuple[str, ...], model: str | None, out: str, num_speakers: str | None, device: str, quality: str,
     segment: float | None, overlap: float | None, precision: str, passes: int | None, pass_signs: bool | None,
-    speeds: str | None, jobs: int, threads: int | None, filename: str, as_float: bool, plot: bool, force: bool,
+    speeds: str | None, equalize: float | None, jobs: int, threads: int | None, filename: str, as_float: bool, plot: bool, force: bool,
     as_json: bool, quiet: bool,
 ) -> None:
     """Separate recordings into one track per speaker: OUT/<stem>/s1.wav, s2.wav, ...
@@ -88,7 +90,7 @@ def separate_cmd(
             n_src=num_speakers, jobs=jobs, threads=threads, force=force, filename=filename,
             subtype="FLOAT" if as_float else "PCM_16", plot=plot, events=report, precision=precision,
             passes=passes, pass_signs=pass_signs, speeds=None if speeds is None else speeds_list(speeds),
-            quality=quality,
+            quality=quality, equalize=equalize,
         )
     report.summary(batch)
     if as_json:

@@ -39,6 +39,7 @@ class BatchResult:
     passes: int = 1  # forward passes averaged (Separator.passes)
     pass_signs: bool = False  # whether they alternate the input's sign (Separator.pass_signs)
     speeds: list[float] = field(default_factory=lambda: [1.0])  # speed views averaged (Separator.speeds)
+    equalize: float = 0.0  # channel normalisation, dB (Separator.equalize)
 
     @property
     def ok(self) -> int:
@@ -60,6 +61,7 @@ class BatchResult:
             "passes": self.passes,
             "pass_signs": self.pass_signs,
             "speeds": self.speeds,
+            "equalize": self.equalize,
             "ok": self.ok,
             "skipped": self.skipped,
             "failed": self.failed,
@@ -237,6 +239,7 @@ def separate_files(
     pass_signs: bool | None = None,
     speeds: Sequence[float] | None = None,
     quality: str = DEFAULT_QUALITY,
+    equalize: float | None = None,
 ) -> BatchResult:
     """Separate many files (what ``sep separate`` runs).
 
@@ -261,7 +264,8 @@ def separate_files(
     if plot:
         plots.require_matplotlib()
     spec = dict(model=model, device=device, quality=quality, segment=segment, overlap=overlap, n_src=n_src,
-                batch_size=batch_size, precision=precision, passes=passes, pass_signs=pass_signs, speeds=speeds)
+                batch_size=batch_size, precision=precision, passes=passes, pass_signs=pass_signs, speeds=speeds,
+                equalize=equalize)
     sep = Separator(**spec)  # model and option errors surface here, once
     found, problems = find_audio_files(inputs, exclude=[out])
 
@@ -303,7 +307,7 @@ def separate_files(
         final.append(r)
         events.file_done(base + j, r)
     return BatchResult(final, model=sep.model_name, quality=sep.quality, precision=sep.precision, passes=sep.passes,
-                       pass_signs=sep.pass_signs, speeds=sep.speeds)
+                       pass_signs=sep.pass_signs, speeds=sep.speeds, equalize=sep.equalize)
 
 
 def _run_parallel(

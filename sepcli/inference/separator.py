@@ -55,6 +55,7 @@ from sepcli.errors import SepError
 from sepcli.inference import device as devices
 from sepcli.inference import protocol
 from sepcli.inference.chunking import EngineStats, chunk_plan, separate_array, separate_stream
+from sepcli.inference.equalize import equalized_fn
 from sepcli.inference.outputs import (
     DEFAULT_FILENAME,
     PEAK_TARGET,
@@ -192,6 +193,11 @@ class Separator:
             ``None`` for the preset's (``convtasnet`` at ``high``: 1, 0.92, 0.88). Costs
             about ``1/speed`` of a view at speed 1 each. Offline only: a
             causal model refuses speeds other than 1.
+        equalize: channel normalisation (dB, 0 off): each chunk is filtered toward
+            the long-term spectrum of training speech by at most this much per
+            band before it is separated, and its tracks by the inverse after
+            (:mod:`sepcli.inference.equalize`); ``None`` for the preset's
+            (``convtasnet`` at ``fast``: 12).
     """
 
     def __init__(
@@ -209,6 +215,7 @@ class Separator:
         passes: int | None = None,
         pass_signs: bool | None = None,
         speeds: Sequence[float] | None = None,
+        equalize: float | None = None,
     ) -> None:
         self.device = devices.resolve_device(device)
         if segment is not None:
@@ -221,7 +228,7 @@ class Separator:
         self.quality: str | None = None if settings is not None else quality
         self.settings: InferenceSettings = base.override(
             segment=segment, overlap=overlap, passes=passes, pass_signs=pass_signs, precision=precision,
-            speeds=None if speeds is None else check_speeds(speeds),
+            speeds=None if speeds is None else check_speeds(speeds), equalize=equalize,
         )
         s = self.settings
         self.precision: str = devices.set_precision(self.model, s.precision, self.device, self.model_name)
@@ -244,6 +251,9 @@ class Separator:
         views = averaged_fn(model_fn(self.model, self.device, self.n_src), transforms,
                                    causal=info.causal)
         self.fn = ensemble_fn([speed_fn(views, info.sample_rate, v) for v in s.speeds], what="speeds")
+        if s.equalize > 0:
+            # Outermost: each chunk's gains are measured once, whatever passes and speeds it runs.
+            self.fn = equalized_fn(self.fn, info.sample_rate, s.equalize)
         if self.n_src is not None:
             # Fail now, once, rather than on every file: models with a fixed
             # number of outputs refuse another count.
@@ -256,6 +266,7 @@ class Separator:
     passes = property(lambda self: self.settings.passes)
     pass_signs = property(lambda self: self.settings.pass_signs)
     speeds = property(lambda self: list(self.settings.speeds))
+    equalize = property(lambda self: self.settings.equalize)
 
     @property
     def expected_n_src(self) -> int | None:

@@ -1,7 +1,8 @@
 """Inference settings and the quality presets that choose them.
 
 A checkpoint holds architecture and weights only; *how* a model is run
-(chunk length, averaged passes, sign flips, speed views, precision) is an
+(chunk length, averaged passes, sign flips, speed views, precision, channel
+normalisation) is an
 :class:`InferenceSettings`, owned by :class:`sepcli.api.Separator` and chosen
 by a quality preset:
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sepcli.errors import SepError
+from sepcli.inference.equalize import check_limit
 
 QUALITIES = ("fast", "high")
 """Preset names (``sep separate --quality``)."""
@@ -76,6 +78,9 @@ class InferenceSettings:
     model's frame hop). pass_signs: alternate the input's sign between passes
     (the average is then odd, ``f(-x) = -f(x)``). speeds: speed views averaged
     (non-causal models only). precision: of the matrix products (:data:`PRECISIONS`).
+    equalize: channel normalisation, the most dB per band that each chunk's long-term
+    spectrum is pulled toward training speech's and its tracks back (0: off;
+    :mod:`sepcli.inference.equalize`).
     """
 
     segment: float = DEFAULT_SEGMENT
@@ -84,6 +89,7 @@ class InferenceSettings:
     pass_signs: bool = False
     speeds: tuple[float, ...] = (1.0,)
     precision: str = "auto"
+    equalize: float = 0.0
 
     def __post_init__(self) -> None:
         # frozen: normalised values go in through object.__setattr__
@@ -102,6 +108,7 @@ class InferenceSettings:
         object.__setattr__(self, "overlap", overlap)
         if self.precision not in PRECISIONS:
             raise SepError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        object.__setattr__(self, "equalize", check_limit(self.equalize))
 
     def override(self, **values: Any) -> InferenceSettings:
         """A copy with the given fields replaced; ``None`` values keep this one's."""

@@ -337,12 +337,15 @@ class ConvTasNet(ConfigMembers, nn.Module):
         between chunks. The non-causal ``fast`` preset shares 10 % of a chunk
         with the next (3 s), not 25 %: chosen on four 10-minute recordings of
         valid speakers (docs/long-recordings.md), where it cost about 0.1 dB and
-        no swap and made ``sep separate`` 17 % faster (its RTF bar is 0.08)."""
+        no swap and made ``sep separate`` 17 % faster (its RTF bar is 0.08). The
+        non-causal ``fast`` preset also equalizes each chunk toward training speech's
+        spectrum, by up to 12 dB per band (:mod:`sepcli.inference.equalize`), chosen on
+        the valid speakers (docs/experiments.md, "Equalize")."""
         fast = InferenceSettings(segment=30.0)
         if self.config.causal:
             return {"fast": fast, "high": fast.override(passes=2)}
         high = fast.override(passes=4, pass_signs=True, speeds=(1.0, 0.92, 0.88))
-        return {"fast": fast.override(overlap=0.1), "high": high}
+        return {"fast": fast.override(overlap=0.1, equalize=12.0), "high": high}
 
     def set_products(self, dtype: torch.dtype) -> bool:
         """Set the dtype of the matrix products in :meth:`separate`'s fast path;
