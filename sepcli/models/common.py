@@ -54,10 +54,11 @@ class TorchStepLayout:
         self.device, self.dtype = weight.device, weight.dtype
 
 
-def one_pass_presets(segment: float) -> dict[str, InferenceSettings]:
-    """The same single pass at every quality, over chunks of ``segment`` seconds: for
-    families with nothing worth averaging."""
-    settings = InferenceSettings(segment=segment)
+def one_pass_presets(segment: float, equalize: float = 0.0) -> dict[str, InferenceSettings]:
+    """The same single pass at every quality, over chunks of ``segment`` seconds, with
+    channel normalisation up to ``equalize`` dB (0: off): for families with nothing worth
+    averaging."""
+    settings = InferenceSettings(segment=segment, equalize=equalize)
     return {"fast": settings, "high": settings}
 
 

@@ -57,7 +57,7 @@ from torch import nn
 from sepcli.errors import SepError
 from sepcli.inference.settings import InferenceSettings
 from sepcli.losses import deep_clustering_loss
-from sepcli.models.common import ConfigMembers, check_mix
+from sepcli.models.common import ConfigMembers, check_mix, one_pass_presets
 from sepcli.models.deep_clustering_clusters import (
     AUTO_METHODS,
     COUNT_FEATURE_FLOOR,  # noqa: F401  (its old home)
@@ -196,8 +196,7 @@ class DeepClustering(ConfigMembers, nn.Module):
         docs/long-recordings.md. Each chunk is equalized toward training speech's
         spectrum by up to 12 dB per band (:mod:`sepcli.inference.equalize`), chosen on
         the valid speakers (docs/experiments.md, "Equalize")."""
-        settings = InferenceSettings(segment=30.0, equalize=12.0)
-        return {"fast": settings, "high": settings}
+        return one_pass_presets(30.0, equalize=12.0)
 
     def streaming_layout(self) -> None:
         return None  # a BLSTM looks ahead

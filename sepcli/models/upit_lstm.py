@@ -157,8 +157,12 @@ class UPITLSTM(ConfigMembers, PITMaskMembers, nn.Module):
     def inference_presets(self) -> dict[str, InferenceSettings]:
         """One pass at every quality, 30-s chunks as for dpcl: the LSTM state
         starts afresh in every chunk, and long chunks give it the most context
-        (and the fewest chunk borders where speakers could swap)."""
-        return one_pass_presets(30.0)
+        (and the fewest chunk borders where speakers could swap).
+        A non-causal model also equalizes each chunk toward training speech's spectrum
+        by up to 12 dB per band (:mod:`sepcli.inference.equalize`; chosen on the valid
+        speakers, docs/experiments.md, "Equalize"); a causal one does not, as it cannot
+        measure a chunk ahead when it streams."""
+        return one_pass_presets(30.0, equalize=0.0 if self.config.causal else 12.0)
 
     def streaming_layout(self) -> UPITLSTMStreaming | None:
         """A causal model streams statefully (LSTM state and the overlap-add tail
