@@ -196,8 +196,8 @@ class Separator:
         equalize: channel normalisation (dB, 0 off): each chunk is filtered toward
             the long-term spectrum of training speech by at most this much per
             band before it is separated, and its tracks by the inverse after
-            (:mod:`sepcli.inference.equalize`); ``None`` for the preset's
-            (``convtasnet`` at ``fast``: 12).
+            (:mod:`sepcli.inference.equalize`); ``None`` for the preset's (12 dB
+            for the shipped non-causal models at ``fast``, 0 for causal ones).
     """
 
     def __init__(
