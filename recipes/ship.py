@@ -13,7 +13,10 @@ Run by hand after training (it needs the test sets, which `sep mix` builds from
     python recipes/ship.py runs/dpcl --name dpcl --recipe recipes/dpcl.toml --test3 data/test3
 
 After changing a config setting of a shipped model (``update_shipped``),
-score it again in place: ``python recipes/ship.py --rescore convtasnet``.
+score it again in place: ``python recipes/ship.py --rescore convtasnet``. To ship
+further-trained weights under the shipped config (inference settings kept), add
+``--weights runs/X/epochN.safetensors`` to ``--rescore``, then bring the card's
+training history up to date by hand.
 """
 from __future__ import annotations
 
@@ -129,10 +132,31 @@ def update_shipped(name: str, changes: dict) -> str:
     """Apply inference-setting ``changes`` to shipped model ``name``: rewrite its
     weights file (same tensors, new config; atomic) and its card's config and
     SHA-256. Returns the new SHA-256."""
-    path = registry.models_dir() / f"{name}.safetensors"
-    model = registry.load_file(path)
+    model = registry.load_file(registry.models_dir() / f"{name}.safetensors")
     model.config = dataclasses.replace(model.config, **changes)
+    return _rewrite_shipped(name, model)
+
+
+def replace_weights(name: str, weights: Path) -> str:
+    """Put the tensors of ``weights`` (a checkpoint of the same architecture, e.g. a
+    training run's epoch) into shipped model ``name``, keeping its shipped config
+    (inference settings such as dpcl's masks and speaker counter); rewrite its card's
+    SHA-256. The quality figures are then stale: score it again (``--rescore``).
+    Returns the new SHA-256."""
+    model = registry.load_file(registry.models_dir() / f"{name}.safetensors")
+    new = registry.load_file(weights)
+    if new.family != model.family:
+        raise SepError(f"{weights}: a {new.family} checkpoint, not {model.family} as {name} is")
+    model.load_state_dict(new.state_dict(), strict=True)
+    return _rewrite_shipped(name, model)
+
+
+def _rewrite_shipped(name: str, model: torch.nn.Module) -> str:
+    """Save ``model`` as shipped model ``name`` (float16 storage, atomic), check that
+    the stored tensors are the model's, and put its config and SHA-256 in both cards."""
+    path = registry.models_dir() / f"{name}.safetensors"
     # float16 storage, as shipped: the float32 copy holds exactly the stored values
+    model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
     sha = registry.save_model(model, path, dtype=torch.float16, force=True)
     reloaded = registry.load_file(path)
     if any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values(),
@@ -228,7 +252,8 @@ def main() -> None:
     ap.add_argument("--recipe", help="recipe that trained it (for the card)")
     ap.add_argument("--rescore", metavar="NAME",
                     help="only score shipped model NAME again as it is now and replace its card's quality "
-                         "(after recipes/ship.py's update_shipped changed an inference setting)")
+                         "(after recipes/ship.py's update_shipped changed an inference setting; with --weights, "
+                         "after putting those tensors in it, keeping its config)")
     ap.add_argument("--quality", choices=["fast", "high"], default="fast",
                     help="inference preset the scores are measured with (recorded as the card's measured_with)")
     ap.add_argument("--test2", type=Path, default=ROOT / "data" / "test2", help="2-speaker test set")
@@ -240,7 +265,8 @@ def main() -> None:
     ap.add_argument("--notes", default="", help="free text for the card")
     ap.add_argument("--weights", type=Path, default=None,
                     help="weights to ship instead of RUN/best.safetensors (e.g. an average made by "
-                         "recipes/average.py; say so in --notes)")
+                         "recipes/average.py; say so in --notes); with --rescore, the tensors to put in "
+                         "the shipped model before scoring it")
     ap.add_argument("--config-set", action="append", default=[], metavar="KEY=VALUE",
                     help="change an inference setting of the config before shipping, e.g. "
                          "auto_threshold=0.12 as tuned on the valid split (repeatable; JSON values)")
@@ -252,6 +278,8 @@ def main() -> None:
                          "reproduce them (e.g. a warm restart with --init and --set)")
     args = ap.parse_args()
     if args.rescore:
+        if args.weights is not None:
+            replace_weights(args.rescore, args.weights)
         quality = rescore_shipped(args.rescore, args.test2, args.threads, args.quality, args.shifted, args.test3)
         print(json.dumps({"name": args.rescore, "si_snri": quality["si_snri"], "sdri": quality["sdri"]}, indent=2))
         return

@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
 from sepcli import registry
+from sepcli.errors import SepError
 from sepcli.api import Separator
 from sepcli.metrics import pit_si_snr, si_snr
 
@@ -156,3 +158,26 @@ def test_rescore_with_a_three_speaker_set_replaces_that_figure(tmp_path: Path, m
     md = (tmp_path / "models" / "tiny.md").read_text()
     assert "99.00" not in md and md.count("Three-speaker mixtures (") == 1
     assert ship.three_speaker_line(q3) in md and "hand-written section that must survive" in md
+
+
+def test_replace_weights_keeps_the_shipped_config_and_takes_the_new_tensors(tmp_path: Path, monkeypatch) -> None:
+    _ship_tiny_and_test_set(tmp_path, monkeypatch, family="dpcl")
+    models = tmp_path / "models"
+    # the shipped model has an inference setting the checkpoint (a training run's config) lacks
+    ship.update_shipped("tiny", {"mask_temperature": 0.5})
+    torch.manual_seed(1)
+    trained = registry.build("dpcl", **TINY_DPCL)
+    assert trained.config.mask_temperature == 0.0
+    registry.save_model(trained, tmp_path / "epoch.safetensors")
+    sha = ship.replace_weights("tiny", tmp_path / "epoch.safetensors")
+    after = registry.load_model("tiny")  # checks the card's SHA-256 against the file
+    assert after.config.mask_temperature == 0.5
+    for (key, a), b in zip(trained.state_dict().items(), after.state_dict().values(), strict=True):
+        assert torch.equal(a.half().float(), b), key
+    card = json.loads((models / "tiny.json").read_text())
+    assert card["sha256"] == sha and card["notes"] == "kept" and card["quality"] == {"si_snri": 99.0}
+    assert "hand-written section that must survive" in (models / "tiny.md").read_text()
+    other = registry.build("convtasnet", **TINY)
+    registry.save_model(other, tmp_path / "other.safetensors")
+    with pytest.raises(SepError, match="convtasnet checkpoint"):
+        ship.replace_weights("tiny", tmp_path / "other.safetensors")

@@ -81,16 +81,24 @@ def _istft(spec: torch.Tensor, n_fft: int, length: int) -> torch.Tensor:
     return torch.istft(spec, n_fft, n_fft // 4, window=window, center=True, length=length)
 
 
+def _active_mean_power(spec: torch.Tensor) -> np.ndarray:
+    """Mean power of each row's frames within :data:`ACTIVE_DB` of its loudest.
+
+    Shape: spec [B, F, K] complex -> [B, F] float64.
+    """
+    power = spec.abs().square()  # [B, F, K]
+    frames = power.sum(1)  # [B, K]
+    active = frames > frames.amax(1, keepdim=True) * 10.0 ** (-ACTIVE_DB / 10.0)  # [B, K]
+    total = (power * active[:, None, :]).sum(2)  # [B, F]
+    return (total / active.sum(1, keepdim=True).clamp(min=1)).numpy()
+
+
 def long_term_spectrum(x: np.ndarray, n_fft: int = N_FFT) -> np.ndarray:
     """Mean power spectrum of each row's frames within :data:`ACTIVE_DB` of its loudest.
 
     Shape: [B, T] -> [B, F] float64.
     """
-    power = _stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)), n_fft).abs().square()  # [B, F, K]
-    frames = power.sum(1)  # [B, K]
-    active = frames > frames.amax(1, keepdim=True) * 10.0 ** (-ACTIVE_DB / 10.0)  # [B, K]
-    total = (power * active[:, None, :]).sum(2)  # [B, F]
-    return (total / active.sum(1, keepdim=True).clamp(min=1)).numpy()
+    return _active_mean_power(_stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)), n_fft))
 
 
 def _smooth(power: np.ndarray) -> np.ndarray:
@@ -120,9 +128,12 @@ def equalizer_gains(mix: np.ndarray, sample_rate: int, limit_db: float) -> np.nd
 
     Shape: mix [B, T] -> gains [B, F] float64 (F of ``sample_rate``'s window).
     """
-    n_fft = _n_fft(sample_rate)
+    return _gains_for(long_term_spectrum(mix, _n_fft(sample_rate)), sample_rate, limit_db)
+
+
+def _gains_for(power: np.ndarray, sample_rate: int, limit_db: float) -> np.ndarray:
+    """:func:`equalizer_gains` from the long-term spectrum. Shape: power [B, F] -> [B, F] float64."""
     target, covered = target_spectrum(sample_rate)  # [F], [F]
-    power = long_term_spectrum(mix, n_fft)  # [B, F]
     # A relative floor: a band with no energy at all (digital silence, a hard band
     # limit) gets the full limit, not an infinite gain.
     floor = 1e-10 * power.max(1, keepdims=True) + 1e-30
@@ -162,9 +173,15 @@ def equalized_fn(fn: Any, sample_rate: int, limit_db: float) -> Any:
     """
     limit_db = check_limit(limit_db)
 
+    n_fft = _n_fft(sample_rate)
+
     def equalized(mix: np.ndarray) -> np.ndarray:
-        gains = equalizer_gains(mix, sample_rate, limit_db)  # [B, F]
-        est = fn(apply_gains(mix, gains, sample_rate))  # [B, S, T]
+        length = mix.shape[-1]
+        # One STFT of the chunk serves both its spectrum and its filtering.
+        spec = _stft(torch.from_numpy(np.ascontiguousarray(mix, dtype=np.float64)), n_fft)  # [B, F, K]
+        gains = _gains_for(_active_mean_power(spec), sample_rate, limit_db)  # [B, F]
+        heard = _istft(spec * torch.from_numpy(gains)[:, :, None], n_fft, length)  # [B, T]
+        est = fn(heard.numpy().astype(np.float32))  # [B, S, T]
         if isinstance(est, torch.Tensor):
             est = est.detach().float().cpu().numpy()
         return apply_gains(est, 1.0 / gains[:, None, :], sample_rate)
