@@ -188,13 +188,14 @@ static inline void prelu_row(float *x, int H, const float *slope, int n_slope) {
     }
 }
 
-/* cLN's count at frame `frame` (from the stream's start): H * (frame + 1), or with
- * forgetting (decay < 1) H * sum over j <= frame of decay^j, in closed form as
- * sepcli.models.conv_tasnet.cln_counts computes it. */
-static inline double norm_count(int64_t frame, int H, double decay) {
-    if (decay == 1.0) return (double)((frame + 1) * H);
+/* cLN's count per channel at frame `frame` (from the stream's start): frame + 1, or
+ * with forgetting (decay < 1) the sum over j <= frame of decay^j, in closed form as
+ * sepcli.models.conv_tasnet.cln_counts computes it (times H there: a norm of H
+ * channels counts H times this, the same double product either way). */
+static inline double unit_count(int64_t frame, double decay) {
+    if (decay == 1.0) return (double)(frame + 1);
     const double lg = log(decay);
-    return expm1((double)(frame + 1) * lg) / expm1(lg) * (double)H;
+    return expm1((double)(frame + 1) * lg) / expm1(lg);
 }
 
 /* Row sum and sum of squares in float32 (as the offline norm's per-frame sums),
@@ -233,10 +234,10 @@ static inline void norm_row(const float *x, int H, double *sum, double count, do
 
 /* Run K frames of each of G lanes through every block, updating acc
  * ([R, n_out]: residual | skip sum) in place. start: frames before these since
- * the stream began. h, z: scratch [R, H] each. The caller makes sure that every
+ * the stream began; counts: unit_count of each of the K frames. h, z: scratch [R, H] each. The caller makes sure that every
  * cache has room for K more frames (cap - pad >= K). */
-void sep_blocks(SepBlock *blocks, int n_blocks, int half, float *acc, int K, int G, int64_t start, double decay,
-                float *h, float *z) {
+void sep_blocks(SepBlock *blocks, int n_blocks, int half, float *acc, int K, int G, int64_t start,
+                const double *counts, double decay, float *h, float *z) {
     const int R = G * K;
     for (int b = 0; b < n_blocks; b++) {
         SepBlock *bl = &blocks[b];
@@ -255,7 +256,7 @@ void sep_blocks(SepBlock *blocks, int n_blocks, int half, float *acc, int K, int
             for (int k = 0; k < K; k++) {
                 const int i = g * K + k;
                 const int64_t frame = start + k;
-                const double count = norm_count(frame, H, decay);
+                const double count = counts[k] * (double)H;
                 float *hi = h + (int64_t)i * H, *zi = z + (int64_t)i * H;
                 float r, mr;
                 prelu_row(hi, H, bl->slope1, bl->n_slope1);
@@ -309,8 +310,9 @@ typedef struct {
 /* Floats of scratch that sep_network needs for K frames of G lanes. */
 int64_t sep_scratch_floats(const SepNet *net, int K, int G) {
     const int64_t R = (int64_t)G * K;
-    return R * (2 * net->N + net->n_out + 2 * net->H + net->S * net->N)
+    const int64_t floats = R * (2 * net->N + net->n_out + 2 * net->H + net->S * net->N)
         + (int64_t)(net->q - 1 + K) * net->S * net->N + (int64_t)K * net->S * net->hop;
+    return floats + (floats & 1) + 2 * (int64_t)K; /* then K doubles (cLN counts), 8-byte aligned */
 }
 
 /* One streaming step: K frames of each of G lanes, from lane g's samples
@@ -322,6 +324,10 @@ void sep_network(SepNet *net, const float *const *lane_in, int K, int G, int64_t
     float *w = scratch, *wn = w + (int64_t)R * N, *acc = wn + (int64_t)R * N, *h = acc + (int64_t)R * n_out;
     float *z = h + (int64_t)R * net->H, *mask = z + (int64_t)R * net->H;
     float *masked = mask + (int64_t)R * S * N, *dec = masked + (int64_t)(q - 1 + K) * S * N;
+    const int64_t used = (int64_t)(dec - scratch) + (int64_t)K * S * hop;
+    double *counts = (double *)(scratch + used + (used & 1)); /* [K]: scratch is 64-byte aligned */
+    /* cLN counts depend only on the frame: once per step, not once per norm */
+    for (int k = 0; k < K; k++) counts[k] = unit_count(start + k, net->decay);
     for (int g = 0; g < G; g++) { /* encoder: frames overlap, so row stride = hop */
         float *wg = w + (int64_t)g * K * N;
         sep_gemm(K, N, net->L, lane_in[g], hop, net->w_enc, net->half, wg, N, 0, 0);
@@ -330,12 +336,12 @@ void sep_network(SepNet *net, const float *const *lane_in, int K, int G, int64_t
             float r, mr;
             const float *wi = wg + (int64_t)k * N;
             float *o = wn + ((int64_t)g * K + k) * N;
-            norm_row(wi, N, net->sums0 + 2 * g, norm_count(start + k, N, net->decay), net->decay, net->eps0, &r, &mr);
+            norm_row(wi, N, net->sums0 + 2 * g, counts[k] * (double)N, net->decay, net->eps0, &r, &mr);
             for (int c = 0; c < N; c++) o[c] = (wi[c] * r + mr) * net->gain0[c];
         }
     }
     sep_gemm(R, n_out, N, wn, N, net->w_acc, net->half, acc, n_out, net->b_acc, 0); /* [R, B+Sc] */
-    sep_blocks(net->blocks, net->n_blocks, net->half, acc, K, G, start, net->decay, h, z);
+    sep_blocks(net->blocks, net->n_blocks, net->half, acc, K, G, start, counts, net->decay, h, z);
     for (int i = 0; i < R; i++) prelu_row(acc + (int64_t)i * n_out + net->B, net->Sc, net->slope_out, net->n_slope_out);
     sep_gemm(R, S * N, net->Sc, acc + net->B, n_out, net->w_mask, net->half, mask, S * N, net->b_mask, 0);
     for (int i = 0; i < R; i++) {
