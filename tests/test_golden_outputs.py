@@ -8,7 +8,8 @@ outputs, on 2026-12-06, when its config gained ``cln_memory = 5`` (docs/long-rec
 ``dpcl`` output, on 2026-12-06, when its config gained ``mask_temperature = 0.5`` (soft masks,
 docs/experiments.md); the ``convtasnet-fast``, ``convtasnet-16k``, ``dpcl-fast`` and
 ``old-checkpoint`` outputs, on 2026-12-06, when those presets gained ``equalize = 12``
-(sepcli/inference/equalize.py).
+(sepcli/inference/equalize.py); the ``dpcl-fast`` output again, on 2026-12-06, when ``dpcl``
+shipped stage D1's weights (models/dpcl.md).
 """
 from __future__ import annotations
 
