@@ -87,6 +87,24 @@ def test_an_identity_separator_returns_its_input_exactly_enough():
     assert np.abs(seen[0] - x).max() > 0.05 * np.abs(x).max()  # the separator heard an equalized input
 
 
+def test_the_wrapper_is_the_public_gains_and_filter_composed():
+    # equalized_fn shares one STFT of the chunk between its spectrum and its filtering:
+    # it must hear exactly what apply_gains(mix, equalizer_gains(mix)) gives.
+    x = np.stack([tilt(speech_like(9000, 4), 5.0), speech_like(9000, 5)])  # [B, T]
+    heard = []
+
+    def sep(mix: np.ndarray) -> np.ndarray:
+        heard.append(mix)
+        return np.stack([mix ** 2, -mix], axis=1)  # [B, 2, T]: not linear, so order matters
+
+    out = eq.equalized_fn(sep, RATE, 12.0)(x)
+    gains = eq.equalizer_gains(x, RATE, 12.0)  # [B, F]
+    want_heard = eq.apply_gains(x, gains, RATE)
+    np.testing.assert_allclose(heard[0], want_heard, atol=1e-7)
+    want = eq.apply_gains(sep(want_heard), 1.0 / gains[:, None, :], RATE)
+    np.testing.assert_allclose(out, want, atol=1e-7)
+
+
 @pytest.mark.parametrize("db_per_octave", [-6.0, 4.0])
 def test_half_of_a_known_channel_is_taken_out(db_per_octave):
     """The same talker through two channels: after equalizing, the difference between

@@ -13,8 +13,8 @@ import soundfile as sf
 import torch
 
 from sepcli import registry
-from sepcli.errors import SepError
 from sepcli.api import Separator
+from sepcli.errors import SepError
 from sepcli.metrics import pit_si_snr, si_snr
 
 REPO = Path(__file__).resolve().parent.parent

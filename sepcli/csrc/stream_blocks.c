@@ -234,8 +234,9 @@ static inline void norm_row(const float *x, int H, double *sum, double count, do
 
 /* Run K frames of each of G lanes through every block, updating acc
  * ([R, n_out]: residual | skip sum) in place. start: frames before these since
- * the stream began; counts: unit_count of each of the K frames. h, z: scratch [R, H] each. The caller makes sure that every
- * cache has room for K more frames (cap - pad >= K). */
+ * the stream began; counts: unit_count of each of the K frames. h, z: scratch
+ * [R, H] each. The caller makes sure that every cache has room for K more frames
+ * (cap - pad >= K). */
 void sep_blocks(SepBlock *blocks, int n_blocks, int half, float *acc, int K, int G, int64_t start,
                 const double *counts, double decay, float *h, float *z) {
     const int R = G * K;

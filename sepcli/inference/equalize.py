@@ -172,7 +172,6 @@ def equalized_fn(fn: Any, sample_rate: int, limit_db: float) -> Any:
     Shape: mix [B, T] -> [B, S, T] float32.
     """
     limit_db = check_limit(limit_db)
-
     n_fft = _n_fft(sample_rate)
 
     def equalized(mix: np.ndarray) -> np.ndarray:
