@@ -169,8 +169,8 @@ def _rewrite_shipped(name: str, model: torch.nn.Module) -> str:
     write_atomic(card_path, json.dumps(card, indent=2) + "\n")
     md_path = path.with_suffix(".md")
     md = md_path.read_text()
-    md = re.sub(r"^- \*\*Configuration:\*\* `.*`$", lambda _m: f"- **Configuration:** `{json.dumps(config, sort_keys=True)}`",
-                md, count=1, flags=re.M)
+    config_line = f"- **Configuration:** `{json.dumps(config, sort_keys=True)}`"
+    md = re.sub(r"^- \*\*Configuration:\*\* `.*`$", lambda _m: config_line, md, count=1, flags=re.M)
     md = re.sub(r"SHA-256 `[0-9a-f]{64}`", f"SHA-256 `{sha}`", md, count=1)
     write_atomic(md_path, md)
     return sha

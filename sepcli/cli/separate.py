@@ -60,8 +60,8 @@ from sepcli.cli.options import speeds_list
 def separate_cmd(
     inputs: tuple[str, ...], model: str | None, out: str, num_speakers: str | None, device: str, quality: str,
     segment: float | None, overlap: float | None, precision: str, passes: int | None, pass_signs: bool | None,
-    speeds: str | None, equalize: float | None, jobs: int, threads: int | None, filename: str, as_float: bool, plot: bool, force: bool,
-    as_json: bool, quiet: bool,
+    speeds: str | None, equalize: float | None, jobs: int, threads: int | None, filename: str, as_float: bool,
+    plot: bool, force: bool, as_json: bool, quiet: bool,
 ) -> None:
     """Separate recordings into one track per speaker: OUT/<stem>/s1.wav, s2.wav, ...
 

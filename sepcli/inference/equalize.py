@@ -42,6 +42,9 @@ ratio: the filter follows the channel's shape, not the harmonics of the voices i
 ACTIVE_DB = 40.0
 """Frames more than this below the chunk's loudest frame (pauses, padding) are left out of its spectrum."""
 MAX_LIMIT_DB = 40.0
+PRESET_DB = 12.0
+"""The limit in the ``fast`` presets of the shipped non-causal models, chosen on the valid
+speakers (docs/experiments.md, "Equalize")."""
 STRENGTH = 0.5
 """Fraction (in dB) of the way from the chunk's spectrum to the target that the filter goes.
 On the validation speakers (docs/experiments.md, "Equalize") the full way scored no better on
@@ -157,6 +160,12 @@ def apply_gains(x: np.ndarray, gains: np.ndarray, sample_rate: int) -> np.ndarra
     return out.reshape(*lead, length).numpy().astype(np.float32)
 
 
+def preset_limit(causal: bool) -> float:
+    """The limit a family's preset uses: :data:`PRESET_DB`, or 0 (off) for a causal model,
+    which cannot measure a chunk ahead when it streams."""
+    return 0.0 if causal else PRESET_DB
+
+
 def check_limit(limit_db: Any) -> float:
     """``equalize`` (dB) as a float in [0, :data:`MAX_LIMIT_DB`] (SepError otherwise); 0 is off."""
     if isinstance(limit_db, bool) or not isinstance(limit_db, (int, float)) or not (
@@ -188,6 +197,6 @@ def equalized_fn(fn: Any, sample_rate: int, limit_db: float) -> Any:
     return equalized
 
 
-__all__ = ["ACTIVE_DB", "MAX_LIMIT_DB", "N_FFT", "SAMPLE_RATE", "SMOOTH_BINS", "SPEECH_SPECTRUM_DB", "STRENGTH",
-           "apply_gains", "check_limit", "equalized_fn", "equalizer_gains", "long_term_spectrum",
-           "target_spectrum"]
+__all__ = ["ACTIVE_DB", "MAX_LIMIT_DB", "N_FFT", "PRESET_DB", "SAMPLE_RATE", "SMOOTH_BINS", "SPEECH_SPECTRUM_DB",
+           "STRENGTH", "apply_gains", "check_limit", "equalized_fn", "equalizer_gains", "long_term_spectrum",
+           "preset_limit", "target_spectrum"]

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sepcli.inference.equalize import preset_limit
 from sepcli.inference.settings import InferenceSettings
 from sepcli.errors import SepError
 from sepcli.models.common import ConfigMembers, as_batch
@@ -339,13 +340,13 @@ class ConvTasNet(ConfigMembers, nn.Module):
         valid speakers (docs/long-recordings.md), where it cost about 0.1 dB and
         no swap and made ``sep separate`` 17 % faster (its RTF bar is 0.08). The
         non-causal ``fast`` preset also equalizes each chunk toward training speech's
-        spectrum, by up to 12 dB per band (:mod:`sepcli.inference.equalize`), chosen on
+        spectrum, by up to :data:`~sepcli.inference.equalize.PRESET_DB` dB per band (:mod:`sepcli.inference.equalize`), chosen on
         the valid speakers (docs/experiments.md, "Equalize")."""
         fast = InferenceSettings(segment=30.0)
         if self.config.causal:
             return {"fast": fast, "high": fast.override(passes=2)}
         high = fast.override(passes=4, pass_signs=True, speeds=(1.0, 0.92, 0.88))
-        return {"fast": fast.override(overlap=0.1, equalize=12.0), "high": high}
+        return {"fast": fast.override(overlap=0.1, equalize=preset_limit(causal=False)), "high": high}
 
     def set_products(self, dtype: torch.dtype) -> bool:
         """Set the dtype of the matrix products in :meth:`separate`'s fast path;

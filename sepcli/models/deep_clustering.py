@@ -55,6 +55,7 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from sepcli.errors import SepError
+from sepcli.inference.equalize import preset_limit
 from sepcli.inference.settings import InferenceSettings
 from sepcli.losses import deep_clustering_loss
 from sepcli.models.common import ConfigMembers, check_mix, one_pass_presets
@@ -194,9 +195,8 @@ class DeepClustering(ConfigMembers, nn.Module):
         stitching check (``bench/separate_long.py --stitch-check --model dpcl``)
         16-30 s chunks removed the swaps and scored higher per piece; see
         docs/long-recordings.md. Each chunk is equalized toward training speech's
-        spectrum by up to 12 dB per band (:mod:`sepcli.inference.equalize`), chosen on
-        the valid speakers (docs/experiments.md, "Equalize")."""
-        return one_pass_presets(30.0, equalize=12.0)
+        spectrum (:func:`sepcli.inference.equalize.preset_limit`)."""
+        return one_pass_presets(30.0, equalize=preset_limit(causal=False))
 
     def streaming_layout(self) -> None:
         return None  # a BLSTM looks ahead

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
+from sepcli.inference.equalize import preset_limit
 from sepcli.inference.settings import InferenceSettings
 from sepcli.models.common import (
     ConfigMembers,
@@ -158,11 +159,8 @@ class UPITLSTM(ConfigMembers, PITMaskMembers, nn.Module):
         """One pass at every quality, 30-s chunks as for dpcl: the LSTM state
         starts afresh in every chunk, and long chunks give it the most context
         (and the fewest chunk borders where speakers could swap).
-        A non-causal model also equalizes each chunk toward training speech's spectrum
-        by up to 12 dB per band (:mod:`sepcli.inference.equalize`; chosen on the valid
-        speakers, docs/experiments.md, "Equalize"); a causal one does not, as it cannot
-        measure a chunk ahead when it streams."""
-        return one_pass_presets(30.0, equalize=0.0 if self.config.causal else 12.0)
+        Channel normalisation as :func:`sepcli.inference.equalize.preset_limit` says."""
+        return one_pass_presets(30.0, equalize=preset_limit(self.config.causal))
 
     def streaming_layout(self) -> UPITLSTMStreaming | None:
         """A causal model streams statefully (LSTM state and the overlap-add tail
