@@ -26,7 +26,8 @@ def markdown(result: BenchResult) -> str:
     weights = " (random weights)" if result.random_weights else ""
     lines = [
         f"{result.model}{weights}, {result.params / 1e6:.2f}M parameters, "
-        f"{f'{result.passes} passes averaged, ' if result.passes > 1 else 'one pass, '}{result.device} "
+        f"{f'{result.passes} passes averaged, ' if result.passes > 1 else 'one pass, '}"
+        f"{f'equalize {result.equalize:g} dB, ' if result.equalize else ''}{result.device} "
         f"({result.device_name}), {result.threads} thread(s), {result.backend} step, {result.duration_s:g} s at "
         f"{result.sample_rate} Hz, torch {result.torch_version}",
         "",
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--naive-chunks", type=int, default=5)
     parser.add_argument("--passes", type=int, default=None,
                         help="forward passes averaged per chunk (default: the model's, as sep stream)")
+    parser.add_argument("--equalize", type=float, default=None,
+                        help="causal equalizer's limit in dB, 0 off (default: the model's, as sep stream)")
     parser.add_argument("--backend", default="auto", choices=["auto", "native", "torch"],
                         help="the streaming step's implementation (as sep bench --backend)")
     parser.add_argument("--json", metavar="FILE", help="also write the full results here")
@@ -65,7 +68,8 @@ def main() -> None:
     result = run_bench(
         args.model, device=args.device, chunk_ms=[float(c) for c in args.chunk_ms.split(",")],
         threads=args.threads, duration=args.duration, naive_chunks=args.naive_chunks, passes=args.passes,
-        backend=args.backend, progress=lambda msg: print(f"... {msg}", file=sys.stderr),
+        equalize=args.equalize, backend=args.backend,
+        progress=lambda msg: print(f"... {msg}", file=sys.stderr),
     )
     print(markdown(result))
     if args.json:

@@ -43,7 +43,8 @@ import torch
 from sepcli import engine, registry
 from sepcli.errors import SepError
 from sepcli.inference import protocol
-from sepcli.inference.settings import DEFAULT_QUALITY
+from sepcli.inference.equalize import check_limit
+from sepcli.inference.settings import DEFAULT_QUALITY, preset_settings
 from sepcli.streaming import Streamer, make_streamer, offline
 
 DEFAULT_CHUNKS_MS = (2.0, 4.0, 8.0, 16.0, 32.0)
@@ -101,6 +102,7 @@ class BenchResult:
     passes: int = 1  # forward passes averaged per chunk (the model's default unless asked)
     pass_signs: bool = False
     backend: str = "torch"  # the streaming step's implementation: "native" (compiled kernel) or "torch"
+    equalize: float = 0.0  # the causal equalizer's limit in dB (0: off), part of the timed step
     results: list[ChunkResult] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -239,11 +241,14 @@ def bench_chunk(
     passes: int = 1,
     signs: bool = False,
     backend: str = "auto",
+    equalize: float = 0.0,
 ) -> ChunkResult:
     """Stream ``mix`` (CPU, [T]) in chunks of ``chunk`` samples and compare with
-    ``ref`` ([S, T], the offline causal output, or the offline average of the passes, on the CPU)."""
+    ``ref`` ([S, T], the offline causal output, or the offline average of the passes, with the
+    causal equalizer around it for ``equalize`` > 0, on the CPU)."""
     sr = streamer_model.config.sample_rate
-    streamer = make_streamer(streamer_model, chunk_size=chunk, passes=passes, signs=signs, backend=backend)
+    streamer = make_streamer(streamer_model, chunk_size=chunk, passes=passes, signs=signs, backend=backend,
+                             equalize=equalize)
     n_warm = max(3, int(WARMUP_SECONDS * sr) // chunk)
     for i in range(n_warm):
         streamer.process(mix[(i * chunk) % max(1, mix.shape[0] - chunk) :][:chunk])
@@ -301,6 +306,7 @@ def run_bench(
     passes: int | None = None,
     quality: str = DEFAULT_QUALITY,
     backend: str = "auto",
+    equalize: float | None = None,
 ) -> BenchResult:
     """Measure streaming latency (see the module docstring).
 
@@ -322,6 +328,8 @@ def run_bench(
         backend: the streaming step's implementation (see
             :class:`~sepcli.streaming.Streamer`): ``auto`` (the compiled kernel
             for float32 on the CPU when it builds), ``native`` or ``torch``.
+        equalize: the causal equalizer's limit in dB, timed with the step (0: off; None:
+            the model's ``quality`` preset's, as ``sep stream`` uses).
     """
     say = progress or (lambda msg: None)
     dev = resolve_device(device)
@@ -346,6 +354,9 @@ def run_bench(
         probe = Streamer(net, backend=backend)
         used, frame_length, hop = probe.backend, probe.L, probe.hop  # the family's framing (its streaming layout)
         passes, signs = engine.model_passes(net, passes, quality=quality)
+        if equalize is None:
+            equalize = preset_settings(protocol.describe(net).presets, quality).equalize
+        equalize = check_limit(equalize)
         c = net.config
         sr = c.sample_rate
         if net.receptive_field is None:  # recurrent (LSTM-TasNet): no finite context to re-run per chunk
@@ -355,7 +366,7 @@ def run_bench(
         mix = torch.from_numpy(bench_signal(n, sr, seed))  # [T] on the CPU
         timer = _Timer(dev)
         say(f"offline causal forward on {n / sr:g} s (reference output)")
-        ref = torch.from_numpy(offline(net, mix, passes=passes, signs=signs))  # [S, T] on the CPU
+        ref = torch.from_numpy(offline(net, mix, passes=passes, signs=signs, equalize=equalize))  # [S, T] on the CPU
         result = BenchResult(
             device=str(dev), device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
             threads=torch.get_num_threads(), model=label, params=registry.count_parameters(net),
@@ -363,12 +374,12 @@ def run_bench(
             receptive_field_ms=float("inf") if net.receptive_field is None else 1000.0 * net.receptive_field / sr,
             offline_model=None,
             offline_random_weights=False, offline_rtf=None, torch_version=torch.__version__,
-            passes=passes, pass_signs=signs, backend=used,
+            passes=passes, pass_signs=signs, backend=used, equalize=equalize,
         )
         for chunk in chunks:
             say(f"streaming in {1000 * chunk / sr:g} ms chunks")
             result.results.append(bench_chunk(net, mix, ref, chunk, timer, naive_chunks=naive_chunks,
-                                              passes=passes, signs=signs, backend=used))
+                                              passes=passes, signs=signs, backend=used, equalize=equalize))
         if offline_model is not False:
             off, off_label, off_random = load_bench_model(offline_model, dev, causal=False, seed=seed)
             off_rate = protocol.describe(off).sample_rate

@@ -19,6 +19,7 @@ from sepcli.inference.streaming import (
     BACKENDS,
     MAX_STEP_FRAMES,
     AveragedStreamer,
+    EqualizedStreamer,
     Streamer,
     chunk_sizes,
     make_streamer,
@@ -28,5 +29,5 @@ from sepcli.inference.streaming import (
 )
 
 __all__ = ["BACKENDS", "DEFAULT_CHUNK_MS", "MAX_STEP_FRAMES", "PCM_FORMATS", "AveragedStreamer", "ChunkTimes",
-           "StreamResult", "Streamer", "chunk_sizes", "make_streamer", "offline", "stream_array", "stream_file",
+           "EqualizedStreamer", "StreamResult", "Streamer", "chunk_sizes", "make_streamer", "offline", "stream_array", "stream_file",
            "stream_pcm", "streaming_layout"]

@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from sepcli import registry
+from sepcli import registry, streaming
 from sepcli.cli import main
 
 TINY = dict(N=8, L=4, B=6, H=10, Sc=5, P=3, X=3, R=2)
@@ -52,9 +52,17 @@ def test_stream_file_equals_offline_causal(models, tmp_path):
     assert info["outputs"] == [str(tmp_path / "out" / "talk" / f"s{i}.wav") for i in (1, 2)]
     assert info["chunks"] == 4321 // 24 + 1 and info["chunk_ms"] == 3.0 and info["compute_rtf"] > 0
     est = read_tracks(info["outputs"])
-    ref = offline(models["model"], mix) * 10 ** (info["gain_db"] / 20)
+    # the causal preset's running equalizer streams with the model
+    assert info["equalize"] == 12.0
+    ref = streaming.offline(models["model"], mix, equalize=12.0) * 10 ** (info["gain_db"] / 20)
     assert est.shape == ref.shape
     assert np.abs(est - ref).max() <= TOL * np.abs(ref).max()
+    res = invoke("stream", str(tmp_path / "talk.wav"), "--model", models["causal"], "--out", str(tmp_path / "raw"),
+                 "--chunk-ms", "3", "--float", "--json", "--equalize", "0")
+    info = json.loads(res.stdout)
+    assert res.exit_code == 0 and info["equalize"] == 0.0
+    ref = offline(models["model"], mix) * 10 ** (info["gain_db"] / 20)
+    assert np.abs(read_tracks(info["outputs"]) - ref).max() <= TOL * np.abs(ref).max()
 
 
 def test_stream_backends_write_the_same_tracks(models, tmp_path):
@@ -101,7 +109,7 @@ def test_stream_stdin_s16le_equals_offline(models, tmp_path):
     info = json.loads(res.stdout)
     assert info["outputs"][0].endswith("stdin/s1.wav") and info["frames"] == 3000
     est = read_tracks(info["outputs"])
-    ref = offline(models["model"], pcm.astype(np.float32) / 32768)
+    ref = streaming.offline(models["model"], pcm.astype(np.float32) / 32768, equalize=12.0)
     assert np.abs(est - ref).max() <= TOL * np.abs(ref).max()
 
 
@@ -179,17 +187,16 @@ def test_help_has_example(cmd):
 def test_stream_averages_the_models_passes(tmp_path, monkeypatch):
     """--quality high streams a causal model's 2 passes (file and stdin), equal
     to their offline average; --passes 1 overrides it; the default (fast) streams one."""
-    from sepcli import streaming
-
     monkeypatch.setenv("SEP_MODELS_DIR", str(tmp_path / "shipped"))
     torch.manual_seed(1)
     model = registry.build("convtasnet", {**TINY, "L": 8, "causal": True}).eval()
     registry.save_model(model, tmp_path / "two.safetensors")
     mix = (0.05 * np.random.default_rng(3).standard_normal(2345)).astype(np.float32)
     sf.write(tmp_path / "talk.wav", mix, 8000, subtype="FLOAT")
-    two = streaming.offline(model, mix, passes=2)
-    assert np.abs(two - offline(model, mix)).max() > 1e-3 * np.abs(two).max()  # the passes matter
-    for extra, ref, n in (((), two, 2), (("--passes", "1"), offline(model, mix), 1)):
+    two = streaming.offline(model, mix, passes=2, equalize=12.0)  # the preset's equalizer around the passes
+    one = streaming.offline(model, mix, equalize=12.0)
+    assert np.abs(two - one).max() > 1e-3 * np.abs(two).max()  # the passes matter
+    for extra, ref, n in (((), two, 2), (("--passes", "1"), one, 1)):
         out = tmp_path / f"out{n}"
         res = invoke("stream", str(tmp_path / "talk.wav"), "--model", str(tmp_path / "two.safetensors"), "--out",
                      str(out), "--float", "--json", "--quality", "high", *extra)

@@ -9,7 +9,9 @@ outputs, on 2026-12-06, when its config gained ``cln_memory = 5`` (docs/long-rec
 docs/experiments.md); the ``convtasnet-fast``, ``convtasnet-16k``, ``dpcl-fast`` and
 ``old-checkpoint`` outputs, on 2026-12-06, when those presets gained ``equalize = 12``
 (sepcli/inference/equalize.py); the ``dpcl-fast`` output again, on 2026-12-06, when ``dpcl``
-shipped stage D1's weights (models/dpcl.md).
+shipped stage D1's weights (models/dpcl.md); the two ``convtasnet-causal`` outputs again, on
+2026-12-07, when both its presets gained ``equalize = 12`` in the causal form
+(sepcli/inference/equalize_causal.py).
 """
 from __future__ import annotations
 

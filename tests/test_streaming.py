@@ -321,9 +321,9 @@ def test_averaged_passes_stay_causal() -> None:
 def test_averaged_streamer_interface() -> None:
     model = tiny_causal(seed=5, L=8)
     hop = model.config.stride
-    streamer = streaming.make_streamer(model, chunk_size=hop, passes=2)
+    streamer = streaming.make_streamer(model, chunk_size=hop, passes=2, equalize=0.0)
     assert isinstance(streamer, streaming.AveragedStreamer) and streamer.max_delay == hop // 2
-    assert isinstance(streaming.make_streamer(model), Streamer)  # the model's default: one pass
+    assert isinstance(streaming.make_streamer(model, equalize=0.0), Streamer)  # the model's default: one pass
     assert streamer.algorithmic_latency() == model.config.L + hop + hop // 2
     assert streamer.receptive_field == model.receptive_field + hop // 2
     # released as soon as the most delayed pass has it: a hold-back of L - L/2 + delay
@@ -373,3 +373,42 @@ def test_averaged_passes_every_statistics_path(monkeypatch):
     monkeypatch.setattr(streaming, "MAX_STEP_FRAMES", 37)
     assert_close(stream_array(model, mix, mix.shape[0], passes=4, signs=True),
                  torch.from_numpy(streaming.offline(model, mix, passes=4, signs=True)))
+
+
+# ----------------------------------------------------------------------------- the causal equalizer
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_equalized_stream_matches_the_offline_equalized_forward(passes):
+    """EqualizedStreamer in chunks of any size gives causal_equalized_fn over the whole signal."""
+    model = tiny_causal(seed=5)
+    t = np.arange(6000) / 8000
+    mix = (np.sin(2 * np.pi * 300 * t) + 0.3 * np.random.default_rng(1).standard_normal(6000)).astype(np.float32)
+    want = streaming.offline(model, mix, passes=passes, equalize=12.0)  # [S, T]
+    plain = streaming.offline(model, mix, passes=passes)
+    assert np.abs(want - plain).max() > 0.01 * np.abs(plain).max()  # the equalizer did something
+    for chunk in (1, 37, [5, 300, 64, 1]):
+        got = stream_array(model, mix, chunk, passes=passes, equalize=12.0)
+        assert_close(got, torch.from_numpy(want))
+    # torch in, torch out
+    got = stream_array(model, torch.from_numpy(mix), 64, passes=passes, equalize=12.0)
+    assert isinstance(got, torch.Tensor)
+    assert_close(got, torch.from_numpy(want))
+
+
+def test_make_streamer_takes_equalize_from_the_preset(monkeypatch):
+    from sepcli.inference.settings import InferenceSettings
+
+    model = tiny_causal(seed=6)
+    default = streaming.make_streamer(model)  # causal Conv-TasNet's presets equalize at 12 dB
+    assert isinstance(default, streaming.EqualizedStreamer) and default.equalize == 12.0
+    assert isinstance(default.inner, Streamer)
+    monkeypatch.setattr(type(model), "inference_presets",
+                        lambda self: {"fast": InferenceSettings(equalize=9.0), "high": InferenceSettings(passes=2)})
+    streamer = streaming.make_streamer(model, chunk_size=16)
+    assert isinstance(streamer, streaming.EqualizedStreamer) and streamer.equalize == 9.0
+    assert streamer.algorithmic_latency(16) == streamer.inner.algorithmic_latency(16)
+    assert not isinstance(streaming.make_streamer(model, equalize=0.0), streaming.EqualizedStreamer)
+    assert not isinstance(streaming.make_streamer(model, quality="high"), streaming.EqualizedStreamer)
+    with pytest.raises(SepError):
+        streamer.process(np.array([np.nan], dtype=np.float32))

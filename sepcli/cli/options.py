@@ -56,11 +56,16 @@ def speeds_list(value: str) -> list[float]:
 
 
 def streaming_options(passes_help: str, quality_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--passes``, ``--quality`` and ``--backend``, as ``sep stream`` and ``sep bench`` share them."""
+    """``--passes``, ``--quality``, ``--equalize`` and ``--backend``, as ``sep stream`` and ``sep bench``
+    share them."""
     options = [
         click.option("--passes", type=click.IntRange(min=1), default=None, metavar="N", help=passes_help),
         click.option("--quality", type=click.Choice(["fast", "high"]), default="fast", show_default=True,
                      help=quality_help),
+        click.option("--equalize", type=click.FloatRange(0, 40), default=None, metavar="DB",
+                     help="Causal channel normalisation: the most dB per band that the running "
+                          "equalizer moves the input toward training speech, its tracks filtered back "
+                          "(0: off). Default: the preset's."),
         click.option(
             "--backend", type=click.Choice(["auto", "native", "torch"]), default="auto", show_default=True,
             help="Streaming step: the compiled kernel (native: built on first use with the system C compiler, "

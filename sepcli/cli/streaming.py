@@ -40,7 +40,8 @@ from sepcli.cli.options import chunk_ms_list, fmt_params, streaming_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def stream_cmd(
     input_path: str, model: str | None, out: str, chunk_ms: float, device: str, threads: int,
-    passes: int | None, quality: str, backend: str, filename: str, stdin_rate: int | None, stdin_format: str, name: str,
+    passes: int | None, quality: str, equalize: float | None, backend: str, filename: str, stdin_rate: int | None,
+    stdin_format: str, name: str,
     as_float: bool, force: bool, as_json: bool,
 ) -> None:
     """Separate with a causal model chunk by chunk, as live audio would arrive.
@@ -70,7 +71,7 @@ def stream_cmd(
         result = streaming.stream_pcm(
             sys.stdin.buffer, stdin_rate, out, model, name=name, sample_format=stdin_format,
             chunk_ms=chunk_ms, device=device, force=force, filename=filename, subtype="FLOAT", passes=passes,
-            quality=quality, backend=backend,
+            quality=quality, backend=backend, equalize=equalize,
         )
     else:
         if stdin_rate is not None:
@@ -78,6 +79,7 @@ def stream_cmd(
         result = streaming.stream_file(
             input_path, out, model, chunk_ms=chunk_ms, device=device, force=force, filename=filename,
             subtype="FLOAT" if as_float else "PCM_16", passes=passes, quality=quality, backend=backend,
+            equalize=equalize,
         )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -87,7 +89,8 @@ def stream_cmd(
         click.echo(
             f"Wrote {result.n_src} tracks ({result.duration:.1f} s at {result.sample_rate} Hz) to "
             f"{', '.join(result.outputs)}\n{result.chunks} chunks of {result.chunk_ms:g} ms"
-            f" ({f'{result.passes} passes, ' if result.passes > 1 else ''}{result.backend} step): compute "
+            f" ({f'{result.passes} passes, ' if result.passes > 1 else ''}"
+            f"{f'equalize {result.equalize:g} dB, ' if result.equalize else ''}{result.backend} step): compute "
             f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, max {result.max_ms:.2f} ms; "
             f"real-time factor {result.compute_rtf:.3f}"
         )
@@ -108,6 +111,7 @@ def _print_bench(result) -> None:
     title = (
         f"Streaming {result.model}{weights}, {fmt_params(result.params)} params, "
         f"{f'{result.passes} passes averaged, ' if result.passes > 1 else ''}"
+        f"{f'equalize {result.equalize:g} dB, ' if result.equalize else ''}"
         f"{result.device} ({result.device_name}), {result.threads} thread(s), {result.backend} step, "
         f"{result.duration_s:g} s at {result.sample_rate / 1000:g} kHz"
     )
@@ -171,7 +175,8 @@ def _print_bench(result) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
 def bench_cmd(
     model: str | None, device: str, chunk_ms: str, threads: int, duration: float, naive_chunks: int,
-    passes: int | None, quality: str, backend: str, offline_model: str | None, no_offline: bool, as_json: bool,
+    passes: int | None, quality: str, equalize: float | None, backend: str, offline_model: str | None,
+    no_offline: bool, as_json: bool,
 ) -> None:
     """Measure streaming latency and real-time factor of a causal Conv-TasNet.
 
@@ -199,7 +204,8 @@ def bench_cmd(
         result = bench.run_bench(
             model, device=device, chunk_ms=chunks, threads=threads, duration=duration,
             naive_chunks=naive_chunks, offline_model=False if no_offline else offline_model, passes=passes,
-            quality=quality, backend=backend, progress=lambda msg: status.update(msg) if not as_json else None,
+            quality=quality, equalize=equalize, backend=backend,
+            progress=lambda msg: status.update(msg) if not as_json else None,
         )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

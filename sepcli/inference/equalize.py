@@ -23,6 +23,7 @@ K frames.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -123,6 +124,16 @@ def target_spectrum(sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
     return 10.0 ** (db / 10.0), covered
 
 
+@functools.lru_cache(maxsize=8)
+def _smoothed_target_db(sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`target_spectrum` smoothed as the spectra it is compared with, in dB (computed once
+    per rate: the causal equalizer asks for it every 32 ms). Shape: -> [F] float64, [F] bool."""
+    target, covered = target_spectrum(sample_rate)
+    target_db = 10.0 * np.log10(_smooth(target[None, :])[0])
+    target_db.flags.writeable = covered.flags.writeable = False
+    return target_db, covered
+
+
 def equalizer_gains(mix: np.ndarray, sample_rate: int, limit_db: float) -> np.ndarray:
     """Amplitude gains per bin that bring each row's long-term spectrum toward the
     speech target: ``(target / spectrum) ** (STRENGTH / 2)`` after smoothing both (so half
@@ -136,15 +147,24 @@ def equalizer_gains(mix: np.ndarray, sample_rate: int, limit_db: float) -> np.nd
 
 def _gains_for(power: np.ndarray, sample_rate: int, limit_db: float) -> np.ndarray:
     """:func:`equalizer_gains` from the long-term spectrum. Shape: power [B, F] -> [B, F] float64."""
-    target, covered = target_spectrum(sample_rate)  # [F], [F]
+    return 10.0 ** (gains_db_for(power, sample_rate, limit_db) / 20.0)
+
+
+def gains_db_for(power: np.ndarray, sample_rate: int, limit_db: float) -> np.ndarray:
+    """The gains of :func:`equalizer_gains` in dB, from long-term power spectra on the bins of
+    ``sample_rate``'s window (also the running ones of :mod:`sepcli.inference.equalize_causal`).
+
+    Shape: power [B, F] -> [B, F] float64.
+    """
+    target_db, covered = _smoothed_target_db(int(sample_rate))  # [F], [F]
     # A relative floor: a band with no energy at all (digital silence, a hard band
     # limit) gets the full limit, not an infinite gain.
     floor = 1e-10 * power.max(1, keepdims=True) + 1e-30
-    gain_db = STRENGTH * 10.0 * np.log10(_smooth(target[None, :]) / _smooth(power + floor))  # [B, F]
+    gain_db = STRENGTH * (target_db - 10.0 * np.log10(_smooth(power + floor)))  # [B, F]
     gain_db -= np.median(gain_db[:, covered], axis=1, keepdims=True)
     gain_db = np.clip(gain_db, -limit_db, limit_db)
     gain_db[:, ~covered] = 0.0
-    return 10.0 ** (gain_db / 20.0)
+    return gain_db
 
 
 def apply_gains(x: np.ndarray, gains: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -160,10 +180,12 @@ def apply_gains(x: np.ndarray, gains: np.ndarray, sample_rate: int) -> np.ndarra
     return out.reshape(*lead, length).numpy().astype(np.float32)
 
 
-def preset_limit(causal: bool) -> float:
-    """The limit a family's preset uses: :data:`PRESET_DB`, or 0 (off) for a causal model,
-    which cannot measure a chunk ahead when it streams."""
-    return 0.0 if causal else PRESET_DB
+def preset_limit(causal: bool, causal_validated: bool = False) -> float:
+    """The limit a family's preset uses: :data:`PRESET_DB`. A causal model gets the running
+    form (:mod:`sepcli.inference.equalize_causal`), which was validated for causal Conv-TasNet
+    only (docs/experiments.md, "Causal equalize"): other causal builds keep 0 (off) unless
+    ``causal_validated``."""
+    return PRESET_DB if not causal or causal_validated else 0.0
 
 
 def check_limit(limit_db: Any) -> float:
@@ -198,5 +220,6 @@ def equalized_fn(fn: Any, sample_rate: int, limit_db: float) -> Any:
 
 
 __all__ = ["ACTIVE_DB", "MAX_LIMIT_DB", "N_FFT", "PRESET_DB", "SAMPLE_RATE", "SMOOTH_BINS", "SPEECH_SPECTRUM_DB",
-           "STRENGTH", "apply_gains", "check_limit", "equalized_fn", "equalizer_gains", "long_term_spectrum",
+           "STRENGTH", "apply_gains", "check_limit", "equalized_fn", "equalizer_gains", "gains_db_for",
+           "long_term_spectrum",
            "preset_limit", "target_spectrum"]

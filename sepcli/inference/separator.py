@@ -56,6 +56,7 @@ from sepcli.inference import device as devices
 from sepcli.inference import protocol
 from sepcli.inference.chunking import EngineStats, chunk_plan, separate_array, separate_stream
 from sepcli.inference.equalize import equalized_fn
+from sepcli.inference.equalize_causal import causal_equalized_fn
 from sepcli.inference.outputs import (
     DEFAULT_FILENAME,
     PEAK_TARGET,
@@ -253,7 +254,9 @@ class Separator:
         self.fn = ensemble_fn([speed_fn(views, info.sample_rate, v) for v in s.speeds], what="speeds")
         if s.equalize > 0:
             # Outermost: each chunk's gains are measured once, whatever passes and speeds it runs.
-            self.fn = equalized_fn(self.fn, info.sample_rate, s.equalize)
+            # A causal model gets the running (causal) form, so that its chunks equal its stream.
+            wrap = causal_equalized_fn if info.causal else equalized_fn
+            self.fn = wrap(self.fn, info.sample_rate, s.equalize)
         if self.n_src is not None:
             # Fail now, once, rather than on every file: models with a fixed
             # number of outputs refuse another count.

@@ -22,7 +22,13 @@ import torch
 from sepcli import engine
 from sepcli.errors import SepError
 from sepcli.inference.settings import DEFAULT_QUALITY
-from sepcli.inference.streaming import AveragedStreamer, Streamer, make_streamer, streaming_layout
+from sepcli.inference.streaming import (
+    AveragedStreamer,
+    EqualizedStreamer,
+    Streamer,
+    make_streamer,
+    streaming_layout,
+)
 
 DEFAULT_CHUNK_MS = 8.0
 PCM_FORMATS = {"s16le": ("<i2", 32768.0), "f32le": ("<f4", 1.0)}
@@ -79,6 +85,7 @@ class StreamResult:
     message: str = ""
     passes: int = 1  # averaged passes streamed (AveragedStreamer above 1)
     backend: str = "torch"  # the streaming step's implementation: "native" or "torch"
+    equalize: float = 0.0  # the causal equalizer's limit in dB (0: off)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -118,7 +125,7 @@ class _Runner:
     """Feeds a :class:`Streamer` (or :class:`AveragedStreamer`) fixed-size chunks cut from blocks of any size,
     timing each call; yields the output gathered into blocks of a few thousand samples."""
 
-    def __init__(self, streamer: Streamer | AveragedStreamer, chunk: int) -> None:
+    def __init__(self, streamer: Streamer | AveragedStreamer | EqualizedStreamer, chunk: int) -> None:
         self.streamer = streamer
         self.chunk = chunk
         self.times = ChunkTimes(chunk, streamer.sample_rate)
@@ -170,6 +177,7 @@ def stream_file(
     passes: int | None = None,
     quality: str = DEFAULT_QUALITY,
     backend: str = "auto",
+    equalize: float | None = None,
 ) -> StreamResult:
     """Separate a file by streaming it through a causal model in chunks of
     ``chunk_ms``, as a live input would arrive; write the same files as
@@ -182,14 +190,16 @@ def stream_file(
     the whole chunk before any output). ``passes``: forward passes averaged
     (:class:`AveragedStreamer`; None: the ``quality`` preset's, as ``sep separate``);
     equal to their offline average (:func:`offline`). ``backend``: the
-    streaming step's implementation (see :class:`Streamer`).
+    streaming step's implementation (see :class:`Streamer`). ``equalize``: the causal
+    equalizer's limit in dB (:class:`EqualizedStreamer`; 0 off, None: the preset's).
     """
     from sepcli import api
 
     net, name = _load_causal(model, device)
     separator = api.Separator(net, device=device)
     chunk = _chunk_samples(chunk_ms, separator.sample_rate)
-    streamer = make_streamer(separator.model, chunk_size=chunk, passes=passes, backend=backend, quality=quality)
+    streamer = make_streamer(separator.model, chunk_size=chunk, passes=passes, backend=backend, quality=quality,
+                             equalize=equalize)
     runner = _Runner(streamer, chunk)
 
     def separate_blocks(blocks: Iterable[np.ndarray], stats: Any = None) -> Iterator[np.ndarray]:
@@ -207,7 +217,8 @@ def stream_file(
         input=res.input, status=res.status, outputs=list(res.outputs), model=name, n_src=res.n_src,
         sample_rate=res.sample_rate, frames=res.frames, duration=res.duration, seconds=res.seconds,
         chunk_ms=runner.times.chunk_ms, gain_db=res.gain_db, message=res.message,
-        passes=getattr(streamer, "passes", 1), backend=streamer.backend, **timing,
+        passes=getattr(streamer, "passes", 1), backend=streamer.backend,
+        equalize=getattr(streamer, "equalize", 0.0), **timing,
     )
 
 
@@ -239,6 +250,7 @@ def stream_pcm(
     passes: int | None = None,
     quality: str = DEFAULT_QUALITY,
     backend: str = "auto",
+    equalize: float | None = None,
 ) -> StreamResult:
     """Separate raw mono PCM read from a pipe (e.g. ``sys.stdin.buffer``) until
     it ends, one chunk at a time, into ``OUT/<name>/s1.wav`` ... at
@@ -247,7 +259,7 @@ def stream_pcm(
     The outputs are written as the stream goes (they appear, atomically, when
     it ends). ``subtype="FLOAT"`` (default) cannot clip; with PCM the samples
     beyond full scale are clipped (with a warning), since the peak is unknown
-    until the end. ``passes`` and ``backend`` as in :func:`stream_file`.
+    until the end. ``passes``, ``backend`` and ``equalize`` as in :func:`stream_file`.
     """
     from sepcli import api, audio
 
@@ -266,7 +278,8 @@ def stream_pcm(
     width = np.dtype(dtype).itemsize
     chunk = _chunk_samples(chunk_ms, sample_rate)  # read size, at the input's rate
     model_chunk = _chunk_samples(chunk_ms, sr_model)
-    streamer = make_streamer(net, chunk_size=model_chunk, passes=passes, backend=backend, quality=quality)
+    streamer = make_streamer(net, chunk_size=model_chunk, passes=passes, backend=backend, quality=quality,
+                             equalize=equalize)
     times = ChunkTimes(model_chunk, sr_model)
     resample = sample_rate != sr_model
     down = audio.Resampler(sample_rate, sr_model) if resample else None
@@ -326,7 +339,8 @@ def stream_pcm(
         input=name, status="ok", outputs=[str(p) for p in outs], model=model_name, n_src=n_src,
         sample_rate=sample_rate, frames=n_in, duration=n_in / sample_rate,
         seconds=time.perf_counter() - t_start, chunk_ms=times.chunk_ms,
-        passes=getattr(streamer, "passes", 1), backend=streamer.backend, **timing,
+        passes=getattr(streamer, "passes", 1), backend=streamer.backend,
+        equalize=getattr(streamer, "equalize", 0.0), **timing,
     )
 
 

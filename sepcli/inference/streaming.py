@@ -53,8 +53,11 @@ import torch
 
 from sepcli import engine
 from sepcli.errors import SepError
+from sepcli.inference import protocol
+from sepcli.inference.equalize import check_limit
+from sepcli.inference.equalize_causal import CausalEqualizer, causal_equalized_fn
 from sepcli.inference.protocol import SeparationModel, StreamingLayout, StreamingNetwork
-from sepcli.inference.settings import DEFAULT_QUALITY
+from sepcli.inference.settings import DEFAULT_QUALITY, preset_settings
 
 MAX_STEP_FRAMES = 2048
 """Frames processed together at most; bounds memory when a long array is
@@ -416,27 +419,99 @@ class AveragedStreamer:
         return y if self._io_device is None else torch.from_numpy(y).to(self._io_device)
 
 
+class EqualizedStreamer:
+    """A streamer (:class:`Streamer` or :class:`AveragedStreamer`) hearing its input through
+    a :class:`~sepcli.inference.equalize_causal.CausalEqualizer`, its tracks filtered back:
+    the streaming form of ``equalize`` for a causal model, equal to
+    :func:`~sepcli.inference.equalize_causal.causal_equalized_fn` over the whole signal
+    (:func:`offline` with ``equalize``). The equalizer looks at no later sample, so the
+    latency is the inner streamer's. Same interface as :class:`Streamer`.
+    """
+
+    def __init__(self, inner: Streamer | AveragedStreamer, limit_db: float) -> None:
+        self.inner = inner
+        self.equalizer = CausalEqualizer(inner.sample_rate, limit_db)
+        self.equalize: float = self.equalizer.limit_db
+        self.model = inner.model
+        self.n_src: int = inner.n_src
+        self.sample_rate: int = inner.sample_rate
+        self.L: int = inner.L
+        self.hop: int = inner.hop
+        self.chunk_size = inner.chunk_size
+        self.backend: str = inner.backend
+        self.passes: int = getattr(inner, "passes", 1)
+        self._io_device: torch.device | None = None  # None: numpy in, numpy out
+
+    samples_in = property(lambda self: self.inner.samples_in)
+    samples_out = property(lambda self: self.inner.samples_out)
+    receptive_field = property(lambda self: self.inner.receptive_field)
+
+    def reset(self) -> None:
+        """Forget the stream: the next :meth:`process` starts a new one."""
+        self.inner.reset()
+        self.equalizer.reset()
+
+    def algorithmic_latency(self, chunk: int | None = None) -> int:
+        """The inner streamer's: the equalizer adds none."""
+        return self.inner.algorithmic_latency(chunk)
+
+    def process(self, chunk: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        """Feed the next ``n >= 0`` samples; return the output samples that are now final.
+        Shape: [n] or [1, n] -> [S, m] (as :meth:`Streamer.process`)."""
+        if isinstance(chunk, torch.Tensor):
+            self._io_device = chunk.device
+            chunk = chunk.detach().cpu().numpy()
+        x = np.asarray(chunk)
+        if x.ndim == 2 and x.shape[0] == 1:
+            x = x[0]
+        if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
+            raise SepError(f"chunk must hold float samples of shape [n] or [1, n], got {x.dtype} {list(x.shape)}")
+        if x.shape[0] and not math.isfinite(float(x.sum(dtype=np.float64))):
+            raise SepError("chunk contains NaN or infinite samples")
+        return self._output(self.inner.process(self.equalizer.filter(x)))
+
+    def flush(self) -> torch.Tensor | np.ndarray:
+        """End the stream and return the rest. Shape: [S, rest]."""
+        return self._output(self.inner.flush())
+
+    def _output(self, y: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        if isinstance(y, torch.Tensor):
+            y = y.detach().float().cpu().numpy()
+        out = self.equalizer.unfilter(y)
+        return out if self._io_device is None else torch.from_numpy(out).to(self._io_device)
+
+
 def make_streamer(
     model: torch.nn.Module, chunk_size: int | None = None, passes: int | None = None, signs: bool | None = None,
-    backend: str = "auto", quality: str = DEFAULT_QUALITY,
-) -> Streamer | AveragedStreamer:
+    backend: str = "auto", quality: str = DEFAULT_QUALITY, equalize: float | None = None,
+) -> Streamer | AveragedStreamer | EqualizedStreamer:
     """The streamer of ``passes`` averaged passes (None: the model's ``quality``
     preset's, as ``sep separate``; ``fast``: one): a plain :class:`Streamer` for one.
-    ``backend``: see :class:`Streamer`."""
+    ``equalize``: the causal equalizer's limit in dB (0: off; None: the preset's), an
+    :class:`EqualizedStreamer` around the rest. ``backend``: see :class:`Streamer`."""
     passes, signs = engine.model_passes(model, passes, signs, quality=quality)
+    if equalize is None:
+        equalize = preset_settings(protocol.describe(model).presets, quality).equalize
+    equalize = check_limit(equalize)
     if passes == 1:
-        return Streamer(model, chunk_size=chunk_size, backend=backend)
-    return AveragedStreamer(model, chunk_size=chunk_size, passes=passes, signs=signs, backend=backend)
+        streamer: Streamer | AveragedStreamer = Streamer(model, chunk_size=chunk_size, backend=backend)
+    else:
+        streamer = AveragedStreamer(model, chunk_size=chunk_size, passes=passes, signs=signs, backend=backend)
+    return EqualizedStreamer(streamer, equalize) if equalize > 0 else streamer
 
 
 def offline(
-    model: torch.nn.Module, mix: torch.Tensor | np.ndarray, passes: int = 1, signs: bool = False
+    model: torch.nn.Module, mix: torch.Tensor | np.ndarray, passes: int = 1, signs: bool = False,
+    equalize: float = 0.0,
 ) -> np.ndarray:
     """The offline output a stream equals: the causal forward over the whole
-    signal, or the causal average of ``passes`` passes. Shape: [T] -> [S, T] float32."""
+    signal, or the causal average of ``passes`` passes, with the causal equalizer
+    around it for ``equalize`` > 0 dB. Shape: [T] -> [S, T] float32."""
     x = mix.detach().cpu().numpy() if isinstance(mix, torch.Tensor) else np.asarray(mix)
     fn = engine.averaged_fn(engine.model_fn(model), engine.pass_transforms(passes, model.frame_hop, signs=signs),
                             causal=True)
+    if check_limit(equalize) > 0:
+        fn = causal_equalized_fn(fn, int(model.sample_rate), equalize)
     return fn(x.reshape(1, -1).astype(np.float32))[0]
 
 
@@ -463,14 +538,15 @@ def chunk_sizes(n_samples: int, chunk: int | Iterable[int]) -> Iterator[int]:
 
 def stream_array(
     model: torch.nn.Module, mix: torch.Tensor | np.ndarray, chunk: int | Iterable[int], passes: int = 1,
-    signs: bool = False,
+    signs: bool = False, equalize: float = 0.0,
 ) -> torch.Tensor | np.ndarray:
     """Run a whole signal through a :class:`Streamer` (an :class:`AveragedStreamer`
-    for ``passes > 1``) chunk by chunk (for tests and benchmarks; equals
-    :func:`offline`, for one pass ``model(mix[None])[0]``). Shape: [T] -> [S, T]."""
+    for ``passes > 1``, an :class:`EqualizedStreamer` for ``equalize`` > 0) chunk by chunk
+    (for tests and benchmarks; equals :func:`offline`, for one pass without equalize
+    ``model(mix[None])[0]``). Shape: [T] -> [S, T]."""
     n = int(mix.shape[-1])
     first = int(chunk) if isinstance(chunk, int) else None
-    streamer = make_streamer(model, chunk_size=first, passes=passes, signs=signs)
+    streamer = make_streamer(model, chunk_size=first, passes=passes, signs=signs, equalize=equalize)
     outs = []
     pos = 0
     for size in chunk_sizes(n, chunk):
@@ -482,5 +558,5 @@ def stream_array(
     return torch.cat(outs, 1)
 
 
-__all__ = ["BACKENDS", "MAX_STEP_FRAMES", "AveragedStreamer", "Streamer", "chunk_sizes", "make_streamer",
-           "offline", "stream_array", "streaming_layout"]
+__all__ = ["BACKENDS", "MAX_STEP_FRAMES", "AveragedStreamer", "EqualizedStreamer", "Streamer", "chunk_sizes",
+           "make_streamer", "offline", "stream_array", "streaming_layout"]

@@ -340,10 +340,13 @@ class ConvTasNet(ConfigMembers, nn.Module):
         valid speakers (docs/long-recordings.md), where it cost about 0.1 dB and
         no swap and made ``sep separate`` 17 % faster (its RTF bar is 0.08). The
         non-causal ``fast`` preset also equalizes each chunk toward training speech's
-        spectrum, by up to :data:`~sepcli.inference.equalize.PRESET_DB` dB per band (:mod:`sepcli.inference.equalize`), chosen on
-        the valid speakers (docs/experiments.md, "Equalize")."""
+        spectrum, by up to :data:`~sepcli.inference.equalize.PRESET_DB` dB per band
+        (:mod:`sepcli.inference.equalize`), chosen on the valid speakers (docs/experiments.md,
+        "Equalize"); both causal presets do the same with a running spectrum
+        (:mod:`sepcli.inference.equalize_causal`; "Causal equalize"), which streams."""
         fast = InferenceSettings(segment=30.0)
         if self.config.causal:
+            fast = fast.override(equalize=preset_limit(causal=True, causal_validated=True))
             return {"fast": fast, "high": fast.override(passes=2)}
         high = fast.override(passes=4, pass_signs=True, speeds=(1.0, 0.92, 0.88))
         return {"fast": fast.override(overlap=0.1, equalize=preset_limit(causal=False)), "high": high}
