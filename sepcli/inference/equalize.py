@@ -108,9 +108,10 @@ def long_term_spectrum(x: np.ndarray, n_fft: int = N_FFT) -> np.ndarray:
 def _smooth(power: np.ndarray) -> np.ndarray:
     """Moving average over :data:`SMOOTH_BINS` bins, edges repeated. Shape: [B, F] -> [B, F]."""
     half = SMOOTH_BINS // 2
-    padded = np.pad(power, ((0, 0), (half, half)), mode="edge")  # [B, F + 2 half]
-    kernel = np.ones(SMOOTH_BINS) / SMOOTH_BINS
-    return np.stack([np.convolve(row, kernel, mode="valid") for row in padded])
+    padded = np.concatenate((np.repeat(power[:, :1], half, 1), power, np.repeat(power[:, -1:], half, 1)), 1)
+    sums = np.cumsum(padded, axis=1)  # [B, F + 2 half]
+    sums = np.concatenate((np.zeros((len(power), 1)), sums), 1)
+    return (sums[:, SMOOTH_BINS:] - sums[:, :-SMOOTH_BINS]) / SMOOTH_BINS
 
 
 def target_spectrum(sample_rate: int) -> tuple[np.ndarray, np.ndarray]:

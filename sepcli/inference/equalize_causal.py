@@ -30,6 +30,7 @@ Shape legend: B batch (chunks per call), S sources, T samples, F frequency bins,
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -51,6 +52,14 @@ design to the next over that block; the running spectrum still takes every hop's
 DESIGN_OVERSAMPLING = 4
 """The minimum-phase design runs on a frequency grid this many times finer than the window's,
 which keeps the cepstrum's time aliasing far below the filters' precision."""
+
+
+@functools.lru_cache(maxsize=4)
+def _ramp(block: int) -> np.ndarray:
+    """The blend from one block's filter to the next: ``(i + 1) / block``. Shape: [block]."""
+    ramp = (np.arange(block) + 1.0) / block
+    ramp.flags.writeable = False
+    return ramp
 
 
 class CausalEqualizer:
@@ -173,16 +182,18 @@ class CausalEqualizer:
         m = buf.shape[-1] - (taps - 1)
         rows = buf.reshape(-1, buf.shape[-1])  # [N, taps - 1 + m]
         out = np.empty((rows.shape[0], m))
+        ramp = _ramp(block)  # [block]
         lo = 0
         while lo < m:  # one segment per block touched: a few per real-time call
             t = start + lo
-            hi = min(m, lo + block - t % block)
+            pos = t % block
+            hi = min(m, lo + block - pos)
             b = t // block - first + 1  # this block's row in `filters`
-            ramp = (np.arange(t % block, t % block + hi - lo) + 1.0) / block  # [n]
-            for row, y in zip(rows, out):
-                seg = row[lo:hi + taps - 1]
-                prev = np.convolve(seg, filters[b - 1], "valid")  # [n], through the last block's filter
-                y[lo:hi] = prev + ramp * (np.convolve(seg, filters[b], "valid") - prev)
+            prev_h, now_h, r = filters[b - 1], filters[b], ramp[pos:pos + hi - lo]
+            for i in range(rows.shape[0]):
+                seg = rows[i, lo:hi + taps - 1]
+                prev = np.convolve(seg, prev_h, "valid")  # [n], through the last block's filter
+                out[i, lo:hi] = prev + r * (np.convolve(seg, now_h, "valid") - prev)
             lo = hi
         return out.reshape(*buf.shape[:-1], m)
 

@@ -197,8 +197,9 @@ class Separator:
         equalize: channel normalisation (dB, 0 off): each chunk is filtered toward
             the long-term spectrum of training speech by at most this much per
             band before it is separated, and its tracks by the inverse after
-            (:mod:`sepcli.inference.equalize`); ``None`` for the preset's (12 dB
-            for the shipped non-causal models at ``fast``, 0 for causal ones).
+            (:mod:`sepcli.inference.equalize`; for a causal model the running form,
+            :mod:`sepcli.inference.equalize_causal`, which streams); ``None`` for the
+            preset's (12 dB for every shipped model at ``fast``).
     """
 
     def __init__(
