@@ -43,9 +43,8 @@ import torch
 from sepcli import engine, registry
 from sepcli.errors import SepError
 from sepcli.inference import protocol
-from sepcli.inference.equalize import check_limit
-from sepcli.inference.settings import DEFAULT_QUALITY, preset_settings
-from sepcli.streaming import Streamer, make_streamer, offline
+from sepcli.inference.settings import DEFAULT_QUALITY
+from sepcli.streaming import Streamer, make_streamer, model_equalize, offline
 
 DEFAULT_CHUNKS_MS = (2.0, 4.0, 8.0, 16.0, 32.0)
 DEFAULT_CAUSAL = "convtasnet-causal"  # shipped name
@@ -354,9 +353,7 @@ def run_bench(
         probe = Streamer(net, backend=backend)
         used, frame_length, hop = probe.backend, probe.L, probe.hop  # the family's framing (its streaming layout)
         passes, signs = engine.model_passes(net, passes, quality=quality)
-        if equalize is None:
-            equalize = preset_settings(protocol.describe(net).presets, quality).equalize
-        equalize = check_limit(equalize)
+        equalize = model_equalize(net, equalize, quality)
         c = net.config
         sr = c.sample_rate
         if net.receptive_field is None:  # recurrent (LSTM-TasNet): no finite context to re-run per chunk

@@ -23,11 +23,12 @@ from sepcli.inference.streaming import (
     Streamer,
     chunk_sizes,
     make_streamer,
+    model_equalize,
     offline,
     stream_array,
     streaming_layout,
 )
 
 __all__ = ["BACKENDS", "DEFAULT_CHUNK_MS", "MAX_STEP_FRAMES", "PCM_FORMATS", "AveragedStreamer", "ChunkTimes",
-           "EqualizedStreamer", "StreamResult", "Streamer", "chunk_sizes", "make_streamer", "offline", "stream_array", "stream_file",
-           "stream_pcm", "streaming_layout"]
+           "EqualizedStreamer", "StreamResult", "Streamer", "chunk_sizes", "make_streamer", "model_equalize",
+           "offline", "stream_array", "stream_file", "stream_pcm", "streaming_layout"]

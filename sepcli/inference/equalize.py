@@ -18,6 +18,10 @@ The gains are measured per chunk (30 s for the shipped models), from frames with
 median over the bands is 0 dB, so the level is left alone. Bands outside the
 target's 0-4 kHz (models at rates above 8 kHz) keep 0 dB.
 
+This form reads a whole chunk before filtering it. Causal models use the running form,
+:mod:`sepcli.inference.equalize_causal`, which applies the same rule (:func:`gains_db_for`)
+to the spectrum heard so far and streams.
+
 Shape legend: B batch (chunks per call), S sources, T samples, F frequency bins,
 K frames.
 """

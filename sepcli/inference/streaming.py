@@ -37,8 +37,10 @@ packed weight panels, faster for the few rows of real-time chunks); the torch
 step (``backend="torch"``) is the fallback without a C compiler and computes
 the same thing (docs/streaming.md has the timings).
 
-:mod:`sepcli.inference.stream_files` (``sep stream``) runs files and raw PCM
-pipes through a Streamer.
+:class:`EqualizedStreamer` wraps either streamer in the running channel normalisation of
+:mod:`sepcli.inference.equalize_causal` (the shipped causal model's default, from its
+presets through :func:`make_streamer`). :mod:`sepcli.inference.stream_files` (``sep stream``)
+runs files and raw PCM pipes through them.
 
 Shape legend: S sources, T samples, K frames, G lanes, and the paper's L.
 """
@@ -481,6 +483,14 @@ class EqualizedStreamer:
         return out if self._io_device is None else torch.from_numpy(out).to(self._io_device)
 
 
+def model_equalize(model: torch.nn.Module, equalize: float | None = None, quality: str = DEFAULT_QUALITY) -> float:
+    """``equalize`` (dB), or the model's ``quality`` preset's when None, validated: what
+    :func:`make_streamer`, ``sep stream`` and ``sep bench`` run."""
+    if equalize is None:
+        equalize = preset_settings(protocol.describe(model).presets, quality).equalize
+    return check_limit(equalize)
+
+
 def make_streamer(
     model: torch.nn.Module, chunk_size: int | None = None, passes: int | None = None, signs: bool | None = None,
     backend: str = "auto", quality: str = DEFAULT_QUALITY, equalize: float | None = None,
@@ -490,9 +500,7 @@ def make_streamer(
     ``equalize``: the causal equalizer's limit in dB (0: off; None: the preset's), an
     :class:`EqualizedStreamer` around the rest. ``backend``: see :class:`Streamer`."""
     passes, signs = engine.model_passes(model, passes, signs, quality=quality)
-    if equalize is None:
-        equalize = preset_settings(protocol.describe(model).presets, quality).equalize
-    equalize = check_limit(equalize)
+    equalize = model_equalize(model, equalize, quality)
     if passes == 1:
         streamer: Streamer | AveragedStreamer = Streamer(model, chunk_size=chunk_size, backend=backend)
     else:
@@ -559,4 +567,4 @@ def stream_array(
 
 
 __all__ = ["BACKENDS", "MAX_STEP_FRAMES", "AveragedStreamer", "EqualizedStreamer", "Streamer", "chunk_sizes",
-           "make_streamer", "offline", "stream_array", "streaming_layout"]
+           "make_streamer", "model_equalize", "offline", "stream_array", "streaming_layout"]
