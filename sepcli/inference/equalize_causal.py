@@ -35,12 +35,12 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import lfilter
 
 from sepcli.errors import SepError
 from sepcli.inference.equalize import ACTIVE_DB, _n_fft, check_limit, gains_db_for
+from sepcli.inference.passes import to_numpy
 
 TAU = 5.0
 """Seconds over which the running spectrum and the running peak forget (1/e)."""
@@ -60,6 +60,22 @@ def _ramp(block: int) -> np.ndarray:
     ramp = (np.arange(block) + 1.0) / block
     ramp.flags.writeable = False
     return ramp
+
+
+@functools.lru_cache(maxsize=4)
+def _design_tables(n_fft: int) -> tuple[np.ndarray, np.ndarray]:
+    """For :meth:`CausalEqualizer.min_phase`: linear interpolation from the window's bins to a
+    grid :data:`DESIGN_OVERSAMPLING` times finer, and the fold that turns a real cepstrum into
+    a minimum-phase one. Shape: -> [F, F_fine], [N_design]."""
+    n_bins = n_fft // 2 + 1
+    fine = np.linspace(0, n_bins - 1, DESIGN_OVERSAMPLING * (n_bins - 1) + 1)  # [F_fine], in bins
+    interp = np.maximum(0.0, 1.0 - np.abs(np.arange(n_bins)[:, None] - fine[None, :]))  # hat functions
+    n_design = 2 * (len(fine) - 1)
+    fold = np.zeros(n_design)
+    fold[0] = fold[n_design // 2] = 1.0
+    fold[1:n_design // 2] = 2.0
+    interp.flags.writeable = fold.flags.writeable = False
+    return interp, fold
 
 
 class CausalEqualizer:
@@ -90,15 +106,8 @@ class CausalEqualizer:
         self._decay = math.exp(-self.hop / (self.tau * self.sample_rate))  # per hop, on power
         self._warmup = WARMUP * self.sample_rate / self.hop  # in frames
         self._window = np.sqrt(np.hanning(self.n_fft + 1)[:-1])  # periodic sqrt-Hann, as equalize's STFT
-        n_bins = self.n_fft // 2 + 1
-        fine = DESIGN_OVERSAMPLING * (n_bins - 1) + 1
-        self._n_design = 2 * (fine - 1)
-        self._interp = np.stack([np.interp(np.linspace(0, n_bins - 1, fine), np.arange(n_bins),
-                                           np.eye(n_bins)[i]) for i in range(n_bins)])  # [F, F_fine]
-        fold = np.zeros(self._n_design)
-        fold[0] = fold[self._n_design // 2] = 1.0
-        fold[1:self._n_design // 2] = 2.0
-        self._fold = fold  # real cepstrum -> minimum-phase cepstrum
+        self._interp, self._fold = _design_tables(self.n_fft)
+        self._n_design = len(self._fold)
         self.reset()
 
     def reset(self) -> None:
@@ -259,9 +268,7 @@ def causal_equalized_fn(fn: Any, sample_rate: int, limit_db: float, tau: float =
     def equalized(mix: np.ndarray) -> np.ndarray:
         eqs = [CausalEqualizer(sample_rate, limit_db, tau) for _ in range(mix.shape[0])]
         heard = np.stack([eq.filter(row) for eq, row in zip(eqs, mix, strict=True)])  # [B, T]
-        est = fn(heard)  # [B, S, T]
-        if isinstance(est, torch.Tensor):
-            est = est.detach().float().cpu().numpy()
+        est = to_numpy(fn(heard))  # [B, S, T]
         return np.stack([eq.unfilter(tracks) for eq, tracks in zip(eqs, est, strict=True)])
 
     return equalized

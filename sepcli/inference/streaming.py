@@ -58,6 +58,7 @@ from sepcli.errors import SepError
 from sepcli.inference import protocol
 from sepcli.inference.equalize import check_limit
 from sepcli.inference.equalize_causal import CausalEqualizer, causal_equalized_fn
+from sepcli.inference.passes import to_numpy
 from sepcli.inference.protocol import SeparationModel, StreamingLayout, StreamingNetwork
 from sepcli.inference.settings import DEFAULT_QUALITY, preset_settings
 
@@ -477,9 +478,7 @@ class EqualizedStreamer:
         return self._output(self.inner.flush())
 
     def _output(self, y: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-        if isinstance(y, torch.Tensor):
-            y = y.detach().float().cpu().numpy()
-        out = self.equalizer.unfilter(y)
+        out = self.equalizer.unfilter(to_numpy(y))
         return out if self._io_device is None else torch.from_numpy(out).to(self._io_device)
 
 
