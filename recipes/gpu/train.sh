@@ -19,6 +19,7 @@ OUT=${OUT:?set OUT to the folder that comes back}
 DATA=${DATA:-.gpu/librispeech-8k/*/}
 WORKERS=${WORKERS:-4}
 MODELS=${MODELS:-convtasnet convtasnet-causal dpcl upit-lstm lstm-tasnet sudormrf}
+INIT=${INIT:-1}  # 1: a model with shipped weights (models/NAME.safetensors) starts from them at half its recipe's LR
 COMPILE=${COMPILE:-0}  # 1: sep train --set compile=true for the convolutional recipes (untried on the GPU machine)
 
 if [ -d .gpu/wheels ] && ! python3 -c "import soundfile, soxr" 2>/dev/null; then
@@ -33,6 +34,9 @@ mkdir -p "$RUNS" "$OUT"
 batch() {  # per-model batch size on the GPU
   case "$1" in dpcl) echo "${DPCL_BATCH:-32}" ;; *) echo "${CT_BATCH:-16}" ;; esac
 }
+recipe() {  # the shipped dpcl counts 2 or 3 speakers: train it on from the mixed recipe
+  if [ "$1" = dpcl ] && [ "$INIT" = 1 ]; then echo recipes/dpcl-mixed.toml; else echo "recipes/$1.toml"; fi
+}
 epoch() {
   case "$1" in dpcl) echo "${DPCL_EPOCH:-8000}" ;; *) echo "${CT_EPOCH:-8000}" ;; esac
 }
@@ -42,7 +46,13 @@ for m in $MODELS; do
   extra=()
   # compiling speeds up convolutions; the recurrent families are LSTM-bound (checkpoints/README.md)
   if [ "$COMPILE" = 1 ]; then case "$m" in convtasnet* | sudormrf*) extra+=(--set compile=true) ;; esac; fi
-  python3 -m sepcli train --config "recipes/$m.toml" --out "$RUNS/$m" --force \
+  # minutes on a GPU cannot retrain what CPU hours built, but they can train it on (stage D1 of
+  # docs/experiments.md gained on clean and shifted speech at half the recipe's LR)
+  if [ "$INIT" = 1 ] && [ -f "models/$m.safetensors" ]; then
+    lr=$(python3 -c "import sys, tomllib; print(tomllib.load(open(sys.argv[1], 'rb'))['optim']['lr'] / 2)" "$(recipe "$m")")
+    extra+=(--init "models/$m.safetensors" --lr "$lr")
+  fi
+  python3 -m sepcli train --config "$(recipe "$m")" --out "$RUNS/$m" --force \
     --set "train=$DATA" --device "$DEVICE" --threads 2 --set "workers=$WORKERS" \
     --set "batch_size=$(batch "$m")" --set "epoch_size=$(epoch "$m")" --set "valid_size=${VALID_SIZE:-150}" \
     --max-minutes "$MINUTES" --set checkpoint_minutes=2 --set log_every=50 -q "${extra[@]}" \
