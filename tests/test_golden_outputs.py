@@ -11,7 +11,8 @@ docs/experiments.md); the ``convtasnet-fast``, ``convtasnet-16k``, ``dpcl-fast``
 (sepcli/inference/equalize.py); the ``dpcl-fast`` output again, on 2026-12-06, when ``dpcl``
 shipped stage D1's weights (models/dpcl.md); the two ``convtasnet-causal`` outputs again, on
 2026-12-07, when both its presets gained ``equalize = 12`` in the causal form
-(sepcli/inference/equalize_causal.py).
+(sepcli/inference/equalize_causal.py); the ``dpcl-fast`` output again, on 2026-12-07, when
+``dpcl`` shipped stage D1's mean of epochs 9-11 (models/dpcl.md).
 """
 from __future__ import annotations
 
