@@ -21,16 +21,17 @@ import torch
 
 from sepcli.api import separate_files
 from sepcli.evaluate import evaluate_set
+from sepcli.inference.settings import DEFAULT_QUALITY, QUALITIES
 
 
 def score(model: str, set_dir: Path, passes: int | None, speeds: list[float] | None, threads: int,
-          equalize: float | None = None) -> dict:
+          equalize: float | None = None, quality: str = DEFAULT_QUALITY) -> dict:
     torch.set_num_threads(threads)
     mixes = sorted((set_dir / "mix").glob("*.wav"))
     with tempfile.TemporaryDirectory(prefix="sep-score-") as tmp:
         t0 = time.perf_counter()
         batch = separate_files(mixes, tmp, model=model, device="cpu", passes=passes, speeds=speeds, threads=threads,
-                               equalize=equalize)
+                               equalize=equalize, quality=quality)
         wall = time.perf_counter() - t0
         if batch.failed:
             raise SystemExit(f"{batch.failed} mixtures failed to separate")
@@ -55,6 +56,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", required=True, help="shipped name or .safetensors (repeatable)")
     ap.add_argument("--set", action="append", type=Path, required=True, help="mixture set (repeatable)")
+    ap.add_argument("--quality", choices=QUALITIES, default=DEFAULT_QUALITY,
+                    help="the preset the other options override (default: %(default)s)")
     ap.add_argument("--passes", type=int, default=None, help="averaged passes (default: the model's)")
     ap.add_argument("--speeds", type=float, nargs="+", default=None, help="speed views (default: the model's)")
     ap.add_argument("--equalize", type=float, default=None,
@@ -64,7 +67,9 @@ def main() -> None:
     args = ap.parse_args()
     for model in args.model:
         for s in args.set:
-            r = score(model, s, args.passes, args.speeds, args.threads, args.equalize)
+            r = score(model, s, args.passes, args.speeds, args.threads, args.equalize, args.quality)
+            if args.quality != DEFAULT_QUALITY:
+                r["quality"] = args.quality
             if args.equalize is not None:
                 r["equalize"] = args.equalize
             print(json.dumps(r), flush=True)
