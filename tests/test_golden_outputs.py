@@ -12,7 +12,8 @@ docs/experiments.md); the ``convtasnet-fast``, ``convtasnet-16k``, ``dpcl-fast``
 shipped stage D1's weights (models/dpcl.md); the two ``convtasnet-causal`` outputs again, on
 2026-12-07, when both its presets gained ``equalize = 12`` in the causal form
 (sepcli/inference/equalize_causal.py); the ``dpcl-fast`` output again, on 2026-12-07, when
-``dpcl`` shipped stage D1's mean of epochs 9-11 (models/dpcl.md).
+``dpcl`` shipped stage D1's mean of epochs 9-11 (models/dpcl.md); the ``convtasnet-high``
+output, on 2026-12-07, when that preset gained ``equalize = 12`` (docs/experiments.md).
 """
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ def test_fast_is_the_default_and_high_reproduces_the_tuned_settings() -> None:
     fast, high = Separator(ctn, device="cpu"), Separator(ctn, device="cpu", quality="high")
     assert (fast.passes, fast.pass_signs, fast.speeds, fast.segment) == (1, False, [1.0], 30.0)
     assert (high.passes, high.pass_signs, high.speeds) == (4, True, [1.0, 0.92, 0.88])
+    assert high.equalize == fast.equalize == 12.0 and (high.overlap, fast.overlap) == (0.25, 0.1)
     causal = registry.build("convtasnet", **TINY, causal=True)
     assert Separator(causal, device="cpu").passes == 1
     high_causal = Separator(causal, device="cpu", quality="high")
