@@ -9,7 +9,8 @@ by a quality preset:
 * ``fast`` (the default): one forward pass at speed 1, no sign flips.
 * ``high``: the averaged settings the shipped models were tuned with
   (Conv-TasNet: 4 passes with sign flips at speeds 1, 0.92, 0.88; causal
-  Conv-TasNet: 2 passes, aligned causally; dpcl: one pass).
+  Conv-TasNet: 2 passes, aligned causally; dpcl: one pass), equalized as
+  ``fast`` is.
 
 Each family says what its presets are (``inference_presets()``, see
 :class:`sepcli.inference.protocol.SeparationModel`); explicit options
