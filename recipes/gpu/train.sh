@@ -49,16 +49,8 @@ for m in $MODELS; do
   # minutes on a GPU cannot retrain what CPU hours built, but they can train it on (stage D1 of
   # docs/experiments.md gained on clean and shifted speech at half the recipe's LR)
   if [ "$INIT" = 1 ] && [ -f "models/$m.safetensors" ]; then
-    lr=$(python3 - "$(recipe "$m")" <<'PY'
-import sys
-try:
-    import tomllib
-except ImportError:  # Python < 3.11, as in sepcli.training.config
-    import tomli as tomllib
-with open(sys.argv[1], "rb") as f:
-    print(tomllib.load(f)["optim"]["lr"] / 2)
-PY
-)
+    # sepcli's own recipe reader: the same TOML fallback and checks as `sep train`
+    lr=$(python3 -c "import sys; from sepcli.training.config import read_recipe; print(read_recipe(sys.argv[1])[0]['lr'] / 2)" "$(recipe "$m")")
     extra+=(--init "models/$m.safetensors" --lr "$lr")
   fi
   python3 -m sepcli train --config "$(recipe "$m")" --out "$RUNS/$m" --force \
