@@ -106,3 +106,43 @@ def deep_clustering_loss(
     yy = torch.einsum("bnks,bnkr->bnsr", y, y).double().sum(1)  # [B, S, S]
     per_item = vv.square().sum((1, 2)) - 2 * vy.square().sum((1, 2)) + yy.square().sum((1, 2))
     return per_item.mean().to(emb.dtype)
+
+
+def oracle_soft_masks(emb: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft k-means masks around each source's own centroid: what deep clustering's
+    inference (:func:`sepcli.models.deep_clustering_clusters.cluster_masks`) gives
+    when k-means finds the sources' centroids, made differentiable for training
+    (the soft k-means step that Isik et al. 2016 unfold, started from the
+    oracle assignment so the tracks come out in reference order).
+
+    ``mu_s = sum_n w_n y_ns v_n / sum_n w_n y_ns``, masks
+    ``softmax_s((2 v_n . mu_s - |mu_s|^2) / temperature)``, which is
+    ``softmax_s(-|v_n - mu_s|^2 / temperature)`` because ``|v_n|^2`` does not
+    depend on s. A source that owns no weighted bin (a silent reference) has no
+    centroid and gets no share of any bin.
+
+    Args:
+        emb: embeddings V. Shape: [B, N, D].
+        target: one-hot source labels Y (ideal binary mask). Shape: [B, N, S].
+        weight: non-negative bin weights for the centroids. Shape: [B, N].
+        temperature: softmax temperature, > 0.
+
+    Returns:
+        ``(masks, present)``: masks [B, N, S] (rows sum to 1 where any source is
+        present) and present [B, S] bool.
+    """
+    if not temperature > 0:
+        raise SepError(f"oracle_soft_masks: temperature must be positive, got {temperature}")
+    if emb.dim() != 3 or target.shape[:2] != emb.shape[:2] or weight.shape != emb.shape[:2]:
+        raise SepError(f"oracle_soft_masks: emb [B, N, D], target [B, N, S] and weight [B, N] must agree, "
+                       f"got {tuple(emb.shape)}, {tuple(target.shape)} and {tuple(weight.shape)}")
+    yw = target.to(emb.dtype) * weight.to(emb.dtype).unsqueeze(-1)  # [B, N, S]
+    mass = yw.sum(1)  # [B, S]
+    present = mass > 0  # [B, S]
+    mu = torch.einsum("bns,bnd->bsd", yw, emb) / mass.clamp_min(torch.finfo(emb.dtype).tiny).unsqueeze(-1)  # [B, S, D]
+    logits = 2 * torch.einsum("bnd,bsd->bns", emb, mu) - mu.square().sum(-1).unsqueeze(1)  # [B, N, S]
+    # An item with no present source keeps every column, so its softmax stays finite.
+    keep = present | ~present.any(1, keepdim=True)  # [B, S]
+    logits = (logits / temperature).masked_fill(~keep.unsqueeze(1), float("-inf"))
+    return logits.softmax(-1), present

@@ -1,4 +1,5 @@
 """Deep clustering loss: the low-rank form against the dense ‖VVᵀ − YYᵀ‖²_F."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
@@ -99,3 +100,30 @@ def test_bad_shapes_raise():
         deep_clustering_loss(emb[0], target[0])
     with pytest.raises(SepError):
         deep_clustering_loss(emb, target, weight[:, :-1])
+
+
+def test_oracle_soft_masks_are_the_softmax_of_distances_to_each_sources_weighted_mean():
+    from scipy.special import softmax
+
+    from sepcli.losses import oracle_soft_masks
+
+    emb, target, weight = random_inputs(batch=2, n_bins=60, dim=5, n_src=3, seed=4)
+    target[1, :, 2] = 0  # item 1: the third source owns no bin (a silent reference)
+    target[1, :, 0] += (target.sum(-1) == 0)[1].double()  # its bins go to source 0
+    masks, present = oracle_soft_masks(emb, target, weight, temperature=0.5)
+    assert present.tolist() == [[True, True, True], [True, True, False]]
+    for b in range(2):
+        e, y, w = emb[b].numpy(), target[b].numpy(), weight[b].numpy()
+        cols = [s for s in range(3) if (w * y[:, s]).sum() > 0]
+        centroids = np.stack([(w * y[:, s]) @ e / (w * y[:, s]).sum() for s in cols])  # [S', D]
+        dist2 = ((e[:, None, :] - centroids[None]) ** 2).sum(-1)  # [N, S']
+        want = np.zeros((e.shape[0], 3))
+        want[:, cols] = softmax(-dist2 / 0.5, axis=1)
+        np.testing.assert_allclose(masks[b].numpy(), want, atol=1e-10)
+    # No present source at all (digital silence): finite, evenly shared.
+    masks, present = oracle_soft_masks(emb, target, torch.zeros_like(weight), temperature=0.5)
+    assert not present.any() and torch.allclose(masks, torch.full_like(masks, 1 / 3))
+    with pytest.raises(SepError):
+        oracle_soft_masks(emb, target, weight, temperature=0.0)
+    with pytest.raises(SepError):
+        oracle_soft_masks(emb, target[:, :-1], weight, temperature=0.5)

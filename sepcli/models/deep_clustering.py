@@ -45,7 +45,6 @@ D embedding dim.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -57,7 +56,8 @@ from torch import nn
 from sepcli.errors import SepError
 from sepcli.inference.equalize import preset_limit
 from sepcli.inference.settings import InferenceSettings
-from sepcli.losses import deep_clustering_loss
+from sepcli.losses import deep_clustering_loss, oracle_soft_masks
+from sepcli.metrics import si_snr_torch
 from sepcli.models.common import ConfigMembers, check_mix, one_pass_presets
 from sepcli.models.deep_clustering_clusters import (
     AUTO_METHODS,
@@ -71,13 +71,10 @@ from sepcli.models.deep_clustering_clusters import (
     embedding_shares,
     fit_count_classifier,
 )
+from sepcli.models.deep_clustering_features import LogMagnitudeFeatures
 from sepcli.registry import register, register_preset
 
 log = logging.getLogger(__name__)
-
-# Floor inside the log of the magnitude: keeps digital silence finite
-# (log(1e-8) ≈ -18) instead of -inf.
-_LOG_EPS = 1e-8
 
 
 @dataclass
@@ -102,6 +99,7 @@ class DeepClusteringConfig:
     kmeans_n_init: int = 3
     kmeans_power: float = 0.0  # fit weight of a bin: |mixture bin| ** kmeans_power (0: unweighted)
     mask_temperature: float = 0.0  # 0: binary masks (the paper's); > 0: softmax(-|v - mu|^2 / T) masks
+    sa_weight: float = 0.0  # training: weight per dB of the soft masks' SI-SNR term (compute_loss); 0: off
     auto_max_src: int = 4  # upper bound of the estimate for n_src="auto"
     auto_method: str = "eigen"  # how n_src="auto" counts: "eigen" or "logistic"
     auto_threshold: float = 0.1  # "eigen": eigenvalue share that counts as a speaker
@@ -136,6 +134,10 @@ class DeepClusteringConfig:
         need(isinstance(self.mask_temperature, (int, float)) and not isinstance(self.mask_temperature, bool)
              and 0.0 <= self.mask_temperature <= 100.0,
              f"mask_temperature must be a number in [0, 100], got {self.mask_temperature!r}")
+        need(isinstance(self.sa_weight, (int, float)) and not isinstance(self.sa_weight, bool)
+             and 0.0 <= self.sa_weight <= 1.0, f"sa_weight must be a number in [0, 1], got {self.sa_weight!r}")
+        need(self.sa_weight == 0.0 or self.mask_temperature > 0.0,
+             "sa_weight > 0 trains soft masks: it needs mask_temperature > 0")
         need(isinstance(self.kmeans_seed, int), f"kmeans_seed must be an integer, got {self.kmeans_seed!r}")
         need(0.0 < self.auto_threshold < 1.0, f"auto_threshold must be in (0, 1), got {self.auto_threshold}")
         need(self.auto_method not in REMOVED_AUTO_METHODS,
@@ -165,7 +167,7 @@ class DeepClusteringConfig:
 
 
 @register("dpcl", DeepClusteringConfig)
-class DeepClustering(ConfigMembers, nn.Module):
+class DeepClustering(LogMagnitudeFeatures, ConfigMembers, nn.Module):
     """Deep clustering separator (see the module docstring).
 
     ``forward(mix)`` and ``separate(mix, n_src)`` separate; ``embed(mix)`` gives
@@ -284,20 +286,6 @@ class DeepClustering(ConfigMembers, nn.Module):
             length=length,
         )
 
-    def _log_magnitude(self, spec: torch.Tensor) -> torch.Tensor:
-        """Un-normalised log magnitude, frames first. Shape: [B, F, K] -> [B, K, F]."""
-        return torch.log(spec.abs() + _LOG_EPS).transpose(1, 2)
-
-    def features(self, mix: torch.Tensor) -> torch.Tensor:
-        """Normalised log-magnitude features, the network input.
-
-        Shape: [B, T] -> [B, K, F].
-        """
-        return self._features_from_spec(self.stft(self._as_batch(mix)))
-
-    def _features_from_spec(self, spec: torch.Tensor) -> torch.Tensor:
-        return (self._log_magnitude(spec) - self.feat_mean) / self.feat_std  # [B, K, F]
-
     def silence_weight(self, spec: torch.Tensor) -> torch.Tensor:
         """1 for bins within ``silence_db`` of the mixture's loudest bin, else 0.
 
@@ -308,62 +296,6 @@ class DeepClustering(ConfigMembers, nn.Module):
         floor = peak * 10.0 ** (-self.config.silence_db / 20.0)
         # Strict '>' so an all-zero item (peak 0) has no active bin.
         return (mag > floor).to(mag.dtype).transpose(1, 2)
-
-    # ------------------------------------------------------------------ normalisation
-
-    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Set the per-frequency mean and std of the log-magnitude features.
-
-        Shape: mean [F], std [F] (std > 0).
-        """
-        n_freq = self.config.n_freq
-        mean = torch.as_tensor(mean, dtype=self.feat_mean.dtype)
-        std = torch.as_tensor(std, dtype=self.feat_std.dtype)
-        if mean.shape != (n_freq,) or std.shape != (n_freq,):
-            raise SepError(
-                f"normalisation mean and std must have shape [{n_freq}], "
-                f"got {tuple(mean.shape)} and {tuple(std.shape)}"
-            )
-        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
-            raise SepError("normalisation mean must be finite and std finite and positive")
-        with torch.no_grad():
-            self.feat_mean.copy_(mean)
-            self.feat_std.copy_(std)
-
-    def fit_normalization(self, mixes: Iterable[torch.Tensor], min_std: float = 1e-3) -> int:
-        """Set ``feat_mean`` / ``feat_std`` from training mixtures.
-
-        Statistics run over every frame that is not digitally silent (zero
-        padding would otherwise drag the mean towards log(eps)).
-
-        Args:
-            mixes: tensors of shape [T], [B, T] or [B, 1, T], e.g. a data loader's mixtures.
-            min_std: floor for the std of near-constant bins.
-
-        Returns:
-            The number of frames the statistics were computed from.
-        """
-        n_freq = self.config.n_freq
-        total = 0
-        acc = torch.zeros(n_freq, dtype=torch.float64)
-        acc_sq = torch.zeros(n_freq, dtype=torch.float64)
-        with torch.no_grad():
-            for mix in mixes:
-                if isinstance(mix, torch.Tensor) and mix.dim() == 1:
-                    mix = mix[None]  # [1, T]
-                spec = self.stft(self._as_batch(mix))  # [B, F, K]
-                logmag = self._log_magnitude(spec)  # [B, K, F]
-                voiced = spec.abs().amax(dim=1) > 0  # [B, K]
-                frames = logmag[voiced].double().cpu()  # [N, F]
-                total += frames.shape[0]
-                acc += frames.sum(0)
-                acc_sq += frames.square().sum(0)
-        if total == 0:
-            raise SepError("fit_normalization: no non-silent frames in the given mixtures")
-        mean = acc / total
-        std = (acc_sq / total - mean.square()).clamp_min(0).sqrt().clamp_min(min_std)
-        self.set_normalization(mean.float(), std.float())
-        return total
 
     # ------------------------------------------------------------------ network
 
@@ -388,6 +320,9 @@ class DeepClustering(ConfigMembers, nn.Module):
 
         Y assigns each bin to the source with the largest STFT magnitude;
         bins more than ``silence_db`` below the mixture's peak get weight 0.
+        ``sa_weight`` > 0 adds that times minus the mean SI-SNR (dB) of the soft
+        masks around the sources' own centroids (:func:`~sepcli.losses.oracle_soft_masks`),
+        what the soft-mask inference reads; silent references are left out.
 
         Shape: mix [B, T], ref [B, S, T] -> scalar.
         """
@@ -409,7 +344,24 @@ class DeepClustering(ConfigMembers, nn.Module):
         weight = self.silence_weight(spec).reshape(batch, n_frames * n_freq)  # [B, KF]
         emb = self._embed_spec(spec)  # [B, K, F, D]
         emb = emb.reshape(batch, n_frames * n_freq, self.config.emb_dim)  # [B, KF, D]
-        return deep_clustering_loss(emb, target.to(emb.dtype), weight)
+        loss = deep_clustering_loss(emb, target.to(emb.dtype), weight)
+        if self.config.sa_weight > 0:
+            loss = loss + self.config.sa_weight * self._signal_loss(spec, emb, target, weight, ref)
+        return loss
+
+    def _signal_loss(self, spec: torch.Tensor, emb: torch.Tensor, target: torch.Tensor,
+                     weight: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """Minus the mean SI-SNR (dB) over present sources of the oracle-centroid soft masks' tracks.
+        Shape: spec [B, F, K], emb [B, KF, D], target [B, KF, S], weight [B, KF], ref [B, S, T] -> scalar."""
+        (batch, n_freq, n_frames), (n_src, length) = spec.shape, ref.shape[1:]
+        # Centroids weighted as inference's k-means weighs bins: |X| ** kmeans_power.
+        mag = spec.abs().transpose(1, 2).reshape(batch, n_frames * n_freq)  # [B, KF]
+        fit = weight * (mag / mag.amax(1, keepdim=True).clamp_min(1e-12)) ** self.config.kmeans_power
+        masks, present = oracle_soft_masks(emb.float(), target, fit.float(), float(self.config.mask_temperature))
+        masks = masks.view(batch, n_frames, n_freq, n_src).permute(0, 3, 2, 1)  # [B, S, F, K]
+        est = self.istft((spec.unsqueeze(1) * masks).reshape(batch * n_src, n_freq, n_frames), length)  # [B*S, T]
+        snr = si_snr_torch(est.view(batch, n_src, length), ref.to(est))  # [B, S]
+        return -(snr * present).sum() / present.sum().clamp_min(1)
 
     # ------------------------------------------------------------------ inference
 

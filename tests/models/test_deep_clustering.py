@@ -441,7 +441,10 @@ def test_bad_mix_raises(mix):
                                        dict(auto_logistic=[[0.0] * 9]),  # one class only
                                        dict(auto_logistic=[[0.0] * 8, [0.0] * 8]),  # D + 1 = 9 columns
                                        dict(auto_logistic=[[0.0] * 9, [float("nan")] * 9]),
-                                       dict(auto_logistic="fitted")])
+                                       dict(auto_logistic="fitted"),
+                                       dict(sa_weight=0.1),  # the signal term needs soft masks
+                                       dict(sa_weight=-0.1, mask_temperature=0.5),
+                                       dict(sa_weight=True, mask_temperature=0.5)])
 def test_bad_config_raises(overrides):
     with pytest.raises(SepError):
         registry.build("dpcl", {**TINY, **overrides})
@@ -641,3 +644,42 @@ def test_loss_ignores_silent_reference_rows():
     assert torch.allclose(model.compute_loss(mix, padded), base, rtol=1e-5, atol=1e-7)
     assert not torch.allclose(model.compute_loss(mix, ref[:, [0, 0]]), base)  # the loss does see the references
     assert model.accepts_silent_sources
+
+
+@pytest.mark.parametrize("weight", [0.02, 0.5])
+def test_signal_term_is_minus_si_snr_of_soft_masks_around_the_sources_centroids(monkeypatch, weight):
+    """With embeddings that encode the ideal binary mask (one orthonormal direction
+    per speaker) the deep clustering term is 0 and each source's centroid is its
+    own direction: a bin keeps 1 / (1 + e^(-2 / T)) for the speaker that owns it.
+    The loss must be sa_weight times minus the mean SI-SNR of those tracks,
+    computed here with the reference STFT and the numpy metric."""
+    from sepcli.metrics import si_snr
+
+    temperature = 0.5
+    model = tiny(mask_temperature=temperature, sa_weight=weight, kmeans_power=2.0)
+    ref = noise_sources(2, 2, 4000, seed=8, gains_db=[0.0, -3.0])
+    mix = ref.sum(1)
+    labels = ibm_labels(ref)  # [B, K, F]
+    monkeypatch.setattr(model, "_embed_spec", lambda spec: nnf.one_hot(labels, TINY["emb_dim"]).float())
+    own = 1.0 / (1.0 + np.exp(-2.0 / temperature))
+    masks = torch.where(nnf.one_hot(labels, 2).bool(), own, 1.0 - own)  # [B, K, F, S]
+    spec = ref_stft(mix)  # [B, F, K]
+    est = torch.stack([ref_istft(spec * masks[..., s].transpose(1, 2), 4000) for s in range(2)], dim=1)  # [B, S, T]
+    want = -weight * si_snr(est.numpy().astype(np.float64), ref.numpy().astype(np.float64)).mean()
+    torch.testing.assert_close(model.compute_loss(mix, ref).double(), torch.tensor(want, dtype=torch.float64),
+                               rtol=1e-4, atol=1e-4)
+    # A silent third reference (mixed speaker counts) has no centroid and no score.
+    padded = torch.cat([ref, torch.zeros(2, 1, 4000)], dim=1)  # [B, 3, T]
+    torch.testing.assert_close(model.compute_loss(mix, padded), model.compute_loss(mix, ref), rtol=1e-5, atol=1e-5)
+
+
+def test_signal_term_trains_the_network():
+    model = tiny(mask_temperature=0.5, sa_weight=0.05)
+    plain = tiny(mask_temperature=0.5)
+    ref = noise_sources(2, 2, 2000, seed=2)
+    loss = model.compute_loss(ref.sum(1), ref)
+    loss.backward()
+    plain_loss = plain.compute_loss(ref.sum(1), ref)
+    plain_loss.backward()
+    assert torch.isfinite(loss) and not torch.allclose(loss, plain_loss)
+    assert not torch.allclose(model.proj.weight.grad, plain.proj.weight.grad)
