@@ -14,7 +14,8 @@ shipped stage D1's weights (models/dpcl.md); the two ``convtasnet-causal`` outpu
 (sepcli/inference/equalize_causal.py); the ``dpcl-fast`` output again, on 2026-12-07, when
 ``dpcl`` shipped stage D1's mean of epochs 9-11 (models/dpcl.md); the ``convtasnet-high``
 output, on 2026-12-07, when that preset gained ``equalize = 12`` (docs/experiments.md); the
-``dpcl-fast`` output again, on 2026-12-07, when ``dpcl`` shipped stage D2's epoch 3 (models/dpcl.md).
+``dpcl-fast`` output again, on 2026-12-07, when ``dpcl`` shipped stage D2's epoch 3 (models/dpcl.md), and
+again when it shipped stage D3's mean of its last epochs (models/dpcl.md).
 """
 from __future__ import annotations
 
