@@ -5,12 +5,15 @@ never seen in training, see ``recipes/splits/librispeech-8k.json``) and reports:
 
 * the confusion matrix and accuracy of the speaker count that the model itself
   estimates (``n_src="auto"``, with its own ``auto_method``: for ``logistic``,
-  the classifier ``recipes/dpcl_counter.py`` fitted on training speakers);
+  the classifier ``recipes/dpcl_counter.py`` fitted on training speakers), on
+  each mixture equalized as ``sep separate`` does before the model
+  (``--equalize``, the ``fast`` preset's by default);
 * the same for the eigenvalue-share threshold (``auto_method="eigen"``:
-  shares, bins weighted by |X| ** the model's ``auto_power``, above the
+  shares, bins weighted by |X| ** the model's (first) ``auto_power``, above the
   model's ``auto_threshold`` and a few others; tune on ``--split valid``,
   measure once on ``--split test``);
-* the PIT SI-SNRi of ``separate(mix, n_src=true count)``: a model trained on
+* the PIT SI-SNRi of ``separate(mix, n_src=true count)`` (the bare model, no
+  equalizer): a model trained on
   2-speaker mixtures should still separate 3 speakers with K = 3.
 
 Run by hand, not in tests (it reads ../shared and takes minutes on CPU):
@@ -33,6 +36,7 @@ from sepcli import registry
 from sepcli.training.corpus import Corpus
 from sepcli.training.data import MixingConfig, make_mixture
 from sepcli.metrics import pit_si_snr, si_snr
+from sepcli.inference.equalize import equalize_chunk
 from sepcli.models.deep_clustering import embedding_shares
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--thresholds", type=float, nargs="*", default=[0.05, 0.08, 0.1, 0.12, 0.15, 0.2],
                     help="extra auto_threshold values to score (the model's own is always scored)")
     ap.add_argument("--no-separation", action="store_true", help="skip the SI-SNRi measurement")
+    ap.add_argument("--equalize", type=float, default=None,
+                    help="equalize each mixture before counting, as sep separate does (dB; 0: off; "
+                         "default: the model's fast preset's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -66,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.model} is a {getattr(model, 'family', '?')} model, not dpcl", file=sys.stderr)
         return 2
     cfg = model.config
+    equalize = model.inference_presets()["fast"].equalize if args.equalize is None else args.equalize
     corpus = Corpus.from_path(args.data, cfg.sample_rate, args.speakers_split, args.split,
                               min_speakers=max(args.counts))
 
@@ -79,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.per_count):
             mix, ref, _info = make_mixture(corpus, rng, mixing)
             mix_t = torch.from_numpy(mix)[None]  # [1, T]
-            emb, energy = model.active_bins(mix_t)[0]  # [N, D], [N]
-            shares[count].append(embedding_shares(emb, energy, cfg.auto_power))
+            heard = equalize_chunk(mix[None], cfg.sample_rate, equalize)[0] if equalize > 0 else mix[None]  # [1, T]
+            emb, energy = model.active_bins(torch.from_numpy(heard))[0]  # [N, D], [N]
+            shares[count].append(embedding_shares(emb, energy, cfg.count_powers[0]))
             own[count].append(model.count_from_bins(emb, energy))
             if count >= 2 and not args.no_separation:
                 est = model.separate(mix_t, n_src=count)[0].numpy()  # [S, T]
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     thresholds = sorted({float(cfg.auto_threshold), *args.thresholds})
     results: dict = {
         "model": str(args.model), "split": args.split, "per_count": args.per_count,
-        "segment_s": args.segment, "seed": args.seed, "model_threshold": cfg.auto_threshold,
+        "segment_s": args.segment, "seed": args.seed, "equalize": equalize, "model_threshold": cfg.auto_threshold,
         "auto_max_src": cfg.auto_max_src, "elapsed_s": round(elapsed, 1), "thresholds": {},
     }
     n_max = cfg.auto_max_src

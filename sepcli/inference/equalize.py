@@ -201,6 +201,21 @@ def check_limit(limit_db: Any) -> float:
     return float(limit_db)
 
 
+def equalize_chunk(mix: np.ndarray, sample_rate: int, limit_db: float) -> tuple[np.ndarray, np.ndarray]:
+    """A chunk as :func:`equalized_fn`'s separator hears it, and the gains that made it
+    (what speaker counting must be fitted on, as it reads the same chunk).
+
+    Shape: mix [B, T] -> heard [B, T] float32, gains [B, F] float64.
+    """
+    length = mix.shape[-1]
+    n_fft = _n_fft(sample_rate)
+    # One STFT of the chunk serves both its spectrum and its filtering.
+    spec = _stft(torch.from_numpy(np.ascontiguousarray(mix, dtype=np.float64)), n_fft)  # [B, F, K]
+    gains = _gains_for(_active_mean_power(spec), sample_rate, limit_db)  # [B, F]
+    heard = _istft(spec * torch.from_numpy(gains)[:, :, None], n_fft, length)  # [B, T]
+    return heard.numpy().astype(np.float32), gains
+
+
 def equalized_fn(fn: Any, sample_rate: int, limit_db: float) -> Any:
     """``fn`` (a separator of chunks, ``sepcli.inference.passes.SeparateFn``) hearing each
     chunk equalized toward the speech target, its tracks filtered back.
@@ -208,15 +223,10 @@ def equalized_fn(fn: Any, sample_rate: int, limit_db: float) -> Any:
     Shape: mix [B, T] -> [B, S, T] float32.
     """
     limit_db = check_limit(limit_db)
-    n_fft = _n_fft(sample_rate)
 
     def equalized(mix: np.ndarray) -> np.ndarray:
-        length = mix.shape[-1]
-        # One STFT of the chunk serves both its spectrum and its filtering.
-        spec = _stft(torch.from_numpy(np.ascontiguousarray(mix, dtype=np.float64)), n_fft)  # [B, F, K]
-        gains = _gains_for(_active_mean_power(spec), sample_rate, limit_db)  # [B, F]
-        heard = _istft(spec * torch.from_numpy(gains)[:, :, None], n_fft, length)  # [B, T]
-        est = fn(heard.numpy().astype(np.float32))  # [B, S, T]
+        heard, gains = equalize_chunk(mix, sample_rate, limit_db)  # [B, T], [B, F]
+        est = fn(heard)  # [B, S, T]
         if isinstance(est, torch.Tensor):
             est = est.detach().float().cpu().numpy()
         return apply_gains(est, 1.0 / gains[:, None, :], sample_rate)
@@ -224,7 +234,22 @@ def equalized_fn(fn: Any, sample_rate: int, limit_db: float) -> Any:
     return equalized
 
 
-__all__ = ["ACTIVE_DB", "MAX_LIMIT_DB", "N_FFT", "PRESET_DB", "SAMPLE_RATE", "SMOOTH_BINS", "SPEECH_SPECTRUM_DB",
-           "STRENGTH", "apply_gains", "check_limit", "equalized_fn", "equalizer_gains", "gains_db_for",
-           "long_term_spectrum",
-           "preset_limit", "target_spectrum"]
+__all__ = [
+    "ACTIVE_DB",
+    "MAX_LIMIT_DB",
+    "N_FFT",
+    "PRESET_DB",
+    "SAMPLE_RATE",
+    "SMOOTH_BINS",
+    "SPEECH_SPECTRUM_DB",
+    "STRENGTH",
+    "apply_gains",
+    "check_limit",
+    "equalize_chunk",
+    "equalized_fn",
+    "equalizer_gains",
+    "gains_db_for",
+    "long_term_spectrum",
+    "preset_limit",
+    "target_spectrum",
+]

@@ -68,6 +68,7 @@ from sepcli.models.deep_clustering_clusters import (
     cluster_masks,
     count_features,
     count_from_shares,
+    count_shares,
     embedding_shares,
     fit_count_classifier,
 )
@@ -103,9 +104,11 @@ class DeepClusteringConfig:
     auto_max_src: int = 4  # upper bound of the estimate for n_src="auto"
     auto_method: str = "eigen"  # how n_src="auto" counts: "eigen" or "logistic"
     auto_threshold: float = 0.1  # "eigen": eigenvalue share that counts as a speaker
-    auto_power: float = 0.0  # "eigen"/"logistic": shares weigh each bin by |mixture bin| ** auto_power
-    # "logistic": [C, D + 1] rows of a multinomial logistic regression over
-    # count_features (last column the intercept); row c scores c + 1 speakers.
+    # "eigen"/"logistic": shares weigh each bin by |mixture bin| ** auto_power; "logistic"
+    # may read a list of powers, one set of D shares per power side by side (count_shares)
+    auto_power: float | list[float] = 0.0
+    # "logistic": [C, P * D + 1] rows of a multinomial logistic regression over
+    # count_features (last column the intercept; P powers); row c scores c + 1 speakers.
     # Fitted by fit_count_classifier on training speakers' mixtures.
     auto_logistic: list | None = None
 
@@ -145,20 +148,31 @@ class DeepClusteringConfig:
         need(self.auto_method in AUTO_METHODS,
              f"auto_method must be one of {', '.join(AUTO_METHODS)}, got {self.auto_method!r}")
         need(self.kmeans_max_bins >= self.auto_max_src, "kmeans_max_bins must be at least auto_max_src")
-        need(isinstance(self.auto_power, (int, float)) and not isinstance(self.auto_power, bool)
-             and 0.0 <= self.auto_power <= 4.0,
-             f"auto_power must be a number in [0, 4], got {self.auto_power!r}")
+        powers = self.auto_power if isinstance(self.auto_power, (list, tuple)) else [self.auto_power]
+        need(len(powers) >= 1 and all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 4.0
+                                      for p in powers),
+             f"auto_power must be a number in [0, 4] or a list of them, got {self.auto_power!r}")
+        if isinstance(self.auto_power, (list, tuple)):
+            self.auto_power = [float(p) for p in self.auto_power]  # plain lists: JSON in checkpoints and cards
+        need(self.auto_method != "eigen" or len(powers) == 1,
+             f"auto_method 'eigen' reads one set of shares: auto_power must be one number, got {self.auto_power!r}")
+        n_features = self.emb_dim * len(powers)
         if self.auto_logistic is not None:
             try:
                 coef = np.asarray(self.auto_logistic, dtype=np.float64)
             except (TypeError, ValueError):
                 coef = np.zeros(0)
-            need(coef.ndim == 2 and coef.shape[0] >= 2 and coef.shape[1] == self.emb_dim + 1
+            need(coef.ndim == 2 and coef.shape[0] >= 2 and coef.shape[1] == n_features + 1
                  and bool(np.isfinite(coef).all()),
-                 f"auto_logistic must be finite [C >= 2, emb_dim + 1 = {self.emb_dim + 1}] rows of numbers")
+                 f"auto_logistic must be finite [C >= 2, emb_dim x powers + 1 = {n_features + 1}] rows of numbers")
             self.auto_logistic = coef.tolist()  # plain lists: JSON in checkpoints and cards
         need(self.auto_method != "logistic" or self.auto_logistic is not None,
              "auto_method 'logistic' needs auto_logistic (fit it with fit_count_classifier)")
+
+    @property
+    def count_powers(self) -> list[float]:
+        """``auto_power`` as a list (P powers, one set of shares each)."""
+        return list(self.auto_power) if isinstance(self.auto_power, list) else [float(self.auto_power)]
 
     @property
     def n_freq(self) -> int:
@@ -411,14 +425,14 @@ class DeepClustering(LogMagnitudeFeatures, ConfigMembers, nn.Module):
         Shape: emb [N, D], energy [N] -> int."""
         if emb.shape[0] == 0:
             return 1  # digital silence: nothing to count
-        share = embedding_shares(emb, energy, self.config.auto_power)
+        share = count_shares(emb, energy, self.config.count_powers)  # [P * D]
         if self.config.auto_method == "logistic":
             return self.count_from_features(count_features(share[None]))[0]
         return count_from_shares(share, self.config.auto_threshold, self.config.auto_max_src)
 
     def count_from_features(self, features: np.ndarray) -> list[int]:
         """``auto_method="logistic"``'s decision (:func:`classify_counts` with
-        ``auto_logistic``). Shape: features [M, D] (:func:`count_features`) -> M ints.
+        ``auto_logistic``). Shape: features [M, P * D] (:func:`count_features`) -> M ints.
         """
         if self.config.auto_logistic is None:
             raise SepError("this dpcl model has no speaker-count classifier (auto_logistic)")
@@ -426,7 +440,8 @@ class DeepClustering(LogMagnitudeFeatures, ConfigMembers, nn.Module):
 
     def eigen_shares(self, mix: torch.Tensor) -> torch.Tensor:
         """Eigenvalues of the non-silent embeddings' second moment, as shares
-        (bins weighted by |X| ** ``auto_power``; see :func:`embedding_shares`).
+        (bins weighted by |X| ** ``auto_power``, its first power if it lists
+        several; see :func:`embedding_shares`).
 
         For embeddings that meet the training objective (VVᵀ = YYᵀ) the
         speakers sit on orthonormal directions, so the D×D matrix ``VᵀV / N``
@@ -438,7 +453,7 @@ class DeepClustering(LogMagnitudeFeatures, ConfigMembers, nn.Module):
         Shape: [B, T] -> [B, D], descending, each row summing to 1 (all zeros
         for digital silence).
         """
-        power = self.config.auto_power
+        power = self.config.count_powers[0]
         return torch.stack([torch.from_numpy(embedding_shares(emb, energy, power))
                             for emb, energy in self.active_bins(mix)])
 
@@ -538,5 +553,5 @@ register_preset(
     layers=2, hidden=128, emb_dim=20, dropout=0.1,
 )
 
-__all__ = ["DeepClustering", "DeepClusteringConfig", "count_features", "embedding_shares",
+__all__ = ["DeepClustering", "DeepClusteringConfig", "count_features", "count_shares", "embedding_shares",
            "fit_count_classifier"]

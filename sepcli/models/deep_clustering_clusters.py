@@ -5,11 +5,12 @@ speaker counting (``n_src="auto"``), apart from the network in
 Counting reads the eigenvalue shares of the embeddings' second moment
 (:func:`embedding_shares`): ``auto_method="eigen"`` counts the shares above a
 threshold (what a model without a fitted classifier uses), ``"logistic"``
-scores :func:`count_features` of the shares with a multinomial logistic
+scores :func:`count_features` of the shares (at one or more weighting powers,
+:func:`count_shares`) with a multinomial logistic
 regression fitted on training speakers' mixtures (:func:`fit_count_classifier`,
 ``recipes/dpcl_counter.py``; the shipped dpcl's).
 
-Shape legend: N bins, D embedding dim, M mixtures, C counts.
+Shape legend: N bins, D embedding dim, P weighting powers, M mixtures, C counts.
 """
 from __future__ import annotations
 
@@ -160,12 +161,25 @@ def embedding_shares(emb: np.ndarray, energy: np.ndarray | None = None, power: f
     return eig / max(float(eig.sum()), 1e-12)
 
 
+def count_shares(emb: np.ndarray, energy: np.ndarray | None, powers: float | Sequence[float]) -> np.ndarray:
+    """:func:`embedding_shares` at each of ``powers``, side by side: what
+    ``auto_method="logistic"`` reads (through :func:`count_features`).
+
+    The weighted shares (power 2) follow the loud bins, where a quiet third
+    talker hardly shows; the unweighted ones (power 0) count every active bin
+    alike. Shape: emb [N, D], energy [N] -> [P * D] float64.
+    """
+    powers = [powers] if isinstance(powers, (int, float)) else list(powers)
+    return np.concatenate([embedding_shares(emb, energy, float(p)) for p in powers])
+
+
 def count_features(shares: np.ndarray) -> np.ndarray:
-    """What ``auto_method="logistic"`` reads: the log of every eigenvalue share.
+    """What ``auto_method="logistic"`` reads: the log of every eigenvalue share
+    (of :func:`count_shares`: one set of D per power).
 
     Logs, because the small shares matter: with more speakers the embeddings
     spread over more directions, which shows in the tail long before a third
-    share passes any fixed threshold. Shape: [M, D] -> [M, D].
+    share passes any fixed threshold. Shape: [M, P * D] -> [M, P * D].
     """
     return np.log(np.asarray(shares, dtype=np.float64) + COUNT_FEATURE_FLOOR)
 
@@ -175,7 +189,12 @@ def fit_count_classifier(features: np.ndarray, counts: np.ndarray, c: float = 10
     L2 penalty of inverse strength ``c``) from :func:`count_features` to the
     true speaker counts, which must cover 1..C with no gaps.
 
-    Shape: features [M, D], counts [M] -> C rows of D + 1 numbers (weights,
+    The features are standardized for the fit, so that one ``c`` penalises
+    every feature alike (log shares at different powers differ in spread), and
+    the standardization is folded back into the coefficients: they apply to
+    the raw features.
+
+    Shape: features [M, P * D], counts [M] -> C rows of P * D + 1 numbers (weights,
     then the intercept), ready for ``DeepClusteringConfig(auto_logistic=...)``.
     """
     from sklearn.linear_model import LogisticRegression
@@ -187,10 +206,27 @@ def fit_count_classifier(features: np.ndarray, counts: np.ndarray, c: float = 10
         raise SepError(f"fit_count_classifier: features [M, D] and counts [M], got {features.shape} and {counts.shape}")
     if classes.size < 2 or not np.array_equal(classes, np.arange(1, classes.size + 1)):
         raise SepError(f"fit_count_classifier: counts must cover 1..C (C >= 2) with no gaps, got {classes.tolist()}")
-    clf = LogisticRegression(C=c, max_iter=20000).fit(features, counts)
-    coef = np.hstack([clf.coef_, clf.intercept_[:, None]])  # [C, D + 1], rows in class order 1..C
+    mean = features.mean(0)  # [P * D]
+    scale = features.std(0)
+    scale[scale == 0] = 1.0  # a constant feature (e.g. a share at the floor in every mixture) carries nothing
+    clf = LogisticRegression(C=c, max_iter=20000).fit((features - mean) / scale, counts)
+    weight = clf.coef_ / scale  # [C, P * D]: w'((x - m) / s) + b = (w' / s) x + (b - w' m / s)
+    intercept = clf.intercept_ - (clf.coef_ * (mean / scale)).sum(1)  # [C]
+    coef = np.hstack([weight, intercept[:, None]])  # [C, P * D + 1], rows in class order 1..C
     return coef.tolist()
 
 
-__all__ = ["AUTO_METHODS", "COUNT_FEATURE_FLOOR", "REMOVED_AUTO_METHODS", "classify_counts", "cluster_bins",
-           "cluster_masks", "count_features", "fit_centroids", "count_from_shares", "embedding_shares", "fit_count_classifier"]
+__all__ = [
+    "AUTO_METHODS",
+    "COUNT_FEATURE_FLOOR",
+    "REMOVED_AUTO_METHODS",
+    "classify_counts",
+    "cluster_bins",
+    "cluster_masks",
+    "count_features",
+    "count_from_shares",
+    "count_shares",
+    "embedding_shares",
+    "fit_centroids",
+    "fit_count_classifier",
+]

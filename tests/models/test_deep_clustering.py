@@ -14,6 +14,7 @@ from sepcli.models.deep_clustering import (
     DeepClustering,
     DeepClusteringConfig,
     count_features,
+    count_shares,
     embedding_shares,
     fit_count_classifier,
 )
@@ -435,6 +436,10 @@ def test_bad_mix_raises(mix):
                                        dict(auto_method="guess"), dict(kmeans_power=-1.0),
                                        dict(kmeans_power=5.0), dict(kmeans_power="2"),
                                        dict(kmeans_power=True), dict(auto_power=-1.0),
+                                       dict(auto_power=[]), dict(auto_power=[2.0, 5.0]), dict(auto_power="2"),
+                                       dict(auto_power=[2.0, 0.0]),  # "eigen" reads one set of shares
+                                       dict(auto_method="logistic", auto_power=[2.0, 0.0],
+                                            auto_logistic=[[0.0] * 9, [0.0] * 9]),  # 2 x D + 1 = 17 columns
                                        dict(mask_temperature=-0.1), dict(mask_temperature=True),
                                        dict(mask_temperature="0.5"),
                                        dict(auto_method="logistic"),
@@ -554,19 +559,60 @@ def _synthetic_counting_set(n_per_count: int, seed: int, dim: int = 8):
 
 def test_logistic_counter_predicts_like_scikit_learn_and_counts_held_out_mixtures():
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     shares, counts = _synthetic_counting_set(60, seed=0)
     feats = count_features(shares)
     coef = fit_count_classifier(feats, counts, c=10.0)
     assert np.asarray(coef).shape == (3, TINY["emb_dim"] + 1)
     model = tiny(auto_method="logistic", auto_logistic=coef, auto_power=2.0)
-    # the config's decision rule against scikit-learn's own predict
+    # the config's decision rule against scikit-learn's own standardize-then-fit pipeline
     test_shares, test_counts = _synthetic_counting_set(40, seed=1)
     test_feats = count_features(test_shares)
-    reference = LogisticRegression(C=10.0, max_iter=20000).fit(feats, counts)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=10.0, max_iter=20000)).fit(feats, counts)
     assert model.count_from_features(test_feats) == reference.predict(test_feats).tolist()
+    folded = test_feats @ np.asarray(coef)[:, :-1].T + np.asarray(coef)[:, -1]  # [M, C]
+    np.testing.assert_allclose(folded, reference.decision_function(test_feats), rtol=1e-9, atol=1e-9)
     # and it counts mixtures it was not fitted on
     assert np.mean(np.array(model.count_from_features(test_feats)) == test_counts) > 0.9
+
+
+def test_fit_count_classifier_does_not_care_about_feature_units():
+    # standardized before the penalty: a feature in other units (x 1000, shifted)
+    # gets its weight scaled back, and every decision stays the same
+    shares, counts = _synthetic_counting_set(60, seed=3)
+    feats = count_features(shares)
+    stretched = feats.copy()
+    stretched[:, 0] = 1000.0 * stretched[:, 0] + 5.0
+    stretched[:, 1] = 4.0  # constant: no information, and no division by zero
+    feats[:, 1] = -7.0
+    a, b = np.asarray(fit_count_classifier(feats, counts)), np.asarray(fit_count_classifier(stretched, counts))
+    np.testing.assert_allclose(feats @ a[:, :-1].T + a[:, -1], stretched @ b[:, :-1].T + b[:, -1], rtol=1e-6, atol=1e-6)
+    assert np.allclose(b[:, 1], 0.0) and np.allclose(b[:, 0] * 1000.0, a[:, 0])
+
+
+def test_count_shares_puts_each_powers_shares_side_by_side(monkeypatch):
+    rng = np.random.default_rng(5)
+    emb = rng.standard_normal((300, TINY["emb_dim"]))
+    energy = rng.exponential(size=300)
+    both = count_shares(emb, energy, [2.0, 0.0])
+    np.testing.assert_array_equal(both, np.concatenate([embedding_shares(emb, energy, 2.0),
+                                                        embedding_shares(emb, energy, 0.0)]))
+    np.testing.assert_array_equal(count_shares(emb, energy, 2.0), embedding_shares(emb, energy, 2.0))
+    assert not np.allclose(both[:TINY["emb_dim"]], both[TINY["emb_dim"]:])  # the weighting matters here
+    # a two-power counter reads exactly these features: its decision is the hand-made one
+    shares, counts = _synthetic_counting_set(30, seed=6)
+    coef = fit_count_classifier(count_features(np.hstack([shares, shares[:, ::-1]])), counts)
+    assert np.asarray(coef).shape == (3, 2 * TINY["emb_dim"] + 1)
+    model = tiny(auto_method="logistic", auto_logistic=coef, auto_power=[2, 0])
+    assert model.config.auto_power == [2.0, 0.0] and model.config.count_powers == [2.0, 0.0]
+    for n_src in (1, 2, 3):
+        ref = noise_sources(1, n_src, 4000, seed=60 + n_src)
+        monkeypatch.setattr(model, "embed", oracle_embed(ref, TINY["emb_dim"], noise=0.3, seed=n_src))
+        emb_b, energy_b = model.active_bins(ref.sum(1))[0]
+        by_hand = clusters.classify_counts(count_features(count_shares(emb_b, energy_b, [2.0, 0.0])[None]), coef, 4)
+        assert model.count_speakers(ref.sum(1)) == by_hand
 
 
 def test_logistic_counter_end_to_end_and_on_digital_silence(monkeypatch):
