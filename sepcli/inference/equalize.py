@@ -207,6 +207,7 @@ def equalize_chunk(mix: np.ndarray, sample_rate: int, limit_db: float) -> tuple[
 
     Shape: mix [B, T] -> heard [B, T] float32, gains [B, F] float64.
     """
+    limit_db = check_limit(limit_db)  # callers outside equalized_fn (the counter's recipe) pass it too
     length = mix.shape[-1]
     n_fft = _n_fft(sample_rate)
     # One STFT of the chunk serves both its spectrum and its filtering.
