@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.per_count):
             mix, ref, _info = make_mixture(corpus, rng, mixing)
             mix_t = torch.from_numpy(mix)[None]  # [1, T]
-            heard = equalize_chunk(mix[None], cfg.sample_rate, equalize)[0] if equalize > 0 else mix[None]  # [1, T]
+            heard = equalize_chunk(mix[None], cfg.sample_rate, equalize)[0]  # [1, T]
             emb, energy = model.active_bins(torch.from_numpy(heard))[0]  # [N, D], [N]
             shares[count].append(embedding_shares(emb, energy, cfg.count_powers[0]))
             own[count].append(model.count_from_bins(emb, energy))

@@ -54,7 +54,7 @@ def as_inference_sees(mix: np.ndarray, sample_rate: int, equalize: float) -> np.
     """The mixture after the equalizer that ``sep separate`` puts before the
     model (``equalize`` dB, 0: none). Shape: [T] -> [T]."""
     if equalize <= 0:
-        return mix
+        return mix  # the very array: nothing to copy
     return equalize_chunk(mix[None], sample_rate, equalize)[0][0]
 
 

@@ -173,3 +173,12 @@ def test_cli_option_reaches_the_separator(tmp_path, tiny_convtasnet_path):
     assert np.abs(a - b).max() > 1e-3
     res = runner.invoke(main, ["separate", str(tmp_path / "mix.wav"), "--equalize", "50"])
     assert res.exit_code != 0 and "Traceback" not in res.output
+
+
+def test_equalize_chunk_off_hands_the_chunk_back_untouched():
+    x = np.random.default_rng(3).standard_normal((2, 4000)).astype(np.float32)
+    heard, gains = eq.equalize_chunk(x, RATE, 0.0)
+    np.testing.assert_array_equal(heard, x)
+    assert gains.shape == eq.equalize_chunk(x, RATE, 12.0)[1].shape and (gains == 1.0).all()
+    with pytest.raises(SepError):
+        eq.equalize_chunk(x, RATE, -1.0)

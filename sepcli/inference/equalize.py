@@ -205,11 +205,15 @@ def equalize_chunk(mix: np.ndarray, sample_rate: int, limit_db: float) -> tuple[
     """A chunk as :func:`equalized_fn`'s separator hears it, and the gains that made it
     (what speaker counting must be fitted on, as it reads the same chunk).
 
+    ``limit_db`` 0 (off) hands the chunk back as it is, with unit gains.
+
     Shape: mix [B, T] -> heard [B, T] float32, gains [B, F] float64.
     """
     limit_db = check_limit(limit_db)  # callers outside equalized_fn (the counter's recipe) pass it too
     length = mix.shape[-1]
     n_fft = _n_fft(sample_rate)
+    if limit_db == 0.0:
+        return np.asarray(mix, dtype=np.float32), np.ones((mix.shape[0], n_fft // 2 + 1))
     # One STFT of the chunk serves both its spectrum and its filtering.
     spec = _stft(torch.from_numpy(np.ascontiguousarray(mix, dtype=np.float64)), n_fft)  # [B, F, K]
     gains = _gains_for(_active_mean_power(spec), sample_rate, limit_db)  # [B, F]
