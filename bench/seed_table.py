@@ -54,7 +54,8 @@ PAPER: dict[tuple[str, bool], PaperRow] = {
 }
 # The table's four systems, in the paper's order: always shown, shipped or not.
 SEED_SYSTEMS = (("convtasnet", False), ("convtasnet", True), ("lstm-tasnet", True), ("upit-lstm", True))
-METHOD_NAMES = {"convtasnet": "Conv-TasNet", "lstm-tasnet": "LSTM-TasNet", "upit-lstm": "uPIT-LSTM", "dpcl": "DPCL"}
+METHOD_NAMES = {"convtasnet": "Conv-TasNet", "lstm-tasnet": "LSTM-TasNet", "upit-lstm": "uPIT-LSTM", "dpcl": "DPCL",
+                "ensemble": "average of shipped models"}
 
 
 def subset(test_set: Path, limit: int | None, tmp: Path) -> Path:

@@ -17,6 +17,17 @@ score it again in place: ``python recipes/ship.py --rescore convtasnet``. To shi
 further-trained weights under the shipped config (inference settings kept), add
 ``--weights runs/X/epochN.safetensors`` to ``--rescore``, then bring the card's
 training history up to date by hand.
+
+An ensemble of shipped models (family ``ensemble``: their aligned tracks averaged;
+its file names the members and their SHA-256, and holds no weights) ships with
+``--ensemble``, scored like any model:
+
+    python recipes/ship.py --ensemble convtasnet dpcl --member-weights 0.5 0.5 \
+        --name convtasnet+dpcl --shifted data/test2-shifted
+
+Shipping new weights for a member makes the ensemble refuse to load until it is
+shipped again with the same command (its figures would otherwise describe other
+weights).
 """
 from __future__ import annotations
 
@@ -223,9 +234,7 @@ def rescore_shipped(name: str, test2: Path, threads: int, quality: str = "fast",
         card["quality_shifted"] = _score(path, shifted, None, threads, quality)
     if test3 is not None:
         card["quality_3spk"] = _score(path, test3, 3, threads, quality)
-    settings = Separator(path, device="cpu", quality=quality).settings.to_dict()
-    settings.pop("precision")
-    card["measured_with"] = {"preset": quality, **settings}
+    card["measured_with"] = {"preset": quality, **_settings(path, quality)}
     write_atomic(card_path, json.dumps(card, indent=2) + "\n")
     md_path = path.with_suffix(".md")
     md = md_path.read_text()
@@ -276,7 +285,19 @@ def main() -> None:
     ap.add_argument("--command", default=None,
                     help="the training commands for the card, when RUN's recipe alone does not "
                          "reproduce them (e.g. a warm restart with --init and --set)")
+    ap.add_argument("--ensemble", nargs="+", metavar="MEMBER", default=None,
+                    help="ship --name as the average of these shipped models (family ensemble)")
+    ap.add_argument("--member-weights", type=float, nargs="+", default=None, metavar="W",
+                    help="each --ensemble member's share (default: equal)")
     args = ap.parse_args()
+    if args.ensemble:
+        if not args.name:
+            ap.error("--ensemble needs --name")
+        card = ship_ensemble(args.name, args.ensemble, args.member_weights or [], args.test2, args.threads,
+                             args.shifted, args.notes)
+        print(json.dumps({k: card[k] for k in ("name", "params", "sha256")} | {
+            "si_snri": card["quality"]["si_snri"], "sdri": card["quality"]["sdri"]}, indent=2))
+        return
     if args.rescore:
         if args.weights is not None:
             replace_weights(args.rescore, args.weights)
@@ -296,8 +317,6 @@ def main() -> None:
     shipped = registry.load_file(dest)
 
     quality = _score(dest, args.test2, None, args.threads, args.quality)
-    measured = Separator(dest, device="cpu", quality=args.quality).settings.to_dict()
-    measured.pop("precision")
     card = {
         "name": args.name,
         "family": model.family,
@@ -307,7 +326,7 @@ def main() -> None:
         "causal": bool(getattr(model.config, "causal", False)),
         "params": registry.count_parameters(shipped),
         "sha256": sha,
-        "measured_with": {"preset": args.quality, **measured},
+        "measured_with": {"preset": args.quality, **_settings(dest, args.quality)},
         "quality": quality,
         "training": {
             **training_summary(args.run, args.prior_run),
@@ -333,6 +352,61 @@ def main() -> None:
         "si_snri": quality["si_snri"], "sdri": quality["sdri"]}, indent=2))
 
 
+def ship_ensemble(name: str, members: list[str], weights: list[float], test2: Path, threads: int,
+                  shifted: Path | None = None, notes: str = "") -> dict:
+    """Write shipped model ``name``, the average of shipped ``members`` with shares
+    ``weights`` (family ``ensemble``: no weights of its own; each member's SHA-256 is
+    pinned), score it and write its cards. The training block sums the members'."""
+    from sepcli.models.ensemble import member_file
+
+    ship = registry.shipped_models()
+    missing = [m for m in members if m not in ship]
+    if missing:
+        raise SepError(f"--ensemble takes shipped models; not shipped: {', '.join(missing)}")
+    model = registry.build("ensemble", members=members, weights=weights,
+                           member_sha256=[registry.file_sha256(member_file(m)) for m in members])
+    dest = registry.models_dir() / f"{name}.safetensors"
+    sha = registry.save_model(model, dest, force=True)
+    trained = [ship[m]["training"] for m in members]
+    card = {
+        "name": name,
+        "family": "ensemble",
+        "config": dataclasses.asdict(model.config),
+        "sample_rate": model.config.sample_rate,
+        "n_src": model.config.n_src,
+        "causal": False,
+        "params": registry.count_parameters(model),
+        "sha256": sha,
+        "measured_with": {"preset": "fast", **_settings(dest, "fast")},
+        "quality": _score(dest, test2, None, threads),
+        "training": {
+            "recipe": "none of its own: " + ", ".join(f"{m}: {tr['recipe']}" for m, tr in zip(members, trained)),
+            "command": f"python recipes/ship.py --ensemble {' '.join(members)} --member-weights "
+                       f"{' '.join(f'{w:g}' for w in weights)} --name {name}",
+            "hardware": "; ".join(f"{m}: {tr['hardware']}" for m, tr in zip(members, trained)),
+            "hours": round(sum(float(tr["hours"]) for tr in trained), 2),
+            "data": trained[0]["data"],
+            "members": {m: {"hours": tr["hours"], "card": f"models/{m}.md"} for m, tr in zip(members, trained)},
+        },
+        "held_out_speakers": json.loads(SPLIT.read_text()),
+        "date": dt.date.today().isoformat(),
+        "sep_version": __version__,
+        "notes": notes,
+    }
+    if shifted is not None:
+        card["quality_shifted"] = _score(dest, shifted, None, threads)
+    write_atomic(dest.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
+    write_atomic(dest.with_suffix(".md"), render_markdown(card))
+    return card
+
+
+def _settings(path: Path, quality: str) -> dict:
+    """The inference settings ``sep separate --quality QUALITY`` runs ``path`` with (no precision)."""
+    settings = Separator(path, device="cpu", quality=quality).settings.to_dict()
+    settings.pop("precision")
+    return settings
+
+
 def render_markdown(card: dict) -> str:
     q = card["quality"]
     t = card["training"]
@@ -343,8 +417,10 @@ def render_markdown(card: dict) -> str:
         f"{card['n_src']} speakers, {card['sample_rate']} Hz",
         f"- **Parameters:** {card['params']:,}",
         f"- **Configuration:** `{json.dumps(card['config'], sort_keys=True)}`",
-        f"- **Weights:** `models/{card['name']}.safetensors` (float16 storage), "
-        f"SHA-256 `{card['sha256']}` (checked on load)",
+        f"- **Weights:** `models/{card['name']}.safetensors` "
+        + ("(no tensors: it names its members and pins each one's SHA-256), " if card["family"] == "ensemble"
+           else "(float16 storage), ")
+        + f"SHA-256 `{card['sha256']}` (checked on load)",
         f"- **Date:** {card['date']}, sep {card['sep_version']}",
         "",
         "## Quality (held-out speakers, never trained or tuned on)",
@@ -364,12 +440,17 @@ def render_markdown(card: dict) -> str:
         f"valid {', '.join(card['held_out_speakers']['valid'])} (`recipes/splits/librispeech-8k.json`)",
         f"- **Recipe:** `{t['recipe']}`",
         f"- **Command:** `{t['command']}`",
-        f"- **Trained for:** {t['steps']} steps, {t['epochs']} epochs, {t['hours']} h on {t['hardware']}",
     ]
+    if "members" in t:  # an ensemble: its members' training, no run of its own
+        lines.append(f"- **Trained for:** nothing of its own; its members {t['hours']} h in all ("
+                     + ", ".join(f"`{m}` {v['hours']} h, {v['card']}" for m, v in t["members"].items()) + ")")
+    else:
+        lines.append(f"- **Trained for:** {t['steps']} steps, {t['epochs']} epochs, {t['hours']} h on {t['hardware']}")
     stages = t.get("stages", [])
     lines += [f"  - stage {i}: {st['hours']} h, {st['steps']} steps, {st['epochs']} epochs (`{st['run']}`)"
               for i, st in enumerate(stages, 1)]
-    lines.append(f"- **Best validation SI-SNRi:** {t['best_valid_si_snri']} dB" + (" (last stage)" if stages else ""))
+    if "best_valid_si_snri" in t:
+        lines.append(f"- **Best validation SI-SNRi:** {t['best_valid_si_snri']} dB" + (" (last stage)" if stages else ""))
     if card.get("notes"):
         lines += ["", "## Notes", "", card["notes"]]
     return "\n".join(lines) + "\n"

@@ -357,12 +357,21 @@ def shipped_models() -> dict[str, dict]:
     return out
 
 
+def combines_members(family: str | None) -> bool:
+    """Whether ``family`` averages other models (``ensemble``): it has no training of
+    its own and is never the default, whose one network meets the speed bar."""
+    _ensure_loaded()
+    fam = _FAMILIES.get(family) if family else None
+    return bool(getattr(fam.model_cls, "combines_members", False)) if fam else False
+
+
 def default_model_name() -> str | None:
-    """Best shipped non-causal model, by measured SI-SNRi on the card."""
+    """Best shipped non-causal model of one network, by measured SI-SNRi on the card
+    (an ensemble runs several, over ``sep separate``'s speed bar: never the default)."""
     best = None
     for name, card in shipped_models().items():
         info = _shipped_info(card)
-        if info.get("error") or info["causal"] is not False:
+        if info.get("error") or info["causal"] is not False or combines_members(info["family"]):
             continue
         try:
             score = float((info["quality"] or {}).get("si_snri", float("-inf")))
@@ -525,6 +534,8 @@ def list_models() -> list[dict]:
         config = make_config(preset.family, preset.overrides)
         rows.append(_config_row(name, "preset", preset.family, config, preset.description))
     for name, fam in sorted(_FAMILIES.items()):
+        if combines_members(name):
+            continue  # nothing to build untrained: an ensemble is made of shipped models
         doc = (fam.model_cls.__doc__ or "").strip().splitlines()
         rows.append(_config_row(name, "family", name, make_config(name), doc[0] if doc else ""))
     return rows

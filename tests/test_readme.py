@@ -120,7 +120,7 @@ def test_model_table_matches_cards():
     """The README's shipped-models table: clean and shifted SI-SNRi and params as in models/NAME.json."""
     rows = {}
     for line in README.read_text().splitlines():
-        m = re.match(r"\| `([\w-]+)` \| [^|]+ \| (yes|no) \| ([\d.]+)M \| ([\d.]+) dB \| ([\d.]+) dB \|", line)
+        m = re.match(r"\| `([\w+-]+)` \| [^|]+ \| (yes|no) \| ([\d.]+)M \| ([\d.]+) dB \| ([\d.]+) dB \|", line)
         if m:
             rows[m.group(1)] = (m.group(2), float(m.group(3)), float(m.group(4)), float(m.group(5)))
     cards = sorted(p.stem for p in (ROOT / "models").glob("*.json"))

@@ -59,6 +59,17 @@ def _ship_tiny_and_test_set(tmp_path: Path, monkeypatch, family: str = "convtasn
     return _mixtures(tmp_path / "test2", 2)
 
 
+def _independent_si_snri(sep: Separator, test: Path) -> float:
+    """Mean SI-SNRi of ``sep`` on the two mixtures of ``test``, scored here without recipes/ship.py."""
+    expect = []
+    for name in ("a", "b"):
+        mix = sf.read(test / "mix" / f"{name}.wav", dtype="float32")[0]
+        ref = np.stack([sf.read(test / s / f"{name}.wav", dtype="float32")[0] for s in ("s1", "s2")])
+        values, _ = pit_si_snr(sep.separate(mix, 8000), ref)
+        expect.append(np.mean(values - si_snr(np.stack([mix, mix]), ref)))
+    return round(float(np.mean(expect)), 2)
+
+
 def test_rescore_replaces_only_the_quality_and_matches_an_independent_score(tmp_path: Path, monkeypatch) -> None:
     test = _ship_tiny_and_test_set(tmp_path, monkeypatch)
     models = tmp_path / "models"
@@ -66,13 +77,7 @@ def test_rescore_replaces_only_the_quality_and_matches_an_independent_score(tmp_
 
     sep = Separator("tiny", device="cpu", quality="high")
     assert sep.passes == 4  # scored with the preset it names
-    expect = []
-    for name in ("a", "b"):
-        mix = sf.read(test / "mix" / f"{name}.wav", dtype="float32")[0]
-        ref = np.stack([sf.read(test / s / f"{name}.wav", dtype="float32")[0] for s in ("s1", "s2")])
-        values, _ = pit_si_snr(sep.separate(mix, 8000), ref)
-        expect.append(np.mean(values - si_snr(np.stack([mix, mix]), ref)))
-    assert quality["n"] == 2 and abs(quality["si_snri"] - round(float(np.mean(expect)), 2)) <= 0.011
+    assert quality["n"] == 2 and abs(quality["si_snri"] - _independent_si_snri(sep, test)) <= 0.011
     saved = json.loads((models / "tiny.json").read_text())
     assert saved["quality"] == quality and saved["notes"] == "kept"
     assert saved["measured_with"] == {"preset": "high", **{k: v for k, v in sep.settings.to_dict().items()
@@ -181,3 +186,28 @@ def test_replace_weights_keeps_the_shipped_config_and_takes_the_new_tensors(tmp_
     registry.save_model(other, tmp_path / "other.safetensors")
     with pytest.raises(SepError, match="convtasnet checkpoint"):
         ship.replace_weights("tiny", tmp_path / "other.safetensors")
+
+
+def test_ship_ensemble_pins_its_members_and_scores_what_separate_gives(tmp_path: Path, monkeypatch) -> None:
+    test = _ship_tiny_and_test_set(tmp_path, monkeypatch)  # shipped "tiny" (convtasnet)
+    models = tmp_path / "models"
+    torch.manual_seed(1)
+    other = registry.build("upit-lstm", hidden=16, layers=1)
+    sha = registry.save_model(other, models / "other.safetensors")
+    training = {"recipe": "r.toml", "hardware": "h", "hours": 1.5, "data": "d"}
+    for name, model_sha in (("tiny", None), ("other", sha)):
+        card = json.loads((models / f"{name}.json").read_text()) if model_sha is None else {
+            "name": name, "config": dataclasses.asdict(other.config), "sha256": model_sha}
+        (models / f"{name}.json").write_text(json.dumps({**card, "training": training}))
+    card = ship.ship_ensemble("both", ["tiny", "other"], [0.5, 0.5], test, threads=1, shifted=test)
+    saved = json.loads((models / "both.json").read_text())
+    assert saved == card and card["family"] == "ensemble" and card["training"]["hours"] == 3.0
+    assert card["config"]["member_sha256"] == [registry.file_sha256(models / f"{m}.safetensors")
+                                               for m in ("tiny", "other")]
+    assert card["sha256"] == registry.file_sha256(models / "both.safetensors")
+    assert abs(card["quality"]["si_snri"] - _independent_si_snri(Separator("both", device="cpu"), test)) <= 0.011
+    assert card["quality_shifted"]["si_snri"] == card["quality"]["si_snri"]  # the same set given twice
+    md = (models / "both.md").read_text()
+    assert "no tensors" in md and "nothing of its own" in md and "Best validation" not in md
+    with pytest.raises(SepError, match="not shipped: nope"):
+        ship.ship_ensemble("bad", ["tiny", "nope"], [], test, threads=1)

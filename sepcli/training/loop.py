@@ -239,6 +239,8 @@ def _build_model(cfg: TrainConfig, init: str | os.PathLike | None, dev: torch.de
         if meta.get("family") != cfg.family:
             raise SepError(f"--init {init}: a {meta.get('family')!r} model, but this run trains {cfg.family!r}")
         cfg.model = {**json.loads(meta["config"]), **cfg.model}
+    if registry.combines_members(cfg.family):
+        raise SepError(f"{cfg.family!r} averages trained models and is not trained itself: train its members")
     model = registry.build(cfg.family, cfg.model)
     cfg.model = dataclasses.asdict(model.config)
     if init_tensors is not None:
