@@ -356,7 +356,9 @@ def ship_ensemble(name: str, members: list[str], weights: list[float], test2: Pa
                   shifted: Path | None = None, notes: str = "") -> dict:
     """Write shipped model ``name``, the average of shipped ``members`` with shares
     ``weights`` (family ``ensemble``: no weights of its own; each member's SHA-256 is
-    pinned), score it and write its cards. The training block sums the members'."""
+    pinned), score it and write its cards. The training block sums the members'. Shipped
+    again (a member changed), the card keeps its notes unless ``notes`` are given: bring
+    their figures up to date by hand."""
     from sepcli.models.ensemble import member_file
 
     ship = registry.shipped_models()
@@ -366,6 +368,9 @@ def ship_ensemble(name: str, members: list[str], weights: list[float], test2: Pa
     model = registry.build("ensemble", members=members, weights=weights,
                            member_sha256=[registry.file_sha256(member_file(m)) for m in members])
     dest = registry.models_dir() / f"{name}.safetensors"
+    card_path = dest.with_suffix(".json")
+    if not notes and card_path.is_file():
+        notes = json.loads(card_path.read_text()).get("notes", "")
     sha = registry.save_model(model, dest, force=True)
     trained = [ship[m]["training"] for m in members]
     card = {
@@ -381,8 +386,10 @@ def ship_ensemble(name: str, members: list[str], weights: list[float], test2: Pa
         "quality": _score(dest, test2, None, threads),
         "training": {
             "recipe": "none of its own: " + ", ".join(f"{m}: {tr['recipe']}" for m, tr in zip(members, trained)),
-            "command": f"python recipes/ship.py --ensemble {' '.join(members)} --member-weights "
-                       f"{' '.join(f'{w:g}' for w in weights)} --name {name}",
+            "command": f"python recipes/ship.py --ensemble {' '.join(members)}"
+                       + (f" --member-weights {' '.join(f'{w:g}' for w in weights)}" if weights else "")
+                       + f" --name {name}"
+                       + (f" --shifted {_rel(shifted)}" if shifted is not None else ""),
             "hardware": "; ".join(f"{m}: {tr['hardware']}" for m, tr in zip(members, trained)),
             "hours": round(sum(float(tr["hours"]) for tr in trained), 2),
             "data": trained[0]["data"],
@@ -395,9 +402,15 @@ def ship_ensemble(name: str, members: list[str], weights: list[float], test2: Pa
     }
     if shifted is not None:
         card["quality_shifted"] = _score(dest, shifted, None, threads)
-    write_atomic(dest.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
+    write_atomic(card_path, json.dumps(card, indent=2) + "\n")
     write_atomic(dest.with_suffix(".md"), render_markdown(card))
     return card
+
+
+def _rel(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (for commands on cards)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def _settings(path: Path, quality: str) -> dict:

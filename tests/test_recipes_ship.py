@@ -209,5 +209,9 @@ def test_ship_ensemble_pins_its_members_and_scores_what_separate_gives(tmp_path:
     assert card["quality_shifted"]["si_snri"] == card["quality"]["si_snri"]  # the same set given twice
     md = (models / "both.md").read_text()
     assert "no tensors" in md and "nothing of its own" in md and "Best validation" not in md
+    assert card["training"]["command"].endswith(f"--name both --shifted {test}")
+    # shipped again without notes, the card keeps the ones written by hand
+    (models / "both.json").write_text(json.dumps({**card, "notes": "by hand"}))
+    assert ship.ship_ensemble("both", ["tiny", "other"], [1, 1], test, threads=1)["notes"] == "by hand"
     with pytest.raises(SepError, match="not shipped: nope"):
         ship.ship_ensemble("bad", ["tiny", "nope"], [], test, threads=1)
