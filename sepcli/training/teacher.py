@@ -10,6 +10,9 @@ from sepcli.errors import SepError
 from sepcli.losses import distillation_loss
 
 WAVEFORM_FAMILIES = ("convtasnet", "lstm-tasnet", "upit-lstm", "sudormrf")  # forward(mix) gives waveforms: they can teach or learn from one
+# An ensemble's forward gives waveforms too (its members' aligned average), so it can teach;
+# it is never trained itself.
+TEACHER_FAMILIES = (*WAVEFORM_FAMILIES, "ensemble")
 
 
 class _LossModule(nn.Module):
@@ -36,13 +39,13 @@ def load_teacher(path: str, model: nn.Module, family: str, device: torch.device)
     """The frozen teacher for distillation, and its file's SHA-256.
 
     Both models must map a mixture to waveforms ([B, T] -> [B, S, T]) with the
-    same number of speakers and sample rate.
+    same number of speakers and sample rate; an ensemble (e.g. ``convtasnet+dpcl``)
+    may teach.
     """
     teacher = registry.load_model(path, device)
-    for who, fam in (("student", family), ("teacher", teacher.family)):
-        if fam not in WAVEFORM_FAMILIES:
-            raise SepError(f"distillation needs waveform models ({', '.join(WAVEFORM_FAMILIES)}); "
-                           f"the {who} is {fam!r}")
+    for who, fam, allowed in (("student", family, WAVEFORM_FAMILIES), ("teacher", teacher.family, TEACHER_FAMILIES)):
+        if fam not in allowed:
+            raise SepError(f"distillation needs a {who} of {', '.join(allowed)}; the {who} is {fam!r}")
     for key in ("n_src", "sample_rate"):
         a, b = getattr(model.config, key), getattr(teacher.config, key)
         if a != b:

@@ -182,3 +182,19 @@ def test_training_an_ensemble_is_refused(members: list[str], tmp_path: Path) -> 
     cfg = TrainConfig(family="ensemble", model={"members": members}, train="unused", max_epochs=1)
     with pytest.raises(SepError, match="not trained itself"):
         train(cfg, tmp_path / "run")
+
+
+def test_an_ensemble_can_teach_a_waveform_student(members: list[str], tmp_path: Path) -> None:
+    from sepcli.losses import distillation_loss
+    from sepcli.training.teacher import _LossModule, load_teacher
+
+    path = tmp_path / "ens.safetensors"
+    registry.save_model(registry.build("ensemble", members=members), path)
+    student = registry.build("convtasnet", **TINY_TASNET)
+    teacher, sha = load_teacher(str(path), student, "convtasnet", torch.device("cpu"))
+    assert sha == registry.file_sha256(path)
+    mix, ref = torch.randn(2, 4000), torch.randn(2, 2, 4000)
+    loss = _LossModule(student, teacher, 0.5)(mix, ref)
+    assert torch.isclose(loss, distillation_loss(student(mix), ref, teacher.separate(mix), 0.5))
+    with pytest.raises(SepError, match="student"):
+        load_teacher(str(path), registry.load_file(path), "ensemble", torch.device("cpu"))
