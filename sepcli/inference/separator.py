@@ -153,7 +153,8 @@ class Separator:
         model: a shipped model name, a ``.safetensors`` checkpoint path, or an
             ``nn.Module`` that follows the registry's model contract (its
             ``config`` has ``sample_rate`` and ``n_src``). ``None``: the best
-            shipped non-causal model (SepError if none is installed).
+            shipped non-causal model of one network, not an ensemble
+            (:func:`sepcli.registry.default_model_name`; SepError if none is installed).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
         quality: preset that chooses the inference settings (:data:`QUALITIES`):
             ``"fast"`` (default) one pass at speed 1; ``"high"`` the averaged
