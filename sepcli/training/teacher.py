@@ -45,7 +45,8 @@ def load_teacher(path: str, model: nn.Module, family: str, device: torch.device)
     teacher = registry.load_model(path, device)
     for who, fam, allowed in (("student", family, WAVEFORM_FAMILIES), ("teacher", teacher.family, TEACHER_FAMILIES)):
         if fam not in allowed:
-            raise SepError(f"distillation needs a {who} of {', '.join(allowed)}; the {who} is {fam!r}")
+            raise SepError(f"distillation needs waveform models: a {who} of {', '.join(allowed)}; "
+                           f"the {who} is {fam!r}")
     for key in ("n_src", "sample_rate"):
         a, b = getattr(model.config, key), getattr(teacher.config, key)
         if a != b:
