@@ -102,10 +102,9 @@ def check_ref(mix: torch.Tensor, ref: torch.Tensor, n_src: int) -> None:
 def check_n_src(n_src: int | str | None, model_n_src: int, name: str) -> None:
     """Mask models have one output per trained source: ``n_src`` must be None or that."""
     if n_src is not None and n_src != model_n_src:
-        raise SepError(
-            f"this {name} separates exactly {model_n_src} speakers, not {n_src}; "
-            f"choose a model trained for {n_src} speakers"
-        )
+        hint = ("it cannot count them: --num-speakers auto needs a clustering model (dpcl)" if n_src == "auto"
+                else f"choose a model trained for {n_src} speakers")
+        raise SepError(f"this {name} separates exactly {model_n_src} speakers, not {n_src}; {hint}")
 
 
 class PITMaskMembers:

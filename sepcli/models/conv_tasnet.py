@@ -42,7 +42,7 @@ from torch import nn
 from sepcli.inference.equalize import preset_limit
 from sepcli.inference.settings import InferenceSettings
 from sepcli.errors import SepError
-from sepcli.models.common import ConfigMembers, as_batch
+from sepcli.models.common import ConfigMembers, as_batch, check_n_src
 from sepcli.registry import register, register_preset
 
 if TYPE_CHECKING:
@@ -440,11 +440,7 @@ class ConvTasNet(ConfigMembers, nn.Module):
         ``n_src`` must be None or this model's number of speakers: Conv-TasNet
         has one output per trained source.
         """
-        if n_src is not None and n_src != self.n_src:
-            raise SepError(
-                f"this Conv-TasNet separates exactly {self.n_src} speakers, not {n_src}; "
-                f"choose a model trained for {n_src} speakers"
-            )
+        check_n_src(n_src, self.n_src, "Conv-TasNet")
         mix = self._check_mix(mix)
         param = self.encoder.weight
         if not self.training and param.dtype == torch.float32:

@@ -153,6 +153,8 @@ def test_separator_runs_it_with_one_pass_and_refuses_another_speaker_count(membe
     assert sep.separate(np.random.default_rng(0).standard_normal(8000).astype(np.float32), 8000).shape == (2, 8000)
     with pytest.raises(SepError, match="exactly 2 speakers"):
         model.separate(torch.randn(1, 800), n_src=3)
+    with pytest.raises(SepError, match="cannot count them: --num-speakers auto needs a clustering model"):
+        model.separate(torch.randn(1, 800), n_src="auto")
 
 
 def _ship(models: Path, name: str, family_model: torch.nn.Module, si_snri: float) -> None:
