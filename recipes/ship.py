@@ -63,7 +63,7 @@ def _score(model_path: Path, test_set: Path, n_src: int | None, threads: int, qu
         result = evaluate_set(test_set, tmp)
     stats = {k: dataclasses.asdict(v) for k, v in result.stats.items()}
     return {
-        "test_set": str(test_set.relative_to(ROOT)) if test_set.is_relative_to(ROOT) else str(test_set),
+        "test_set": _rel(test_set),
         "n": result.n,
         "missing": result.missing,
         "si_snri": round(stats["si_snri"]["mean"], 2),
@@ -295,8 +295,7 @@ def main() -> None:
             ap.error("--ensemble needs --name")
         card = ship_ensemble(args.name, args.ensemble, args.member_weights or [], args.test2, args.threads,
                              args.shifted, args.notes)
-        print(json.dumps({k: card[k] for k in ("name", "params", "sha256")} | {
-            "si_snri": card["quality"]["si_snri"], "sdri": card["quality"]["sdri"]}, indent=2))
+        _print_summary(card)
         return
     if args.rescore:
         if args.weights is not None:
@@ -348,8 +347,7 @@ def main() -> None:
         card["quality_3spk"] = _score(dest, args.test3, 3, args.threads)
     write_atomic(dest.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
     write_atomic(dest.with_suffix(".md"), render_markdown(card))
-    print(json.dumps({k: card[k] for k in ("name", "params", "sha256")} | {
-        "si_snri": quality["si_snri"], "sdri": quality["sdri"]}, indent=2))
+    _print_summary(card)
 
 
 def ship_ensemble(name: str, members: list[str], weights: list[float], test2: Path, threads: int,
@@ -359,14 +357,14 @@ def ship_ensemble(name: str, members: list[str], weights: list[float], test2: Pa
     pinned), score it and write its cards. The training block sums the members'. Shipped
     again (a member changed), the card keeps its notes unless ``notes`` are given: bring
     their figures up to date by hand."""
-    from sepcli.models.ensemble import member_file
+    from sepcli.models.ensemble import member_sha256
 
     ship = registry.shipped_models()
     missing = [m for m in members if m not in ship]
     if missing:
         raise SepError(f"--ensemble takes shipped models; not shipped: {', '.join(missing)}")
     model = registry.build("ensemble", members=members, weights=weights,
-                           member_sha256=[registry.file_sha256(member_file(m)) for m in members])
+                           member_sha256=[member_sha256(m) for m in members])
     dest = registry.models_dir() / f"{name}.safetensors"
     card_path = dest.with_suffix(".json")
     if not notes and card_path.is_file():
@@ -405,6 +403,12 @@ def ship_ensemble(name: str, members: list[str], weights: list[float], test2: Pa
     write_atomic(card_path, json.dumps(card, indent=2) + "\n")
     write_atomic(dest.with_suffix(".md"), render_markdown(card))
     return card
+
+
+def _print_summary(card: dict) -> None:
+    """What a ship prints: the card's name, size, SHA-256 and clean test scores."""
+    print(json.dumps({k: card[k] for k in ("name", "params", "sha256")} | {
+        "si_snri": card["quality"]["si_snri"], "sdri": card["quality"]["sdri"]}, indent=2))
 
 
 def _rel(path: Path) -> str:

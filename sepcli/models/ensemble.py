@@ -82,6 +82,13 @@ def member_file(member: str) -> Path:
     return path
 
 
+def member_sha256(member: str) -> str:
+    """The SHA-256 of a member's file: a shipped model's card value (which
+    :func:`sepcli.registry.load_model` checks against the file), else the file's own."""
+    card = registry.shipped_models().get(member)
+    return card["sha256"] if card and card.get("sha256") else registry.file_sha256(member_file(member))
+
+
 def fit_to_mix(est: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     """Each track scaled by the gain that makes the tracks' sum closest to the mixture
     (least squares, per batch item). Shape: est [B, S, T], mix [B, T] -> [B, S, T]."""
@@ -120,12 +127,12 @@ class Ensemble(ConfigMembers, nn.Module):
         models = []
         for i, member in enumerate(config.members):
             path = member_file(member)
-            if config.member_sha256 and registry.file_sha256(path) != config.member_sha256[i]:
+            model = registry.load_model(member)  # a shipped member's file is checked against its card here
+            if config.member_sha256 and member_sha256(member) != config.member_sha256[i]:
                 raise SepError(
                     f"ensemble member {member!r} ({path}) is not the file this ensemble was measured with "
                     "(its SHA-256 changed): score the ensemble again (recipes/ship.py --ensemble) or run "
                     "the member on its own")
-            model = registry.load_model(member)
             info = protocol.describe(model)
             if (info.sample_rate, info.n_src) != (config.sample_rate, config.n_src):
                 raise SepError(f"ensemble member {member!r} separates {info.n_src} speakers at "
@@ -215,4 +222,4 @@ class Ensemble(ConfigMembers, nn.Module):
     accepts_silent_sources = False
 
 
-__all__ = ["Ensemble", "EnsembleConfig", "align_to", "fit_to_mix", "member_file"]
+__all__ = ["Ensemble", "EnsembleConfig", "align_to", "fit_to_mix", "member_file", "member_sha256"]
