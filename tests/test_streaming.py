@@ -245,8 +245,12 @@ def test_bad_input_is_rejected():
 
 def test_non_causal_and_other_models_are_rejected():
     torch.manual_seed(0)
-    with pytest.raises(SepError, match="non-causal"):
+    with pytest.raises(SepError, match="this convtasnet model is non-causal"):
         Streamer(registry.build("convtasnet", {**TINY, "causal": False}))
+    # the refusal names the family it got, not Conv-TasNet's options
+    with pytest.raises(SepError, match="this dpcl model is non-causal") as err:
+        Streamer(registry.build("dpcl", hidden=8, layers=1, emb_dim=4))
+    assert "cLN" not in str(err.value)
     with pytest.raises(SepError, match="causal Conv-TasNet"):
         Streamer(nn.Linear(3, 3))
 

@@ -73,9 +73,10 @@ def streaming_layout(model: torch.nn.Module) -> StreamingLayout:
     if layout is not None:
         return layout
     if isinstance(model, SeparationModel) and not model.causal:
+        family = getattr(model, "family", type(model).__name__)
         raise SepError(
-            "streaming needs a causal Conv-TasNet (causal=true, cLN); this one is non-causal: "
-            "it looks at future frames, so its output is not final until the input ends "
+            f"streaming needs a causal model; this {family} model is non-causal: "
+            "it looks at future samples, so its output is not final until the input ends "
             "(use sep separate, or a causal model such as convtasnet-causal)"
         )
     if isinstance(model, SeparationModel):
