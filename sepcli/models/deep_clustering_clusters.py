@@ -78,10 +78,13 @@ def fit_centroids(emb: np.ndarray, active: np.ndarray, energy: np.ndarray, n_src
     return kmeans.cluster_centers_[order].astype(np.float64), rank[labels]  # [S, D], [N]
 
 
-def _scores(emb: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """-|v - mu_s|^2 up to a per-bin constant (|v|^2, which a softmax over s ignores), in float64.
+def _scores(emb: np.ndarray, centroids: np.ndarray, temperature: float) -> np.ndarray:
+    """-|v - mu_s|^2 / temperature up to a per-bin constant (|v|^2, which a softmax over s
+    ignores), in float32: unit-norm embeddings keep the scores small, and a float64 copy of
+    every bin's embedding cost more time than the softmax itself.
     Shape: emb [N, D], centroids [S, D] -> [N, S]."""
-    return 2.0 * emb.astype(np.float64) @ centroids.T - (centroids ** 2).sum(1)  # [N, S]
+    mu = centroids.astype(np.float32)  # [S, D]
+    return emb.astype(np.float32, copy=False) @ ((2.0 / temperature) * mu.T) - (mu ** 2).sum(1) / temperature
 
 
 def cluster_bins(emb: np.ndarray, active: np.ndarray, energy: np.ndarray, n_src: int, seed: int, *,
@@ -111,11 +114,11 @@ def cluster_masks(emb: np.ndarray, active: np.ndarray, energy: np.ndarray, n_src
                                       max_bins=max_bins, n_init=n_init, power=power)
     if temperature <= 0.0:
         return np.eye(n_src, dtype=np.float32)[labels]
-    logits = _scores(emb, centroids) / temperature  # [N, S]
-    logits -= logits.max(1, keepdims=True)  # exp() of at most 0: no overflow
-    masks = np.exp(logits)
+    masks = _scores(emb, centroids, temperature)  # [N, S] logits, turned into masks in place
+    masks -= masks.max(1, keepdims=True)  # exp() of at most 0: no overflow
+    np.exp(masks, out=masks)
     masks /= masks.sum(1, keepdims=True)
-    return masks.astype(np.float32)
+    return masks
 
 
 def count_from_shares(share: np.ndarray, threshold: float, max_src: int) -> int:
