@@ -382,6 +382,15 @@ def default_model_name() -> str | None:
     return best[1] if best else None
 
 
+def model_file(name_or_path: str | Path) -> Path:
+    """The file a shipped model name or a path refers to. A shipped name wins over a
+    file of the same name in the working folder, as in :func:`load_model`, so that
+    ``--model``, ``--init``, a teacher and an ensemble member read the same file."""
+    ship = shipped_models()
+    name = str(name_or_path)
+    return Path(ship[name]["path"]) if name in ship else Path(name_or_path)
+
+
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Load trained weights from a shipped model name or a checkpoint path.
 

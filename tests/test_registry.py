@@ -249,6 +249,24 @@ def test_load_shipped_by_name(shipped, mix):
     assert registry.default_model_name() == "tiny"
 
 
+def test_a_shipped_name_wins_over_a_local_file_everywhere(shipped, tmp_path, monkeypatch):
+    """--model, --init, a teacher and an ensemble member read the same file for a name."""
+    from sepcli.models.ensemble import member_file
+    from sepcli.training.config import _teacher_path
+
+    folder, _, _ = shipped
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "tiny").write_bytes(b"not a model")  # a local file named like the shipped one
+    want = folder / "tiny.safetensors"
+    assert registry.model_file("tiny") == want
+    assert Path(_teacher_path("tiny", base=work)) == want.resolve()
+    assert member_file("tiny") == want
+    assert registry.model_file("tiny.safetensors") == Path("tiny.safetensors")  # a path stays a path
+    assert Path(_teacher_path("x.safetensors", base=work)) == work / "x.safetensors"
+
+
 def test_shipped_checksum_is_verified(shipped):
     folder, _, _ = shipped
     card = json.loads((folder / "tiny.json").read_text())

@@ -75,8 +75,7 @@ class EnsembleConfig:
 
 def member_file(member: str) -> Path:
     """The file a member name or path loads from (SepError if there is none)."""
-    shipped = registry.shipped_models()
-    path = Path(shipped[member]["path"]) if member in shipped else Path(member)
+    path = registry.model_file(member)
     if not path.is_file():
         raise SepError(f"ensemble member {member!r}: no shipped model of that name and no such file")
     return path

@@ -129,9 +129,8 @@ def _abs_path(value: str, base: str | os.PathLike | None = None) -> str:
 def _teacher_path(value: str, base: str | os.PathLike | None = None) -> str:
     """A teacher given as a shipped model name becomes that model's file, so a
     resumed run keeps the teacher it started with (its SHA-256 is checked)."""
-    shipped = registry.shipped_models()
-    if value in shipped and not os.path.exists(os.path.join(base or os.getcwd(), value)):
-        return str(Path(shipped[value]["path"]).resolve())
+    if value in registry.shipped_models():
+        return str(registry.model_file(value).resolve())
     return _abs_path(value, base)
 
 

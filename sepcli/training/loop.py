@@ -232,9 +232,7 @@ def _build_model(cfg: TrainConfig, init: str | os.PathLike | None, dev: torch.de
     of the model's config out in ``cfg.model``, for the checkpoint."""
     init_tensors = None
     if init is not None:
-        shipped = registry.shipped_models()
-        if str(init) in shipped and not Path(init).exists():
-            init = shipped[str(init)]["path"]
+        init = registry.model_file(init)
         meta, init_tensors = registry.read_checkpoint(init)
         if meta.get("family") != cfg.family:
             raise SepError(f"--init {init}: a {meta.get('family')!r} model, but this run trains {cfg.family!r}")
